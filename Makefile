@@ -1,0 +1,81 @@
+# Two commands a newcomer needs:  make book   and   make test
+# Everything they need is set up here: a venv in .venv, the JavaScript the
+# pages serve themselves in _vendor/, and Jupyter/IPython/matplotlib state
+# kept inside _build/ so nothing is written under ~.
+
+SHELL      := /bin/bash
+PYTHON     ?= python3
+VENV       := .venv
+PY         := $(VENV)/bin/python
+JB         := $(VENV)/bin/jupyter-book
+STATE      := $(CURDIR)/_build/state
+BOOK_NBS   := $(wildcard book/*.ipynb)
+
+export JUPYTER_DATA_DIR    := $(STATE)/jupyter/data
+export JUPYTER_CONFIG_DIR  := $(STATE)/jupyter/config
+export JUPYTER_RUNTIME_DIR := $(STATE)/jupyter/runtime
+export IPYTHONDIR          := $(STATE)/ipython
+export MPLCONFIGDIR        := $(STATE)/matplotlib
+export PYDEVD_DISABLE_FILE_VALIDATION := 1
+export PYTHONHASHSEED      := 0
+
+.PHONY: setup venv vendor book test unit nbval build-strict browser lab bench clean distclean
+
+setup: venv vendor
+
+venv: $(VENV)/.installed
+$(VENV)/.installed: pyproject.toml
+	@echo "== creating $(VENV) and installing the project"
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	# torch and torchvision pinned together first, so pip never picks torchvision alone
+	$(PY) -m pip install --quiet torch==2.14.1 torchvision==0.29.1
+	$(PY) -m pip install --quiet -e '.[book,test]'
+	@touch $@
+
+vendor: _vendor/.installed
+_vendor/.installed: package.json package-lock.json
+	@echo "== installing MathJax, require.js and the widget renderer from npm (package-lock.json)"
+	npm ci --no-audit --no-fund --loglevel=error
+	rm -rf _vendor && mkdir -p _vendor/widgets
+	cp -r node_modules/mathjax/es5 _vendor/mathjax
+	cp node_modules/requirejs/require.js _vendor/require.js
+	cp -r node_modules/@jupyter-widgets/html-manager/dist/. _vendor/widgets/
+	rm -f _vendor/widgets/*.map
+	@touch $@
+
+state:
+	@mkdir -p $(JUPYTER_DATA_DIR) $(JUPYTER_CONFIG_DIR) $(JUPYTER_RUNTIME_DIR) $(IPYTHONDIR) $(MPLCONFIGDIR)
+
+# Execute every chapter and render HTML into _build/html.
+book: setup state
+	$(JB) build . --builder html
+	@echo "== open _build/html/index.html"
+
+# Unit tests, then every chapter re-executed against its stored outputs (nbval),
+# then a strict build (warnings are errors), then a headless-browser check of the pages.
+test: setup state unit nbval build-strict browser
+
+unit: setup state
+	$(PY) -m pytest tests --ignore=tests/browser -q
+
+nbval: setup state
+	$(PY) -m pytest --nbval $(BOOK_NBS) --nbval-sanitize-with tests/nbval_sanitize.cfg -q
+
+build-strict: setup state
+	$(JB) build . --builder html -W -n --keep-going
+
+browser: setup
+	$(PY) -m pytest tests/browser -q -rs
+
+lab: setup state
+	$(VENV)/bin/jupyter lab book/ $$( [ "$$(id -u)" = 0 ] && echo --allow-root )
+
+bench: setup state
+	@for b in benchmarks/*.py; do echo "== $$b"; $(PY) $$b || exit 1; done
+
+clean:
+	rm -rf _build
+
+distclean: clean
+	rm -rf $(VENV) _vendor node_modules

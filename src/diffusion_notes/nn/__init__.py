@@ -1,0 +1,5 @@
+"""Network building blocks shared by the book's models."""
+
+from .embeddings import timestep_embedding
+
+__all__ = ["timestep_embedding"]

@@ -1,0 +1,54 @@
+"""The ideal denoiser of a finite data set, computed exactly instead of learned.
+
+If the data are N fixed points x^(1..N), the best possible estimate of x0 from x_t
+(the one that minimises the noise-prediction loss) is a weighted average of the
+data points, weighted by how likely each one is to have produced x_t. Chapter 1
+uses it to show a denoising trace on images before any image model is trained,
+and to make a point: a perfect minimiser of the training loss can only reproduce
+its training set. Learned models generalise because they are *not* perfect.
+"""
+
+import torch
+
+from .diffusion import eps_from_x0
+from .schedules import Schedule, broadcast_at
+
+
+def ideal_x0(x_t: torch.Tensor, t: torch.Tensor, data: torch.Tensor, schedule: Schedule) -> torch.Tensor:
+    r"""E[x0 | x_t] when x0 is drawn uniformly from the N points ``data``.
+
+    .. math:: \hat x_0(x_t) = \sum_n w_n x^{(n)},\quad
+              w = \operatorname{softmax}_n\Big(-\frac{\lVert x_t - \sqrt{\bar\alpha_t}\,x^{(n)}\rVert^2}{2(1-\bar\alpha_t)}\Big)
+
+    Book: eq-ideal-denoiser
+    Paper: Karras et al. 2022 (EDM), Appendix B.3, the ideal denoiser of a finite data set.
+
+    Args:
+        x_t: (B, ...) noisy samples.
+        t: (B,) integer timesteps.
+        data: (N, ...) the data set, same trailing shape as x_t.
+    Returns:
+        (B, ...) the posterior mean of x0.
+    """
+    if x_t.shape[1:] != data.shape[1:]:
+        raise ValueError(f"x_t has item shape {tuple(x_t.shape[1:])} but data has {tuple(data.shape[1:])}")
+    alpha_bar = broadcast_at(schedule.alphas_cumprod, t, x_t).reshape(-1)  # (B,)
+    flat_x = x_t.flatten(1)  # (B, P)
+    flat_d = data.flatten(1).to(x_t)  # (N, P)
+    # ||x_t - sqrt(ab) x_n||^2 = ||x_t||^2 - 2 sqrt(ab) <x_t, x_n> + ab ||x_n||^2, without a (B, N, P) tensor
+    sq_dist = (
+        flat_x.pow(2).sum(1, keepdim=True)  # (B, 1)
+        - 2 * alpha_bar.sqrt()[:, None] * (flat_x @ flat_d.T)  # (B, N)
+        + alpha_bar[:, None] * flat_d.pow(2).sum(1)[None, :]  # (B, N)
+    )
+    w = torch.softmax(-sq_dist / (2 * (1 - alpha_bar))[:, None], dim=1)  # (B, N)
+    return (w @ flat_d).view_as(x_t)  # (B, ...)
+
+
+def ideal_eps_model(data: torch.Tensor, schedule: Schedule):
+    """An ``eps_model(x_t, t)`` that is exactly optimal for the finite data set ``data`` (N, ...)."""
+
+    def eps_model(x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        return eps_from_x0(x_t, t, ideal_x0(x_t, t, data, schedule), schedule)  # (B, ...)
+
+    return eps_model

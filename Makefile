@@ -19,7 +19,7 @@ export MPLCONFIGDIR        := $(STATE)/matplotlib
 export PYDEVD_DISABLE_FILE_VALIDATION := 1
 export PYTHONHASHSEED      := 0
 
-.PHONY: setup venv vendor book test unit nbval build-strict browser lab bench clean distclean
+.PHONY: setup state venv vendor book test unit nbval build-strict browser lab bench clean distclean
 
 setup: venv vendor
 

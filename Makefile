@@ -63,7 +63,7 @@ nbval: setup state
 	$(PY) -m pytest --nbval $(BOOK_NBS) --nbval-sanitize-with tests/nbval_sanitize.cfg -q
 
 build-strict: setup state
-	$(JB) build . --builder html -W -n --keep-going
+	$(JB) build . --builder html --all -W -n --keep-going
 
 browser: setup
 	$(PY) -m pytest tests/browser -q -rs

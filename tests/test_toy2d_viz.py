@@ -87,3 +87,12 @@ def test_animations_are_html_players():
     assert "_anim_img" in html and html.count("data:image/png") >= 3
     html = viz.scatter_animation([torch.randn(10, 2) for _ in range(2)]).data
     assert "_anim_img" in html
+
+
+def test_figure_png_is_a_png_and_closes_the_figure():
+    import matplotlib.pyplot as plt
+
+    fig = plt.figure(figsize=(1, 1))
+    data = viz.figure_png(fig)
+    assert data[:8] == b"\x89PNG\r\n\x1a\n"
+    assert not plt.fignum_exists(fig.number)

@@ -5,6 +5,8 @@ Animations are returned as HTML with a JavaScript player (matplotlib's
 with no kernel behind them.
 """
 
+import io
+
 import numpy as np
 import torch
 from IPython.display import HTML
@@ -51,6 +53,18 @@ def image_grid(images, nrow: int | None = None, titles=None, scale: float = 1.2,
         fig.suptitle(suptitle)
     fig.tight_layout()
     return fig
+
+
+def figure_png(fig, dpi: int = 80) -> bytes:
+    """Render a matplotlib figure to PNG bytes and close it.
+
+    For ``ipywidgets.Image``: a widget that shows a PNG keeps its picture in the
+    saved widget state, so the rendered website shows it without a kernel.
+    """
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=dpi, bbox_inches="tight")
+    plt.close(fig)
+    return buffer.getvalue()
 
 
 def _player(fig, update, n_frames: int, interval: int) -> HTML:

@@ -19,7 +19,7 @@ export MPLCONFIGDIR        := $(STATE)/matplotlib
 export PYDEVD_DISABLE_FILE_VALIDATION := 1
 export PYTHONHASHSEED      := 0
 
-.PHONY: setup state venv vendor book test unit nbval build-strict browser lab bench clean distclean
+.PHONY: setup state stamp check-home venv vendor book test unit nbval build-strict browser lab bench clean distclean
 
 setup: venv vendor
 
@@ -54,7 +54,7 @@ book: setup state
 
 # Unit tests, then every chapter re-executed against its stored outputs (nbval),
 # then a strict build (warnings are errors), then a headless-browser check of the pages.
-test: setup state unit nbval build-strict browser
+test: setup state stamp unit nbval build-strict browser check-home
 
 unit: setup state
 	$(PY) -m pytest tests --ignore=tests/browser -q
@@ -67,6 +67,16 @@ build-strict: setup state
 
 browser: setup
 	$(PY) -m pytest tests/browser -q -rs
+
+# Nothing of Jupyter's, IPython's or matplotlib's may appear under ~ during a test run.
+stamp: state
+	@touch $(STATE)/test-started
+
+check-home:
+	@found=$$(find "$$HOME" -maxdepth 4 -newer $(STATE)/test-started \
+	    \( -name .jupyter -o -name .ipython -o -name matplotlib -o -path '*/share/jupyter' \) 2>/dev/null); \
+	if [ -n "$$found" ]; then echo "written under ~ during the tests: $$found"; exit 1; \
+	else echo "== nothing of Jupyter, IPython or matplotlib was written under ~"; fi
 
 lab: setup state
 	$(VENV)/bin/jupyter lab book/ $$( [ "$$(id -u)" = 0 ] && echo --allow-root )

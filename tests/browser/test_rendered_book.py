@@ -5,6 +5,7 @@ after the page's JavaScript has run, with the network blocked: math typeset by
 the MathJax we serve ourselves, the animation player drawn, widgets rendered.
 """
 
+import os
 import shutil
 import subprocess
 from pathlib import Path
@@ -34,7 +35,8 @@ def _chromium():
 
 def _run(args, tmp_path):
     cmd = [_chromium(), *CHROMIUM_FLAGS, f"--user-data-dir={tmp_path / 'profile'}", *args]
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=180)
+    home = {"HOME": str(tmp_path), "XDG_CONFIG_HOME": str(tmp_path / "config"), "XDG_CACHE_HOME": str(tmp_path / "cache")}
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=180, env={**os.environ, **home})
 
 
 @pytest.fixture(scope="module")

@@ -19,7 +19,14 @@ export MPLCONFIGDIR        := $(STATE)/matplotlib
 export PYDEVD_DISABLE_FILE_VALIDATION := 1
 export PYTHONHASHSEED      := 0
 
-.PHONY: setup state stamp check-home venv vendor book test unit nbval build-strict browser lab bench clean distclean
+.PHONY: help setup state stamp check-home venv vendor book test unit nbval build-strict browser lab bench clean distclean
+
+help:
+	@echo "make book    set up, execute every chapter, render HTML into _build/html"
+	@echo "make test    set up, unit tests, chapters against stored outputs (nbval), strict build, browser check"
+	@echo "make lab     JupyterLab on book/"
+	@echo "make bench   run the benchmarks in benchmarks/"
+	@echo "make clean   remove _build (distclean also removes .venv, _vendor, node_modules)"
 
 setup: venv vendor
 

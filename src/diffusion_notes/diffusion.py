@@ -55,6 +55,12 @@ def _check_same_shape(a: torch.Tensor, b: torch.Tensor, name_a: str, name_b: str
 # --- the forward process ----------------------------------------------------------
 
 
+def _signal_noise_scales(schedule: Schedule, t, like: torch.Tensor):
+    """sqrt(alpha_bar_t) and sqrt(1 - alpha_bar_t), each shaped (B, 1, ..., 1) like `like`."""
+    alpha_bar = broadcast_at(schedule.alphas_cumprod, t, like)  # (B, 1, ...)
+    return alpha_bar.sqrt(), (1 - alpha_bar).sqrt()
+
+
 def q_step(x_prev: torch.Tensor, t, noise: torch.Tensor, schedule: Schedule) -> torch.Tensor:
     r"""One forward step: add a little noise to x_{t-1} (for t = 0, x_prev is the data x0).
 
@@ -79,8 +85,7 @@ def q_sample(x0: torch.Tensor, t, noise: torch.Tensor, schedule: Schedule) -> to
     """
     _check_data(x0, "x0")
     _check_same_shape(x0, noise, "x0", "noise")
-    alpha_bar = broadcast_at(schedule.alphas_cumprod, t, x0)  # (B, 1, ...)
-    sqrt_ab, sqrt_one_minus_ab = alpha_bar.sqrt(), (1 - alpha_bar).sqrt()
+    sqrt_ab, sqrt_one_minus_ab = _signal_noise_scales(schedule, t, x0)  # (B, 1, ...) each
     return sqrt_ab * x0 + sqrt_one_minus_ab * noise
 
 
@@ -151,8 +156,7 @@ def eps_from_x0(x_t: torch.Tensor, t, x0: torch.Tensor, schedule: Schedule) -> t
     Paper: Ho et al. 2020, eq. 4 solved for epsilon
     """
     _check_same_shape(x_t, x0, "x_t", "x0")
-    alpha_bar = broadcast_at(schedule.alphas_cumprod, t, x_t)  # (B, 1, ...)
-    sqrt_ab, sqrt_one_minus_ab = alpha_bar.sqrt(), (1 - alpha_bar).sqrt()
+    sqrt_ab, sqrt_one_minus_ab = _signal_noise_scales(schedule, t, x_t)  # (B, 1, ...) each
     return (x_t - sqrt_ab * x0) / sqrt_one_minus_ab
 
 
@@ -165,8 +169,7 @@ def v_from_x0_eps(x0: torch.Tensor, eps: torch.Tensor, t, schedule: Schedule) ->
     Paper: Salimans & Ho 2022, Sec. 4 and App. D
     """
     _check_same_shape(x0, eps, "x0", "eps")
-    alpha_bar = broadcast_at(schedule.alphas_cumprod, t, x0)  # (B, 1, ...)
-    sqrt_ab, sqrt_one_minus_ab = alpha_bar.sqrt(), (1 - alpha_bar).sqrt()
+    sqrt_ab, sqrt_one_minus_ab = _signal_noise_scales(schedule, t, x0)  # (B, 1, ...) each
     return sqrt_ab * eps - sqrt_one_minus_ab * x0
 
 
@@ -179,8 +182,7 @@ def x0_from_v(x_t: torch.Tensor, t, v: torch.Tensor, schedule: Schedule) -> torc
     Paper: Salimans & Ho 2022, App. D
     """
     _check_same_shape(x_t, v, "x_t", "v")
-    alpha_bar = broadcast_at(schedule.alphas_cumprod, t, x_t)  # (B, 1, ...)
-    sqrt_ab, sqrt_one_minus_ab = alpha_bar.sqrt(), (1 - alpha_bar).sqrt()
+    sqrt_ab, sqrt_one_minus_ab = _signal_noise_scales(schedule, t, x_t)  # (B, 1, ...) each
     return sqrt_ab * x_t - sqrt_one_minus_ab * v
 
 
@@ -193,8 +195,7 @@ def eps_from_v(x_t: torch.Tensor, t, v: torch.Tensor, schedule: Schedule) -> tor
     Paper: Salimans & Ho 2022, App. D
     """
     _check_same_shape(x_t, v, "x_t", "v")
-    alpha_bar = broadcast_at(schedule.alphas_cumprod, t, x_t)  # (B, 1, ...)
-    sqrt_ab, sqrt_one_minus_ab = alpha_bar.sqrt(), (1 - alpha_bar).sqrt()
+    sqrt_ab, sqrt_one_minus_ab = _signal_noise_scales(schedule, t, x_t)  # (B, 1, ...) each
     return sqrt_one_minus_ab * x_t + sqrt_ab * v
 
 

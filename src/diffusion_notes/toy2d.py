@@ -103,9 +103,9 @@ class ToyDenoiserConfig:
 class ToyDenoiser(nn.Module):
     """eps_theta(x_t, t[, y]): an MLP that predicts the noise in a 2-D point."""
 
-    def __init__(self, config: ToyDenoiserConfig = ToyDenoiserConfig()):
+    def __init__(self, config: ToyDenoiserConfig | None = None):
         super().__init__()
-        self.config = config
+        self.config = config = config if config is not None else ToyDenoiserConfig()
         D = config.hidden
         self.in_proj = nn.Linear(2, D)
         self.time_mlp = nn.Sequential(nn.Linear(config.time_dim, D), nn.SiLU(), nn.Linear(D, D))
@@ -138,7 +138,7 @@ class ToyDenoiser(nn.Module):
 def train_toy_denoiser(
     data: torch.Tensor,
     schedule: Schedule,
-    config: ToyDenoiserConfig = ToyDenoiserConfig(),
+    config: ToyDenoiserConfig | None = None,
     steps: int = 3000,
     batch_size: int = 512,
     lr: float = 2e-3,

@@ -8,7 +8,17 @@ from diffusers import DDPMScheduler
 from diffusers.utils.torch_utils import randn_tensor
 
 from diffusion_notes.device import make_generator, randn
-from diffusion_notes.samplers import SAMPLERS, StepOutput, ddpm_step, make_timesteps, sample
+from diffusion_notes.samplers import (
+    SAMPLER_ALIASES,
+    SAMPLERS,
+    StepOutput,
+    ddim_step,
+    ddpm_step,
+    karras_sigmas,
+    make_timesteps,
+    sample,
+    sigma_at,
+)
 from diffusion_notes.schedules import Schedule, make_schedule
 
 DIFFUSERS_CONFIG = {
@@ -190,14 +200,20 @@ def test_sample_passes_cond_and_uses_the_device():
 
 def test_every_sampler_has_the_shared_signature():
     expected = ["x_t", "eps", "t", "t_prev", "schedule", "noise", "clip_x0", "state"]
+    assert list(SAMPLERS) == ["ddpm", "ddim", "euler", "euler_a", "dpmpp_2m"]
     for name, step in SAMPLERS.items():
-        assert list(inspect.signature(step).parameters) == expected, name
+        parameters = inspect.signature(step).parameters
+        assert list(parameters)[:8] == expected, name
+        for extra in list(parameters.values())[8:]:  # sampler-specific options: keyword-only, defaulted
+            assert extra.kind is inspect.Parameter.KEYWORD_ONLY and extra.default is not inspect.Parameter.empty
 
 
 @pytest.mark.parametrize(
     "kwargs, message",
     [
-        (dict(sampler="euler_fancy"), "sampler must be one of ddpm, got 'euler_fancy'"),
+        (dict(sampler="euler_fancy"),
+         r"sampler must be one of ddpm, ddim, euler, euler_a, dpmpp_2m \(or a web-UI name: 'DDPM', "
+         r"'DDIM', 'Euler', 'Euler a', 'DPM\+\+ 2M', 'DPM\+\+ 2M Karras'\), got 'euler_fancy'"),
         (dict(num_inference_steps=0), "num_inference_steps must be between 1 and 1000, got 0"),
         (dict(num_inference_steps=10, spacing="uniform"), "spacing must be one of"),
         (dict(num_inference_steps=10, x_T=torch.zeros(1, 2)), r"x_T must have shape \(2, 3, 4, 4\)"),
@@ -222,3 +238,117 @@ def test_ddpm_step_rejects_bad_input():
         ddpm_step(x, x[:1], 10, 9, schedule)
     with pytest.raises(ValueError, match=r"t_prev must be in \[-1, t - 1\]"):
         ddpm_step(x, x, 10, 10, schedule)
+
+
+# --- the other samplers, the grid options and the checks on sample's arguments ---------------
+
+ALL_SAMPLERS = ["ddpm", "ddim", "euler", "euler_a", "dpmpp_2m"]
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(num_inference_steps=1001), "num_inference_steps must be between 1 and 1000, got 1001"),
+        (dict(sampler="euler", num_inference_steps=0), "num_inference_steps must be between 1 and 1000, got 0"),
+        (dict(sampler="dpmpp_2m", num_inference_steps=1001), "between 1 and 1000, got 1001"),
+        (dict(guidance_scale=-1.0), "guidance_scale must be a finite number >= 0"),
+        (dict(guidance_scale=float("nan")), r"guidance_scale must be a finite number >= 0 .*got nan"),
+        (dict(guidance_scale=float("inf")), "guidance_scale must be a finite number >= 0"),
+        (dict(sampler="ddim", eta=-0.1), r"eta must be a number >= 0 \(0 = DDIM, 1 = DDPM's variance\), got -0.1"),
+        (dict(sampler="euler", eta=0.5), "eta applies to the ddim sampler only"),
+        (dict(sampler="ddim", use_karras_sigmas=True), "use_karras_sigmas works with the euler and dpmpp_2m"),
+        (dict(sampler="euler_a", use_karras_sigmas=True), "not 'euler_a'"),
+        (dict(sampler="DPM++ 2M Karras", use_karras_sigmas=False), "means use_karras_sigmas=True"),
+        (dict(steps_offset=-1), "steps_offset must be an int >= 0, got -1"),
+        (dict(num_inference_steps=1000, steps_offset=1), "past the last training step 999"),
+        (dict(guidance_scale=3.0), "needs both a condition `cond` and an unconditional condition `uncond`"),
+    ],
+)
+def test_sample_rejects_bad_options(kwargs, message):
+    kwargs.setdefault("num_inference_steps", 5)
+    with pytest.raises(ValueError, match=message):
+        sample(fake_model, SHAPE, **kwargs)
+
+
+def float_t_model(x_t, t):
+    return 0.1 * x_t + 0.001 * t.to(x_t.dtype).view(-1, *([1] * (x_t.ndim - 1)))
+
+
+@pytest.mark.parametrize("sampler", ALL_SAMPLERS)
+def test_every_sampler_reports_every_step_and_is_reproducible(sampler):
+    calls = []
+    kwargs = dict(sampler=sampler, num_inference_steps=12, schedule=make_schedule("linear"))
+    a = sample(float_t_model, SHAPE, generator=make_generator(0), progress=True,
+               callback=lambda i, t, x, x0_hat: calls.append((i, t, x0_hat.shape)), **kwargs)
+    b = sample(float_t_model, SHAPE, generator=make_generator(0), **kwargs)
+    assert [c[0] for c in calls] == list(range(12)) and all(c[2] == SHAPE for c in calls)
+    assert torch.equal(a, b) and torch.isfinite(a).all()
+
+
+@pytest.mark.parametrize("sampler", ALL_SAMPLERS)
+def test_every_sampler_lands_on_a_single_data_point(sampler):
+    # One data point x*: the optimal eps-model is known in closed form at any (fractional) t.
+    schedule = make_schedule("scaled_linear")
+    x_star = torch.tensor([1.0, -2.0])
+
+    def perfect(x_t, t):
+        alpha_bar = 1 / (1 + sigma_at(t.double().cpu(), schedule) ** 2)  # (B,)
+        ab = alpha_bar.float()[:, None]  # (B, 1)
+        return (x_t - ab.sqrt() * x_star) / (1 - ab).sqrt()  # (B, 2)
+
+    out = sample(perfect, (16, 2), sampler=sampler, num_inference_steps=10, schedule=schedule,
+                 generator=make_generator(0))
+    torch.testing.assert_close(out, x_star.expand(16, 2), atol=1e-4, rtol=0)
+
+
+def test_model_gets_float_timesteps_on_fractional_grids():
+    seen = []
+
+    def model(x_t, t):
+        seen.append(t)
+        return torch.zeros_like(x_t)
+
+    sample(model, SHAPE, sampler="euler", num_inference_steps=25)
+    assert seen[0].dtype == torch.float32 and seen[1][0].item() == pytest.approx(957.375)
+    seen.clear()
+    sample(model, SHAPE, sampler="DPM++ 2M Karras", num_inference_steps=25)
+    assert seen[0].dtype == torch.long and len(seen) == 25
+
+
+def test_aliases_name_the_same_samplers():
+    for name, alias in SAMPLER_ALIASES.items():
+        assert alias.sampler in SAMPLERS, name
+    kwargs = dict(num_inference_steps=10, generator=None, x_T=torch.ones(SHAPE))
+    torch.testing.assert_close(sample(fake_model, SHAPE, sampler="DPM++ 2M Karras", **kwargs),
+                               sample(fake_model, SHAPE, sampler="dpmpp_2m", use_karras_sigmas=True, **kwargs))
+    torch.testing.assert_close(sample(fake_model, SHAPE, sampler="Euler", **kwargs),
+                               sample(fake_model, SHAPE, sampler="euler", **kwargs))
+
+
+def test_karras_sigmas_closed_form():
+    sigmas = karras_sigmas(0.1, 10.0, 5, rho=7.0)
+    assert sigmas[0].item() == pytest.approx(10.0) and sigmas[-1].item() == pytest.approx(0.1)
+    # evenly spaced in sigma^(1/rho)
+    roots = sigmas ** (1 / 7)
+    torch.testing.assert_close(roots.diff(), roots.diff()[:1].expand(4))
+
+
+def test_sigma_at_interpolates_and_ends_at_zero():
+    schedule = make_schedule("linear")
+    sigmas = schedule.sigmas()
+    assert sigma_at(10, schedule).item() == pytest.approx(sigmas[10].item())
+    assert sigma_at(10.25, schedule).item() == pytest.approx(0.75 * sigmas[10].item() + 0.25 * sigmas[11].item())
+    assert sigma_at(-1, schedule).item() == 0.0
+    with pytest.raises(ValueError, match=r"t must be -1 or in \[0, 999\]"):
+        sigma_at(1000, schedule)
+
+
+def test_ddim_with_eta_one_has_ddpm_variance():
+    schedule = make_schedule("linear")
+    g = make_generator(3)
+    x, eps, noise = randn(SHAPE, g), randn(SHAPE, g), randn(SHAPE, g)
+    ddim = ddim_step(x, eps, 500, 480, schedule, noise=noise, eta=1.0)
+    ddpm = ddpm_step(x, eps, 500, 480, schedule, noise=noise)
+    torch.testing.assert_close(ddim.x_prev, ddpm.x_prev, atol=1e-5, rtol=1e-5)
+    with pytest.raises(ValueError, match="eta must be a finite number >= 0"):
+        ddim_step(x, eps, 500, 480, schedule, eta=-1.0)

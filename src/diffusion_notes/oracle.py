@@ -10,8 +10,16 @@ its training set. Learned models generalise because they are *not* perfect.
 
 import torch
 
-from .diffusion import eps_from_x0
-from .schedules import Schedule, broadcast_at
+from .sampler_steps import sigma_at
+from .schedules import Schedule, broadcast_at, expand_like
+
+
+def _alpha_bar_at(t: torch.Tensor, schedule: Schedule, like: torch.Tensor) -> torch.Tensor:
+    """alpha_bar at integer t, or at fractional t (Euler/Karras grids) through sigma = sqrt((1 - ab) / ab)."""
+    if not torch.is_floating_point(torch.as_tensor(t)):
+        return broadcast_at(schedule.alphas_cumprod, t, like)  # (B, 1, ...)
+    sigma = sigma_at(torch.as_tensor(t).cpu(), schedule).reshape(-1)  # (B,) or (1,)
+    return expand_like(1 / (1 + sigma**2), like).to(like)  # (B, 1, ...)
 
 
 def ideal_x0(x_t: torch.Tensor, t: torch.Tensor, data: torch.Tensor, schedule: Schedule) -> torch.Tensor:
@@ -25,14 +33,14 @@ def ideal_x0(x_t: torch.Tensor, t: torch.Tensor, data: torch.Tensor, schedule: S
 
     Args:
         x_t: (B, ...) noisy samples.
-        t: (B,) integer timesteps.
+        t: (B,) timesteps: integers, or floats on a sampler's fractional grid.
         data: (N, ...) the data set, same trailing shape as x_t.
     Returns:
         (B, ...) the posterior mean of x0.
     """
     if x_t.shape[1:] != data.shape[1:]:
         raise ValueError(f"x_t has item shape {tuple(x_t.shape[1:])} but data has {tuple(data.shape[1:])}")
-    alpha_bar = broadcast_at(schedule.alphas_cumprod, t, x_t).reshape(-1)  # (B,)
+    alpha_bar = _alpha_bar_at(t, schedule, x_t).reshape(-1)  # (B,)
     flat_x = x_t.flatten(1)  # (B, P)
     flat_d = data.flatten(1).to(x_t)  # (N, P)
     # ||x_t - sqrt(ab) x_n||^2 = ||x_t||^2 - 2 sqrt(ab) <x_t, x_n> + ab ||x_n||^2, without a (B, N, P) tensor
@@ -49,6 +57,8 @@ def ideal_eps_model(data: torch.Tensor, schedule: Schedule):
     """An ``eps_model(x_t, t)`` that is exactly optimal for the finite data set ``data`` (N, ...)."""
 
     def eps_model(x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        return eps_from_x0(x_t, t, ideal_x0(x_t, t, data, schedule), schedule)  # (B, ...)
+        alpha_bar = _alpha_bar_at(t, schedule, x_t)  # (B, 1, ...)
+        x0_hat = ideal_x0(x_t, t, data, schedule)  # (B, ...)
+        return (x_t - alpha_bar.sqrt() * x0_hat) / (1 - alpha_bar).sqrt()  # (B, ...)
 
     return eps_model

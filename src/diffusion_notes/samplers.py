@@ -1,14 +1,16 @@
 """Samplers: turn a noise prediction into a slightly cleaner image, step by step.
 
-Every sampler is a flat step function with one signature,
+Every sampler is a flat step function (in `sampler_steps`) with one signature,
 
     step(x_t, eps, t, t_prev, schedule, *, noise=None, clip_x0=None, state=None) -> StepOutput
 
 where eps is the model's prediction at (x_t, t), t_prev is the next (smaller)
 timestep of the sampling grid (-1 after the last step), noise is fresh
-N(0, I) noise for samplers that need it and state is a dict a multistep
-solver may keep between calls. `sample` runs any registered step over a grid
-from `make_timesteps`; a new sampler only has to be added to `SAMPLERS`.
+N(0, I) noise for samplers that need it and state is a dict the loop shares
+with the step (the sigma grid, a multistep solver's history). `sample` runs
+any registered step over the grid `make_grid` builds; a new sampler only has
+to be added to `SAMPLERS`. x_t stays in the DDPM (variance-preserving) scale
+throughout, for every sampler.
 """
 
 from __future__ import annotations
@@ -19,86 +21,179 @@ import numpy as np
 import torch
 
 from .device import randn
-from .diffusion import _check_data, _check_same_shape, check_timesteps, q_posterior, x0_from_eps
-from .schedules import Schedule, expand_like, make_schedule
+from .guidance import check_guidance_scale, guided_eps
+from .sampler_steps import (  # noqa: F401  (re-exported: the chapters import them from here)
+    StepOutput,
+    ddim_step,
+    ddpm_step,
+    dpmpp_2m_step,
+    euler_ancestral_step,
+    euler_step,
+    karras_sigmas,
+    sigma_at,
+)
+from .schedules import Schedule, make_schedule
 
 TIMESTEP_SPACINGS = ("leading", "trailing", "linspace")
 
+SAMPLERS = {
+    "ddpm": ddpm_step,
+    "ddim": ddim_step,
+    "euler": euler_step,
+    "euler_a": euler_ancestral_step,
+    "dpmpp_2m": dpmpp_2m_step,
+}
+# Each sampler's default timestep spacing: that of its diffusers scheduler.
+DEFAULT_SPACING = {"ddpm": "leading", "ddim": "leading", "euler": "linspace", "euler_a": "linspace",
+                   "dpmpp_2m": "linspace"}
+KARRAS_SAMPLERS = ("euler", "dpmpp_2m")
 
-class StepOutput(NamedTuple):
-    x_prev: torch.Tensor  # the sample at t_prev
-    x0_hat: torch.Tensor  # the step's prediction of the clean data
+
+class SamplerAlias(NamedTuple):
+    sampler: str  # our name, a key of SAMPLERS
+    use_karras_sigmas: bool
+    diffusers_class: str  # the diffusers scheduler it equals
+
+
+# The names the Stable Diffusion web UIs show, and what they are here and in diffusers.
+SAMPLER_ALIASES = {
+    "DDPM": SamplerAlias("ddpm", False, "DDPMScheduler"),
+    "DDIM": SamplerAlias("ddim", False, "DDIMScheduler"),
+    "Euler": SamplerAlias("euler", False, "EulerDiscreteScheduler"),
+    "Euler a": SamplerAlias("euler_a", False, "EulerAncestralDiscreteScheduler"),
+    "DPM++ 2M": SamplerAlias("dpmpp_2m", False, "DPMSolverMultistepScheduler"),
+    "DPM++ 2M Karras": SamplerAlias("dpmpp_2m", True, "DPMSolverMultistepScheduler"),
+}
+
+
+def _check_steps(n, T):
+    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or not 1 <= n <= T:
+        raise ValueError(f"num_inference_steps must be between 1 and {T}, got {n!r}")
+
+
+def _check_spacing(spacing):
+    if spacing not in TIMESTEP_SPACINGS:
+        raise ValueError(f"spacing must be one of {', '.join(TIMESTEP_SPACINGS)}, got {spacing!r}")
+
+
+def _check_offset(timesteps, steps_offset, T):
+    if isinstance(steps_offset, bool) or not isinstance(steps_offset, (int, np.integer)) or steps_offset < 0:
+        raise ValueError(f"steps_offset must be an int >= 0, got {steps_offset!r}")
+    if len(timesteps) and timesteps.max() > T - 1:
+        raise ValueError(
+            f"steps_offset={steps_offset} moves the grid to timestep {int(timesteps.max())}, "
+            f"past the last training step {T - 1}"
+        )
 
 
 def make_timesteps(
-    num_inference_steps: int, num_train_timesteps: int = 1000, spacing: str = "leading"
+    num_inference_steps: int, num_train_timesteps: int = 1000, spacing: str = "leading", steps_offset: int = 0
 ) -> torch.Tensor:
-    """The descending grid of timesteps a sampler visits, as diffusers' `set_timesteps` makes it.
+    """The descending grid of timesteps DDPM and DDIM visit, as diffusers' `set_timesteps` makes it.
 
-    "leading":  0, k, 2k, ... with k = T // n (DDPM's default), reversed
+    "leading":  0, k, 2k, ... with k = T // n (DDPM's default), reversed, plus `steps_offset`
+                (Stable Diffusion's configuration uses steps_offset=1: 981, 961, ..., 1 for n = 50)
     "trailing": T - 1, T - 1 - T/n, ... rounded (always starts at the noisiest step)
     "linspace": n points evenly spaced over [0, T - 1], rounded, reversed
-    (Lin et al. 2024, Table 2, compares the three.)
+    (Lin et al. 2024, Table 2, compares the three.) `steps_offset` applies to "leading" only, as in diffusers.
     """
     T, n = num_train_timesteps, num_inference_steps
-    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or not 1 <= n <= T:
-        raise ValueError(f"num_inference_steps must be between 1 and {T}, got {n!r}")
+    _check_steps(n, T)
+    _check_spacing(spacing)
     if spacing == "leading":
-        timesteps = (np.arange(0, n) * (T // n)).round()[::-1]
+        timesteps = (np.arange(0, n) * (T // n)).round()[::-1] + steps_offset
     elif spacing == "trailing":
         # np.arange as diffusers calls it (its float rounding decides some steps); diffusers
         # keeps an extra last step, -1, for some n (e.g. 61): we keep the first n.
         timesteps = np.round(np.arange(T, 0, -T / n))[:n] - 1
-    elif spacing == "linspace":
-        timesteps = np.linspace(0, T - 1, n).round()[::-1]
     else:
-        raise ValueError(f"spacing must be one of {', '.join(TIMESTEP_SPACINGS)}, got {spacing!r}")
+        timesteps = np.linspace(0, T - 1, n).round()[::-1]
+    _check_offset(timesteps, steps_offset, T)
     return torch.from_numpy(timesteps.astype(np.int64).copy())  # (n,)
 
 
-def ddpm_step(
-    x_t: torch.Tensor,
-    eps: torch.Tensor,
-    t,
-    t_prev,
+class Grid(NamedTuple):
+    timesteps: torch.Tensor  # (n,) what the model is called at: long, or float64 when fractional
+    sigmas: torch.Tensor | None  # (n + 1,) float64 noise levels ending in 0, for sigma-based samplers
+
+
+def _sigma_grid(timesteps, schedule, use_karras_sigmas, karras_range):
+    """sigma at each grid timestep plus a final 0; with Karras, Karras' sigmas and their timesteps."""
+    sigmas = schedule.sigmas().numpy()  # (T,) increasing in t
+    at_grid = np.interp(timesteps, np.arange(len(sigmas)), sigmas)  # (n,)
+    if not use_karras_sigmas:
+        return timesteps, np.concatenate([at_grid, [0.0]])
+    lo, hi = (at_grid[-1], at_grid[0]) if karras_range == "grid" else (sigmas[0], sigmas[-1])
+    k = karras_sigmas(float(lo), float(hi), len(timesteps)).numpy()  # (n,)
+    # invert sigma(t), linear in log sigma between training steps (diffusers' _sigma_to_t)
+    timesteps = np.interp(np.log(k), np.log(sigmas), np.arange(len(sigmas)))  # (n,) fractional
+    return timesteps, np.concatenate([k, [0.0]])
+
+
+def make_grid(
+    sampler: str,
+    num_inference_steps: int,
     schedule: Schedule,
-    *,
-    noise: torch.Tensor | None = None,
-    clip_x0: float | None = None,
-    state: dict | None = None,
-) -> StepOutput:
-    r"""One DDPM ancestral step from t to t_prev: predict x0, then sample the posterior.
+    spacing: str | None = None,
+    steps_offset: int = 0,
+    use_karras_sigmas: bool = False,
+) -> Grid:
+    """The timesteps (and noise levels) `sampler` visits: exactly its diffusers scheduler's `set_timesteps`.
 
-    $$\hat x_0 = \frac{x_t - \sqrt{1 - \bar\alpha_t}\,\epsilon_\theta}{\sqrt{\bar\alpha_t}}, \qquad
-      x_{t'} = \tilde\mu_t(x_t, \hat x_0) + \sqrt{\tilde\beta_t}\, z, \quad z \sim \mathcal N(0, I)$$
-
-    with t' = t_prev, beta_t := 1 - alpha_bar_t / alpha_bar_{t'} (alpha_bar_{-1} = 1)
-    and no noise added when t = 0. For t' = t - 1 this is eq. 11 of the paper:
-    $x_{t-1} = \frac{1}{\sqrt{\alpha_t}}\left(x_t - \frac{\beta_t}{\sqrt{1-\bar\alpha_t}}\epsilon_\theta\right) + \sigma_t z$.
-    `clip_x0` clamps x0_hat to [-clip_x0, clip_x0] first (diffusers' `clip_sample`).
-    The variance is the posterior's, beta_tilde ("fixed_small"). Equals diffusers'
-    `DDPMScheduler.step` given the same eps and noise.
-
-    Book: eq-ddpm-step
-    Paper: Ho et al. 2020, Algorithm 2 and eq. 11
+    ddpm, ddim:      `make_timesteps` (DDPMScheduler, DDIMScheduler; default spacing "leading").
+    euler, euler_a:  "linspace" is NOT rounded (n fractional timesteps over [0, T - 1]); sigmas are
+                     interpolated linearly in t (EulerDiscreteScheduler, EulerAncestral...; default "linspace").
+                     Karras sigmas span the grid's first and last sigma; their timesteps stay fractional.
+    dpmpp_2m:        "linspace" and "leading" take n + 1 points and drop the last (t = 0):
+                     linspace(0, T - 1, n + 1) rounded, or k = T // (n + 1) (DPMSolverMultistepScheduler;
+                     default "linspace"). Karras sigmas span the whole schedule and their timesteps are
+                     rounded (except for the cosine schedule), while the sigmas themselves stay exact.
+    `spacing=None` picks the sampler's default (`DEFAULT_SPACING`).
     """
-    _check_data(x_t, "x_t")
-    _check_same_shape(x_t, eps, "x_t", "eps")
-    t_cpu = check_timesteps(t, schedule.num_train_timesteps).reshape(-1)  # (B,) or (1,)
-    x0_hat = x0_from_eps(x_t, t, eps, schedule)  # (B, ...)
-    if clip_x0 is not None:
-        x0_hat = x0_hat.clamp(-clip_x0, clip_x0)
-    mean, variance = q_posterior(x0_hat, x_t, t, schedule, t_prev=t_prev)  # (B, ...), (B, 1, ...)
-    if not (t_cpu > 0).any():
-        return StepOutput(mean, x0_hat)
-    if noise is None:
-        noise = torch.randn_like(x_t)  # pass `noise` for reproducible samples
-    _check_same_shape(x_t, noise, "x_t", "noise")
-    has_noise = expand_like((t_cpu > 0).double(), x_t)  # (B, 1, ...): no noise where t = 0
-    return StepOutput(mean + has_noise * variance.sqrt() * noise, x0_hat)
+    if sampler not in SAMPLERS:
+        raise ValueError(f"sampler must be one of {', '.join(SAMPLERS)}, got {sampler!r}")
+    spacing = DEFAULT_SPACING[sampler] if spacing is None else spacing
+    T, n = schedule.num_train_timesteps, num_inference_steps
+    if use_karras_sigmas and sampler not in KARRAS_SAMPLERS:
+        raise ValueError(
+            f"use_karras_sigmas works with the {' and '.join(KARRAS_SAMPLERS)} samplers, not {sampler!r}"
+        )
+    if sampler in ("ddpm", "ddim"):
+        return Grid(make_timesteps(n, T, spacing, steps_offset), None)
+    _check_steps(n, T)
+    _check_spacing(spacing)
+    if spacing == "trailing" or (spacing == "leading" and sampler != "dpmpp_2m"):
+        timesteps = make_timesteps(n, T, spacing, steps_offset).numpy().astype(np.float64)
+    elif sampler != "dpmpp_2m":  # Euler's linspace, in float32 as diffusers makes it
+        timesteps = np.linspace(0, T - 1, n, dtype=np.float32)[::-1].astype(np.float64)
+    elif spacing == "linspace":
+        timesteps = np.linspace(0, T - 1, n + 1).round()[::-1][:-1]
+    else:
+        timesteps = (np.arange(0, n + 1) * (T // (n + 1))).round()[::-1][:-1] + steps_offset
+    _check_offset(timesteps, steps_offset, T)
+    karras_range = "schedule" if sampler == "dpmpp_2m" else "grid"
+    timesteps, sigmas = _sigma_grid(timesteps, schedule, use_karras_sigmas, karras_range)
+    if sampler == "dpmpp_2m" and schedule.kind != "cosine":
+        timesteps = torch.from_numpy(timesteps.round().astype(np.int64).copy())  # (n,)
+    else:
+        timesteps = torch.from_numpy(timesteps.astype(np.float64).copy())  # (n,)
+    return Grid(timesteps, torch.from_numpy(sigmas.astype(np.float64)))
 
 
-SAMPLERS = {"ddpm": ddpm_step}
+def _resolve_sampler(sampler, use_karras_sigmas):
+    if sampler in SAMPLER_ALIASES:
+        alias = SAMPLER_ALIASES[sampler]
+        if use_karras_sigmas is not None and use_karras_sigmas != alias.use_karras_sigmas:
+            raise ValueError(
+                f"sampler {sampler!r} means use_karras_sigmas={alias.use_karras_sigmas}, "
+                f"got use_karras_sigmas={use_karras_sigmas}"
+            )
+        return alias.sampler, alias.use_karras_sigmas
+    if sampler not in SAMPLERS:
+        aliases = ", ".join(repr(a) for a in SAMPLER_ALIASES)
+        raise ValueError(f"sampler must be one of {', '.join(SAMPLERS)} (or a web-UI name: {aliases}), "
+                         f"got {sampler!r}")
+    return sampler, bool(use_karras_sigmas)
 
 
 def _infer_device(eps_model, x_T):
@@ -110,6 +205,11 @@ def _infer_device(eps_model, x_T):
         if first is not None:
             return first.device
     return torch.device("cpu")
+
+
+def _draws_noise(sampler, t, eta):
+    """Whether a step takes fresh noise, drawn exactly when diffusers' scheduler draws it."""
+    return {"ddpm": t > 0, "ddim": eta > 0, "euler_a": True}.get(sampler, False)
 
 
 @torch.no_grad()
@@ -126,31 +226,56 @@ def sample(
     clip_x0: float | None = None,
     cond=None,
     progress: bool = False,
-    spacing: str = "leading",
+    spacing: str | None = None,
+    *,
+    uncond=None,
+    guidance_scale: float = 1.0,
+    eta: float = 0.0,
+    use_karras_sigmas: bool | None = None,
+    steps_offset: int = 0,
+    set_alpha_to_one: bool = True,
 ) -> torch.Tensor:
     """Draw samples by running `sampler` from pure noise x_T down to x_0.
 
-    The loop of Ho et al. 2020, Algorithm 2, on a grid of `num_inference_steps`
-    timesteps (`make_timesteps(..., spacing)`):
+    The loop of Ho et al. 2020, Algorithm 2, on the sampler's grid (`make_grid`):
 
         x = x_T ~ N(0, I)
         for t, t_prev in grid:
-            eps = eps_model(x, t)                      # or eps_model(x, t, cond)
-            x, x0_hat = step(x, eps, t, t_prev, schedule, noise=z)   # z ~ N(0, I) if t > 0
+            eps = eps_model(x, t)                      # or eps_model(x, t, cond), or guided
+            x, x0_hat = step(x, eps, t, t_prev, schedule, noise=z)   # z ~ N(0, I) if the step takes noise
         return x
 
-    Noise comes from `generator` through `device.randn` (drawn on the CPU,
-    then moved), so a seed reproduces the same sample on every device and
-    matches diffusers' DDPM pipeline with the same generator. `callback(i, t,
-    x_t, x0_hat)` is called at every step with x_t before the step, for
-    recording a denoising trace. `device` defaults to x_T's, else the model's
-    parameters', else the CPU. `schedule` defaults to `make_schedule("linear")`.
+    `sampler` is a key of `SAMPLERS` or a web-UI name from `SAMPLER_ALIASES`
+    ("Euler a", "DPM++ 2M Karras", ...). `spacing=None` uses the sampler's
+    diffusers default; `steps_offset` (leading spacing), `set_alpha_to_one` and
+    `eta` (DDIM), `use_karras_sigmas` (Euler, DPM++ 2M) are diffusers' options.
+    The model gets t as a (B,) long tensor, or float32 when the grid is
+    fractional (Euler's linspace, Karras sigmas).
+
+    Guidance: with guidance_scale != 1 and an unconditional `uncond` (same
+    structure as `cond`), each step makes ONE model call on 2B examples and
+    combines the halves with `cfg_combine` (see `guidance.guided_eps`).
+
+    Noise comes from `generator` through `device.randn` (drawn on the CPU, then
+    moved) at the steps where diffusers' scheduler draws it, so a seed
+    reproduces a sample on every device and matches diffusers' loop with the
+    same generator. Every sampler starts from x_T ~ N(0, I) in the DDPM scale,
+    i.e. x_sigma = x_T sqrt(1 + sigma_max^2) for the Euler samplers (diffusers'
+    Euler pipelines start from N(0, sigma_max^2) with linspace spacing: 0.2% apart for SD).
+    `callback(i, t, x_t, x0_hat)` is called at every step with x_t before the step.
+    `device` defaults to x_T's, else the model's parameters', else the CPU.
+    `schedule` defaults to `make_schedule("linear")`.
     """
-    if sampler not in SAMPLERS:
-        raise ValueError(f"sampler must be one of {', '.join(SAMPLERS)}, got {sampler!r}")
+    sampler, use_karras_sigmas = _resolve_sampler(sampler, use_karras_sigmas)
+    check_guidance_scale(guidance_scale)
+    if isinstance(eta, bool) or not isinstance(eta, (int, float)) or not eta >= 0:
+        raise ValueError(f"eta must be a number >= 0 (0 = DDIM, 1 = DDPM's variance), got {eta!r}")
+    if eta != 0 and sampler != "ddim":
+        raise ValueError(f"eta applies to the ddim sampler only, got eta={eta} with sampler {sampler!r}")
     step = SAMPLERS[sampler]
+    options = dict(eta=float(eta), set_alpha_to_one=set_alpha_to_one) if sampler == "ddim" else {}
     schedule = make_schedule("linear") if schedule is None else schedule
-    timesteps = make_timesteps(num_inference_steps, schedule.num_train_timesteps, spacing)  # (n,)
+    grid = make_grid(sampler, num_inference_steps, schedule, spacing, steps_offset, use_karras_sigmas)
     shape = tuple(shape)
     device = torch.device(device) if device is not None else _infer_device(eps_model, x_T)
     if x_T is None:
@@ -159,23 +284,26 @@ def sample(
         if tuple(x_T.shape) != shape:
             raise ValueError(f"x_T must have shape {shape}, got {tuple(x_T.shape)}")
         x = x_T.to(device)
-    t_prevs = timesteps[1:].tolist() + [-1]
-    steps = zip(timesteps.tolist(), t_prevs)
+    timesteps = grid.timesteps.tolist()
+    t_prevs = timesteps[1:] + [-1]
+    steps = zip(timesteps, t_prevs)
     if progress:
         from tqdm.auto import tqdm
 
         steps = tqdm(steps, total=len(timesteps), desc=f"{sampler} sampling")
-    state: dict = {}
+    model_dtype = torch.long if not grid.timesteps.is_floating_point() else torch.float32
+    state: dict = {} if grid.sigmas is None else {"sigmas": grid.sigmas}
     for i, (t, t_prev) in enumerate(steps):
-        t_batch = torch.full((shape[0],), t, dtype=torch.long, device=device)  # (B,)
-        eps = eps_model(x, t_batch) if cond is None else eps_model(x, t_batch, cond)  # (B, ...)
+        t_batch = torch.full((shape[0],), t, dtype=model_dtype, device=device)  # (B,)
+        eps = guided_eps(eps_model, x, t_batch, cond, uncond, guidance_scale)  # (B, ...)
         if eps.shape != x.shape:
             raise ValueError(
                 f"eps_model must return a tensor shaped like x_t {tuple(x.shape)}, "
                 f"got {tuple(eps.shape)}"
             )
-        noise = randn(shape, generator, device=device, dtype=x.dtype) if t > 0 else None
-        out = step(x, eps, t, t_prev, schedule, noise=noise, clip_x0=clip_x0, state=state)
+        noise = randn(shape, generator, device=device, dtype=x.dtype) if _draws_noise(sampler, t, eta) else None
+        state["step_index"] = i
+        out = step(x, eps, t, t_prev, schedule, noise=noise, clip_x0=clip_x0, state=state, **options)
         if callback is not None:
             callback(i, t, x, out.x0_hat)
         x = out.x_prev

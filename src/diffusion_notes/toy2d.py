@@ -126,7 +126,7 @@ class ToyDenoiser(nn.Module):
         h = self.in_proj(x_t) + self.time_mlp(timestep_embedding(t, self.config.time_dim))  # (B, D)
         if self.label_emb is not None:
             if cond is None:
-                cond = torch.full_like(t, self.null_label)
+                cond = torch.full(t.shape, self.null_label, dtype=torch.long, device=t.device)  # t may be float
             h = h + self.label_emb(cond)  # (B, D)
         elif cond is not None:
             raise ValueError("this denoiser was built with num_classes=0 and takes no condition")

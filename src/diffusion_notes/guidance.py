@@ -1,0 +1,126 @@
+r"""Classifier-free guidance: train with the condition sometimes dropped, sample with two predictions.
+
+Training (`drop_condition`): replace each example's condition by a "null"
+condition with probability p, so one network learns both eps(x_t, t, c) and
+eps(x_t, t, null).
+
+Sampling (`cfg_combine`): push the prediction away from the unconditional one,
+
+    eps_hat = eps_uncond + s * (eps_cond - eps_uncond)
+
+Two conventions for the same thing:
+
+    diffusers, Stable Diffusion, the web UIs:  guidance_scale s      (s = 1: no guidance, s = 0: unconditional)
+    Ho & Salimans 2022, GLIDE:                 guidance weight w     eps_hat = (1 + w) eps_cond - w eps_uncond
+
+so s = 1 + w: SD's default s = 7.5 is w = 6.5, and w = 0 is plain conditional sampling.
+`guided_eps` evaluates both predictions in ONE model call on a batch of 2B.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+
+def check_guidance_scale(guidance_scale) -> float:
+    """Return the scale as a float; ValueError unless it is a finite number >= 0."""
+    if isinstance(guidance_scale, bool) or not isinstance(guidance_scale, (int, float)) or not (
+        math.isfinite(guidance_scale) and guidance_scale >= 0
+    ):
+        raise ValueError(
+            "guidance_scale must be a finite number >= 0 (1 = no guidance, 0 = unconditional), "
+            f"got {guidance_scale!r}"
+        )
+    return float(guidance_scale)
+
+
+def drop_condition(cond: torch.Tensor, p: float, null, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Replace each row of `cond` by `null` with probability p: condition dropout for guidance training.
+
+    `cond` is (B,) labels or (B, ...) embeddings; `null` is the null label (an
+    int) or a null embedding shaped like one row, cond[0]. One uniform number
+    per row is drawn from `generator` (on its device, then moved), as
+    `torch.rand(B, generator=generator) < p`. Returns a new tensor; `cond` is unchanged.
+    DALL-E 2 drops the text 10% (prior) or 50% (decoder) of the time; GLIDE and SD about 10%.
+
+    Paper: Ho & Salimans 2022 (Classifier-Free Diffusion Guidance), Algorithm 1
+    """
+    if not isinstance(cond, torch.Tensor) or cond.ndim < 1:
+        raise ValueError("cond must be a tensor with a batch dimension, (B,) labels or (B, ...) embeddings")
+    if isinstance(p, bool) or not isinstance(p, (int, float)) or not 0 <= p <= 1:
+        raise ValueError(f"p must be a probability in [0, 1], got {p!r}")
+    null = torch.as_tensor(null, dtype=cond.dtype, device=cond.device)
+    if null.shape != cond.shape[1:]:
+        raise ValueError(
+            f"null must be shaped like one row of cond, {tuple(cond.shape[1:])}, got {tuple(null.shape)}"
+        )
+    draw_device = generator.device if generator is not None else "cpu"
+    drop = torch.rand(cond.shape[0], generator=generator, device=draw_device) < p  # (B,)
+    drop = drop.to(cond.device).view(-1, *([1] * (cond.ndim - 1)))  # (B, 1, ...)
+    return torch.where(drop, null, cond)
+
+
+def cfg_combine(eps_uncond: torch.Tensor, eps_cond: torch.Tensor, scale) -> torch.Tensor:
+    r"""The guided noise prediction, in diffusers' convention (scale s = 1 + w).
+
+    $$\hat\epsilon = \epsilon_\text{uncond} + s\,(\epsilon_\text{cond} - \epsilon_\text{uncond})
+                   = (1 + w)\,\epsilon_\text{cond} - w\,\epsilon_\text{uncond}$$
+
+    s = 1 gives eps_cond, s = 0 gives eps_uncond, s > 1 extrapolates past eps_cond.
+    `scale` may be a float or a tensor that broadcasts against eps (one scale per example).
+
+    Paper: Ho & Salimans 2022, eq. 6 (with w = s - 1); Nichol et al. 2022 (GLIDE), eq. 2 (s)
+    """
+    if eps_uncond.shape != eps_cond.shape:
+        raise ValueError(
+            f"eps_uncond and eps_cond must have the same shape, got {tuple(eps_uncond.shape)} "
+            f"and {tuple(eps_cond.shape)}"
+        )
+    return eps_uncond + scale * (eps_cond - eps_uncond)
+
+
+def concat_conditions(cond, uncond):
+    """Stack cond on top of uncond along dim 0: tensors, tuples/lists of tensors, or dicts of tensors."""
+    if isinstance(cond, torch.Tensor) and isinstance(uncond, torch.Tensor):
+        if cond.shape != uncond.shape:
+            raise ValueError(
+                f"cond and uncond must have the same shape, got {tuple(cond.shape)} and {tuple(uncond.shape)}"
+            )
+        return torch.cat([cond, uncond.to(cond.device)], dim=0)  # (2B, ...)
+    if isinstance(cond, (tuple, list)) and isinstance(uncond, (tuple, list)) and len(cond) == len(uncond):
+        return type(cond)(concat_conditions(c, u) for c, u in zip(cond, uncond))
+    if isinstance(cond, dict) and isinstance(uncond, dict) and cond.keys() == uncond.keys():
+        return {key: concat_conditions(cond[key], uncond[key]) for key in cond}
+    raise ValueError(
+        "cond and uncond must both be tensors, tuples/lists of tensors of the same length, or dicts "
+        f"of tensors with the same keys; got {type(cond).__name__} and {type(uncond).__name__}"
+    )
+
+
+def guided_eps(eps_model, x_t: torch.Tensor, t: torch.Tensor, cond=None, uncond=None, guidance_scale=1.0):
+    """eps_model's prediction at (x_t, t), guided by cond against uncond with one model call.
+
+    guidance_scale == 1: the conditional call only, eps_model(x_t, t, cond) (or
+    eps_model(x_t, t) when cond is None). Otherwise x_t and t are repeated to 2B,
+    cond and uncond concatenated (`concat_conditions`), the model is called once
+    and its output split into eps_cond (first B rows) and eps_uncond (last B) for
+    `cfg_combine`. t is a (B,) tensor.
+    """
+    guidance_scale = check_guidance_scale(guidance_scale)
+    if guidance_scale == 1.0:
+        return eps_model(x_t, t) if cond is None else eps_model(x_t, t, cond)
+    if cond is None or uncond is None:
+        raise ValueError(
+            f"guidance_scale={guidance_scale} needs both a condition `cond` and an unconditional "
+            "condition `uncond` (e.g. the null label); use guidance_scale=1 for unguided sampling"
+        )
+    B = x_t.shape[0]
+    x_in = torch.cat([x_t, x_t], dim=0)  # (2B, ...)
+    t_in = torch.cat([t, t], dim=0)  # (2B,)
+    eps = eps_model(x_in, t_in, concat_conditions(cond, uncond))  # (2B, ...)
+    if eps.shape[0] != 2 * B:
+        raise ValueError(f"eps_model must return 2B = {2 * B} rows for a guided call, got {eps.shape[0]}")
+    eps_cond, eps_uncond = eps.chunk(2, dim=0)  # (B, ...) each
+    return cfg_combine(eps_uncond, eps_cond, guidance_scale)

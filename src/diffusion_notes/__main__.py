@@ -1,0 +1,137 @@
+"""The command line: python -m diffusion_notes {train,ship,list} ...
+
+Each subcommand is a pair of functions, one that adds its arguments and one
+that runs it, registered in COMMANDS; a new subcommand (e.g. `generate`) is one
+more pair. Imports of torch and the models happen inside the run functions, so
+`--help` is quick.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+
+def _add_train(p: argparse.ArgumentParser) -> None:
+    p.add_argument("model", help="a recipe name, e.g. toy2d, clip, shapes_classifier")
+    p.add_argument("--steps", type=int, help="training steps (default: the recipe's)")
+    p.add_argument("--batch-size", type=int, help="examples per step (default: the recipe's)")
+    p.add_argument("--seed", type=int, help="seed of initialisation and data (default 0)")
+    p.add_argument("--out", help="run directory (default runs/MODEL)")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
+    p.add_argument("--checkpoint-every", type=int, default=500, metavar="K", help="save a checkpoint every K steps")
+    p.add_argument(
+        "--set", action="append", default=[], metavar="KEY=VALUE", help="override a config field (repeatable)"
+    )
+    p.add_argument("--lr-schedule", choices=("cosine", "constant"), help="after warm-up (default cosine)")
+    p.add_argument("--max-seconds", type=float, help="stop (with a checkpoint) after this long; resume later")
+    p.add_argument("--device", default="cpu", help="cpu, cuda or mps (default cpu, which reproduces shipped runs)")
+    p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def _run_train(args) -> int:
+    import torch
+
+    from .train import train
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    out = args.out or os.path.join("runs", args.model)
+    try:
+        result = train(
+            args.model,
+            steps=args.steps,
+            batch_size=args.batch_size,
+            out_dir=out,
+            seed=args.seed,
+            resume=args.resume,
+            checkpoint_every=args.checkpoint_every,
+            config_overrides=args.set or None,
+            progress=not args.no_progress,
+            max_seconds=args.max_seconds,
+            lr_schedule=args.lr_schedule,
+            device=args.device,
+        )
+    except KeyboardInterrupt as stop:
+        print(f"\n{stop}" if str(stop) else "\ninterrupted", file=sys.stderr)
+        return 130
+    if result.finished:
+        weights = result.run_dir / "model.safetensors"
+        print(f"done: {result.step} steps in {result.seconds:.1f} s; weights in {weights}")
+        print(f"ship them with: python -m diffusion_notes ship {result.run_dir}")
+    else:
+        resume = f"python -m diffusion_notes train {args.model} --out {out} --resume"
+        print(f"stopped at step {result.step}; continue with: {resume}")
+    return 0
+
+
+def _add_ship(p: argparse.ArgumentParser) -> None:
+    p.add_argument("run_dir", help="a finished run directory (holding model.safetensors)")
+    p.add_argument("--name", help="shipped name (default: the recipe's name)")
+    p.add_argument("--weights-dir", help="where to ship (default: the package's weights/)")
+    p.add_argument("--no-eval", action="store_true", help="skip the recipe's evaluation")
+
+
+def _run_ship(args) -> int:
+    from .pretrained import ship
+
+    entry = ship(args.run_dir, name=args.name, weights_dir=args.weights_dir, evaluate=not args.no_eval)
+    print(f"{entry['file']}: sha256 {entry['sha256']}, {entry['size_bytes']} bytes, metrics {entry['metrics']}")
+    return 0
+
+
+def _add_list(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--weights-dir", help="weights directory to list (default: the package's weights/)")
+
+
+def _run_list(args) -> int:
+    from .pretrained import available, info
+    from .recipes import recipe_names
+
+    names = available(args.weights_dir)
+    print(f"recipes: {', '.join(recipe_names())}")
+    if not names:
+        print("no shipped models yet")
+    for name in names:
+        entry = info(name, args.weights_dir)
+        metrics = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in entry["metrics"].items())
+        size = f"{entry['size_bytes'] / 1e6:.2f} MB"
+        print(f"{name}: {entry['recipe']}, {entry['steps']} steps, {size}, {metrics or 'no metrics'}")
+    return 0
+
+
+# name -> (help, add_arguments, run)
+COMMANDS = {
+    "train": ("train a model from its recipe", _add_train, _run_train),
+    "ship": ("copy a finished run's weights into the package and the manifest", _add_ship, _run_ship),
+    "list": ("list the shipped models and their metrics", _add_list, _run_list),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m diffusion_notes", description="Train, ship and list the book's models."
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, (help_, add_arguments, _) in COMMANDS.items():
+        add_arguments(sub.add_parser(name, help=help_, description=help_))
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 0
+    try:
+        return COMMANDS[args.command][2](args)
+    except (ValueError, FileNotFoundError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

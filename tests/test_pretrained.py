@@ -151,3 +151,21 @@ def test_list_command(shipped, capsys):
     assert main(["list", "--weights-dir", str(shipped[1])]) == 0
     out = capsys.readouterr().out
     assert "toy2d: toy2d, 20 steps" in out and "eval_loss=" in out
+
+
+def test_loss_curve_averages_windows():
+    from diffusion_notes.pretrained import loss_curve
+
+    curve = loss_curve([float(i) for i in range(10)], points=5)
+    assert curve == [[2, 0.5], [4, 2.5], [6, 4.5], [8, 6.5], [10, 8.5]]
+    assert len(loss_curve([1.0] * 1000, points=60)) == 60
+    assert loss_curve([3.0, 1.0], points=60) == [[1, 3.0], [2, 1.0]]
+
+
+def test_shipped_models_have_a_training_curve():
+    from diffusion_notes import pretrained
+
+    for name in pretrained.available():
+        curve = pretrained.info(name)["loss_curve"]
+        assert curve[-1][0] == pretrained.info(name)["steps"]
+        assert curve[-1][1] < curve[0][1], f"{name}: the loss did not fall"

@@ -161,6 +161,18 @@ def _mean_of_last(values: list[float], k: int) -> float:
     return float(sum(tail) / max(1, len(tail)))
 
 
+def loss_curve(losses: list[float], points: int = 60) -> list[list[float]]:
+    """The training loss averaged over `points` equal windows: [[last step of window, mean loss], ...].
+
+    Kept in the manifest so a chapter can draw a shipped model's training curve without its run folder.
+    """
+    n = len(losses)
+    edges = sorted({round(i * n / points) for i in range(points + 1)})
+    return [
+        [hi, round(sum(losses[lo:hi]) / (hi - lo), 6)] for lo, hi in zip(edges[:-1], edges[1:]) if hi > lo
+    ]
+
+
 def ship(run_dir, name: str | None = None, weights_dir=None, evaluate: bool = True) -> dict:
     """Copy run_dir/model.safetensors into the weights directory as <name>.safetensors and record it.
 
@@ -193,6 +205,7 @@ def ship(run_dir, name: str | None = None, weights_dir=None, evaluate: bool = Tr
         model = recipe.build(config_from_dict(type(recipe.config), run["config"]))
         model.load_state_dict(load_checkpoint(target)[0])
         metrics = recipe.evaluate(model.eval())
+    losses = load_checkpoint(ckpt)[0]["log.loss"].tolist()
     ship_words = ["python -m diffusion_notes ship", shlex.quote(str(run_dir))]
     ship_words += ["--name", name] if name != run["recipe"] else []
     entry = {
@@ -213,7 +226,8 @@ def ship(run_dir, name: str | None = None, weights_dir=None, evaluate: bool = Tr
         "ship_command": " ".join(ship_words),
         "trained_on": run["saved_at"][:10] if "saved_at" in run else date.today().isoformat(),
         "metrics": {k: float(v) if isinstance(v, (int, float)) else v for k, v in metrics.items()},
-        "final_loss": _mean_of_last(load_checkpoint(ckpt)[0]["log.loss"].tolist(), 100),
+        "final_loss": _mean_of_last(losses, 100),
+        "loss_curve": loss_curve(losses),
     }
     manifest = read_manifest(weights_dir)
     manifest["models"][name] = entry

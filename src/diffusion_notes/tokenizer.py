@@ -1,0 +1,126 @@
+"""Text to token ids: open_clip's BPE tokenizer and the compact vocabulary of the Shapes captions.
+
+Every text becomes 77 open_clip token ids, as in CLIP and Stable Diffusion:
+``[start, w_1, ..., w_n, end, pad, ..., pad]`` with start = 49406, end = 49407
+and pad = 0. The ids are the ones a real CLIP text encoder reads, so our tiny
+model and a real open_clip model take the same input (see ``bridges.py``).
+
+A real CLIP embeds all 49,408 ids; at our width that table alone would weigh
+~25 MB. The Shapes captions use about a hundred of them, so the tiny CLIP keeps
+only those: :func:`caption_vocabulary` lists them (sorted open_clip ids,
+including pad, start and end) and :func:`to_compact` maps any open_clip id to its
+row in that list, or to one extra ``<unk>`` row for a word no caption uses.
+
+open_clip's tokenizer works offline (its BPE merges ship in the package). It is
+imported on first use, because importing open_clip takes a few seconds.
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+import string
+import warnings
+
+import torch
+
+CONTEXT_LENGTH = 77
+PAD_ID, START_ID, END_ID = 0, 49406, 49407
+
+
+@functools.lru_cache(maxsize=1)
+def _bpe():
+    from open_clip.tokenizer import SimpleTokenizer
+
+    return SimpleTokenizer(context_length=CONTEXT_LENGTH)
+
+
+def _check_texts(texts) -> list[str]:
+    if isinstance(texts, str):
+        return [texts]
+    if not isinstance(texts, (list, tuple)) or not all(isinstance(t, str) for t in texts):
+        raise TypeError(f"texts must be a string or a list of strings, got {type(texts).__name__}")
+    if len(texts) == 0:
+        raise ValueError("texts is an empty list; pass at least one caption")
+    return list(texts)
+
+
+def tokenize(texts: str | list[str], allow_empty: bool = False) -> torch.Tensor:
+    """Token ids of each text, (B, 77) long: start, the BPE ids, end, then pad (0).
+
+    The same ids as ``open_clip.get_tokenizer("ViT-B-32")(texts)``. A text longer
+    than 77 tokens (start and end included) is cut to 77 keeping the end token
+    last, as open_clip does, with a warning. An empty text raises a ValueError
+    unless ``allow_empty=True``: then it gives ``[start, end, pad, ...]``, the
+    empty prompt that classifier-free guidance uses as its unconditional input.
+    """
+    texts = _check_texts(texts)
+    bpe = _bpe()
+    ids = torch.full((len(texts), CONTEXT_LENGTH), PAD_ID, dtype=torch.long)  # (B, 77)
+    for b, text in enumerate(texts):
+        words = bpe.encode(text)
+        if not words and not allow_empty:
+            raise ValueError(
+                f"text {b} is empty ({text!r}); pass allow_empty=True to get the empty-prompt "
+                "encoding that classifier-free guidance uses as the unconditional input "
+                "(Stable Diffusion encodes \"\" for it)")
+        row = [START_ID, *words, END_ID]
+        if len(row) > CONTEXT_LENGTH:
+            warnings.warn(
+                f"text {b} has {len(row)} tokens (start and end included), more than the "
+                f"{CONTEXT_LENGTH} a CLIP text encoder reads; truncated to {CONTEXT_LENGTH}, "
+                "keeping the end token last", stacklevel=2)
+            row = row[:CONTEXT_LENGTH - 1] + [END_ID]
+        ids[b, :len(row)] = torch.tensor(row)
+    return ids
+
+
+def decode(ids: torch.Tensor) -> list[str]:
+    """The texts behind (B, 77) token ids, without start, end and pad (BPE spacing)."""
+    bpe = _bpe()
+    ids = torch.as_tensor(ids).reshape(-1, ids.shape[-1])  # (B, L)
+    special = {PAD_ID, START_ID, END_ID}
+    return [bpe.decode([i for i in row.tolist() if i not in special]).strip() for row in ids]
+
+
+def _caption_texts() -> list[str]:
+    """Every word and fixed piece of text the caption generator can produce."""
+    from .data import captions
+
+    texts = []
+    for table in (captions.SHAPE_WORDS, captions.COLOUR_WORDS, captions.SIZE_WORDS,
+                  captions.POSITION_WORDS, captions.RELATION_WORDS):
+        texts += [phrase for phrases in table.values() for phrase in phrases]
+    # Template text with the {fields} blanked out, and the words that fields add around
+    # the table entries (articles, "in the", "at the", "on the").
+    for template in captions.ONE_OBJECT_TEMPLATES + captions.TWO_OBJECT_TEMPLATES:
+        fields = [name for _, name, _, _ in string.Formatter().parse(template) if name]
+        texts.append(template.format(**{name: " " for name in fields}))
+    texts += ["a", "an", "in the", "at the", "on the"]
+    return texts
+
+
+@functools.lru_cache(maxsize=1)
+def caption_vocabulary() -> tuple[int, ...]:
+    """Sorted open_clip ids of every token in the Shapes captions, plus pad, start and end.
+
+    Built from the word tables and templates of :mod:`diffusion_notes.data.captions`,
+    so it is the same on every machine. CLIP's BPE splits text into words and
+    punctuation first and then encodes each word on its own, so the tokens of a
+    caption are the tokens of its pieces.
+    """
+    bpe = _bpe()
+    ids = {PAD_ID, START_ID, END_ID}
+    for text in _caption_texts():
+        ids.update(bpe.encode(re.sub(r"\s+", " ", text)))
+    return tuple(sorted(ids))
+
+
+def to_compact(ids: torch.Tensor, vocabulary: torch.Tensor) -> torch.Tensor:
+    """Map open_clip ids to rows of a compact table: the index in `vocabulary`, else len(vocabulary).
+
+    vocabulary: (V,) sorted open_clip ids; the extra row V is ``<unk>``.
+    """
+    index = torch.searchsorted(vocabulary, ids.contiguous()).clamp(max=len(vocabulary) - 1)  # same shape as ids
+    known = vocabulary[index] == ids
+    return torch.where(known, index, torch.full_like(index, len(vocabulary)))

@@ -45,6 +45,7 @@ def drop_condition(cond: torch.Tensor, p: float, null, generator: torch.Generato
     `torch.rand(B, generator=generator) < p`. Returns a new tensor; `cond` is unchanged.
     DALL-E 2 drops the text 10% (prior) or 50% (decoder) of the time; GLIDE and SD about 10%.
 
+    Book: eq-cfg-dropout
     Paper: Ho & Salimans 2022 (Classifier-Free Diffusion Guidance), Algorithm 1
     """
     if not isinstance(cond, torch.Tensor) or cond.ndim < 1:
@@ -71,6 +72,8 @@ def cfg_combine(eps_uncond: torch.Tensor, eps_cond: torch.Tensor, scale) -> torc
     s = 1 gives eps_cond, s = 0 gives eps_uncond, s > 1 extrapolates past eps_cond.
     `scale` may be a float or a tensor that broadcasts against eps (one scale per example).
 
+    Book: eq-cfg-eps
+    Book: eq-cfg-score
     Paper: Ho & Salimans 2022, eq. 6 (with w = s - 1); Nichol et al. 2022 (GLIDE), eq. 2 (s)
     """
     if eps_uncond.shape != eps_cond.shape:

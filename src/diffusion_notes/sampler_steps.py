@@ -119,6 +119,7 @@ def ddim_step(
     diffusers takes t' = t - T // n; the loop passes the next grid timestep, the
     same thing for leading spacing (DDIM's default) and the true next step otherwise.
 
+    Book: eq-ddim-step
     Paper: Song et al. 2021 (DDIM), eq. 12 and eq. 16
     """
     _check_inputs(x_t, eps)
@@ -172,6 +173,7 @@ def karras_sigmas(sigma_min: float, sigma_max: float, n: int, rho: float = 7.0) 
     $$\sigma_i = \left(\sigma_{\max}^{1/\rho} + \tfrac{i}{n-1}\left(\sigma_{\min}^{1/\rho}
                - \sigma_{\max}^{1/\rho}\right)\right)^\rho$$
 
+    Book: eq-karras-sigmas
     Paper: Karras et al. 2022 (EDM), eq. 5 (rho = 7)
     """
     ramp = torch.linspace(0, 1, n, dtype=torch.float64)  # (n,)
@@ -216,6 +218,7 @@ def euler_step(
     config, and SD 1.x's scaled_linear betas; with `use_karras_sigmas`) once its
     sample is divided by sqrt(1 + sigma^2), which is what its `scale_model_input` does.
 
+    Book: eq-pf-ode
     Paper: Karras et al. 2022 (EDM), Algorithm 1 without the Heun correction
     """
     _check_inputs(x_t, eps)
@@ -252,6 +255,7 @@ def euler_ancestral_step(
     `EulerAncestralDiscreteScheduler.step` (default config and SD 1.x's betas)
     after dividing its sample by sqrt(1 + sigma^2), given the same noise.
 
+    Book: eq-euler-ancestral
     Paper: Karras et al. 2022 (EDM), Sec. 4 (ancestral sampling); k-diffusion's sample_euler_ancestral
     """
     _check_inputs(x_t, eps)
@@ -297,6 +301,7 @@ def dpmpp_2m_step(
     `DPMSolverMultistepScheduler.step` (default config: solver_order 2, dpmsolver++,
     midpoint, final_sigmas_type "zero"; also with SD 1.x's betas and `use_karras_sigmas`).
 
+    Book: eq-dpmpp-2m
     Paper: Lu et al. 2022 (DPM-Solver++), Algorithm 2
     """
     _check_inputs(x_t, eps)

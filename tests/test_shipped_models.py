@@ -1,0 +1,43 @@
+"""The shipped models load, verify, and still meet the targets their chapters quote.
+
+These re-measure on fresh samples (not the manifest's own numbers), smaller than the
+manifest's evaluation so the suite stays quick.
+"""
+
+import pytest
+import torch
+
+from diffusion_notes import pretrained
+from diffusion_notes.clip_eval import retrieval_recall, zero_shot_accuracy
+from diffusion_notes.data.shapes import ShapesDataset
+
+torch.set_num_threads(1)
+
+
+@pytest.fixture(scope="module")
+def clip():
+    return pretrained.load("clip")
+
+
+def test_shipped_names():
+    assert {"clip", "shapes_classifier"} <= set(pretrained.available())
+
+
+def test_clip_zero_shot_meets_the_targets_on_unseen_images(clip):
+    acc = zero_shot_accuracy(clip, ShapesDataset("train", length=10**6, seed=7), n=300, attributes=("colour", "shape"))
+    assert acc["colour"] >= 0.95, acc
+    assert acc["shape"] >= 0.90, acc
+
+
+def test_clip_retrieval_finds_the_caption_among_the_top_five(clip):
+    recall = retrieval_recall(clip, ShapesDataset("train", length=10**6, seed=7), n=300, ks=(1, 5))
+    assert recall["recall@5"] >= 0.9, recall
+    assert recall["recall@1"] > 0.3, recall  # chance is 1/300
+
+
+def test_clip_embeddings_are_unit_vectors_and_text_states_have_77_positions(clip):
+    enc = clip.encode_text(["a small red circle on the left"])
+    assert enc.token_states.shape[1] == 77
+    assert torch.allclose(enc.z_t.norm(dim=-1), torch.ones(1), atol=1e-5)
+    z_i = clip.encode_image(ShapesDataset("train", length=4, seed=7).images(0, 4))
+    assert torch.allclose(z_i.norm(dim=-1), torch.ones(4), atol=1e-5)

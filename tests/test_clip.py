@@ -9,7 +9,7 @@ from safetensors.torch import load_file, save_file
 from diffusion_notes.clip import CLIP, CLIPConfig, TextEncoding, clip_batch, clip_loss, clip_training_loss
 from diffusion_notes.clip_eval import class_probabilities, retrieval_recall, zero_shot_accuracy
 from diffusion_notes.data.shapes import ShapesDataset
-from diffusion_notes.tokenizer import caption_vocabulary, decode, to_compact, tokenize
+from diffusion_notes.tokenizer import caption_vocabulary, decode, derive_caption_vocabulary, to_compact, tokenize
 
 SMALL = CLIPConfig(embed_dim=16, text_width=32, text_layers=2, text_heads=2, image_widths=(8, 8, 16))
 
@@ -71,6 +71,10 @@ def test_tokenizer_matches_open_clip_and_round_trips():
     ids = tokenize(captions)
     torch.testing.assert_close(ids, open_clip.get_tokenizer("ViT-B-32")(captions))
     assert torch.equal(tokenize(decode(ids)), ids)
+
+
+def test_stored_caption_vocabulary_equals_the_derived_one():
+    assert caption_vocabulary() == derive_caption_vocabulary()
 
 
 def test_caption_vocabulary_covers_the_dataset():

@@ -100,12 +100,30 @@ def _caption_texts() -> list[str]:
     return texts
 
 
-@functools.lru_cache(maxsize=1)
+# What `derive_caption_vocabulary()` returns, written out so that building a CLIP (and so
+# `pretrained.load("clip")`) does not import open_clip, which takes seconds.
+# tests/test_clip.py checks that the two agree.
+CAPTION_VOCABULARY = (
+    0, 81, 267, 268, 281, 282, 320, 518, 525, 530, 531, 533, 536, 537, 539, 550, 593, 637, 736, 874,
+    906, 962, 997, 1010, 1145, 1155, 1205, 1237, 1253, 1274, 1470, 1565, 1579, 1674, 1746, 1798, 1823,
+    1901, 2063, 2119, 2241, 2292, 2442, 2840, 2867, 2916, 3097, 3417, 3638, 3694, 3788, 3999, 4287,
+    4348, 4481, 4909, 5496, 5591, 5931, 6235, 7067, 7117, 10712, 14615, 15377, 16118, 16850, 17970,
+    19899, 49406, 49407,
+)
+
+
 def caption_vocabulary() -> tuple[int, ...]:
     """Sorted open_clip ids of every token in the Shapes captions, plus pad, start and end.
 
-    Built from the word tables and templates of :mod:`diffusion_notes.data.captions`,
-    so it is the same on every machine. CLIP's BPE splits text into words and
+    The stored copy of :func:`derive_caption_vocabulary` (a test keeps them equal).
+    """
+    return CAPTION_VOCABULARY
+
+
+def derive_caption_vocabulary() -> tuple[int, ...]:
+    """Build the caption vocabulary from the word tables and templates of :mod:`diffusion_notes.data.captions`.
+
+    It is the same on every machine. CLIP's BPE splits text into words and
     punctuation first and then encodes each word on its own, so the tokens of a
     caption are the tokens of its pieces.
     """

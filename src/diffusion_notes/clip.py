@@ -43,6 +43,7 @@ def clip_loss(image_features: torch.Tensor, text_features: torch.Tensor,
 
     logit_scale is s itself (already exponentiated), as in open_clip's ClipLoss.
 
+    Book: eq-clip-loss
     Paper: Radford et al. 2021, "Learning Transferable Visual Models From Natural
     Language Supervision", Figure 3.
     """
@@ -158,7 +159,10 @@ class CLIP(nn.Module):
 
     @property
     def logit_scale(self) -> torch.Tensor:
-        """exp(t), the inverse temperature, clamped to at most max_logit_scale (100) as in CLIP."""
+        """exp(t), the inverse temperature, clamped to at most max_logit_scale (100) as in CLIP.
+
+        Book: eq-logit-scale
+        """
         return self.log_logit_scale.exp().clamp(max=self.config.max_logit_scale)
 
     def _device(self) -> torch.device:
@@ -169,6 +173,8 @@ class CLIP(nn.Module):
         """Captions (a string, a list of strings, or (B, 77) open_clip ids) -> TextEncoding.
 
         z_t (B, E), unit length if normalize; token_states (B, 77, D).
+
+        Book: eq-clip-embeddings
         """
         if isinstance(texts_or_ids, torch.Tensor):
             ids = texts_or_ids
@@ -184,7 +190,10 @@ class CLIP(nn.Module):
         return TextEncoding(F.normalize(z_t, dim=-1) if normalize else z_t, states)
 
     def encode_image(self, images: torch.Tensor, normalize: bool = True) -> torch.Tensor:
-        """(B, 3, 32, 32) images in [-1, 1] -> z_i (B, E), unit length if normalize."""
+        """(B, 3, 32, 32) images in [-1, 1] -> z_i (B, E), unit length if normalize.
+
+        Book: eq-clip-embeddings
+        """
         z_i = self.visual(check_images(images).to(self._device()))
         return F.normalize(z_i, dim=-1) if normalize else z_i
 

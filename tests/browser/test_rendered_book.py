@@ -5,6 +5,7 @@ after the page's JavaScript has run, with the network blocked: math typeset by
 the MathJax we serve ourselves, the animation player drawn, widgets rendered.
 """
 
+import json
 import os
 import shutil
 import subprocess
@@ -39,35 +40,70 @@ def _run(args, tmp_path):
     return subprocess.run(cmd, capture_output=True, text=True, timeout=180, env={**os.environ, **home})
 
 
-@pytest.fixture(scope="module")
-def chapter_1_dom(tmp_path_factory):
-    if not CHAPTER_1.exists():
-        pytest.fail(f"{CHAPTER_1} is missing: build the book first with `make book`")
-    tmp = tmp_path_factory.mktemp("chromium")
-    out = _run(["--dump-dom", CHAPTER_1.as_uri()], tmp)
-    assert out.returncode == 0, out.stderr[-2000:]
-    return BeautifulSoup(out.stdout, "html.parser")
+CHAPTERS = sorted(p.stem for p in (ROOT / "book").glob("[0-9][0-9]_*.ipynb"))
 
 
-def test_math_is_typeset(chapter_1_dom):
-    assert len(chapter_1_dom.select("mjx-container")) >= 10, "MathJax did not typeset the equations"
-    for block in chapter_1_dom.select("div.math, span.math"):
+def _expected(chapter: str) -> dict:
+    """What the page must show, read from the notebook: its display math, animations and widgets."""
+    nb = json.loads((ROOT / "book" / f"{chapter}.ipynb").read_text())
+    markdown = "".join("".join(c["source"]) for c in nb["cells"] if c["cell_type"] == "markdown")
+    outputs = json.dumps([c.get("outputs", []) for c in nb["cells"] if c["cell_type"] == "code"])
+    return {
+        "display_math": markdown.count("```{math}") + markdown.count("$$") // 2,
+        "animations": "_anim_img" in outputs,
+        "widgets": "application/vnd.jupyter.widget-view+json" in outputs,
+    }
+
+
+_DOMS: dict = {}
+
+
+@pytest.fixture
+def dom(request, tmp_path_factory):
+    chapter = request.param
+    if chapter not in _DOMS:
+        page = HTML / "book" / f"{chapter}.html"
+        if not page.exists():
+            pytest.fail(f"{page} is missing: build the book first with `make book`")
+        out = _run(["--dump-dom", page.as_uri()], tmp_path_factory.mktemp("chromium"))
+        assert out.returncode == 0, out.stderr[-2000:]
+        _DOMS[chapter] = BeautifulSoup(out.stdout, "html.parser")
+    return chapter, _DOMS[chapter]
+
+
+@pytest.mark.parametrize("dom", CHAPTERS, indirect=True)
+def test_math_is_typeset(dom):
+    chapter, page = dom
+    expected = _expected(chapter)["display_math"]
+    assert expected > 0, f"{chapter} has no display math: is the expectation reading the notebook right?"
+    assert len(page.select("mjx-container")) >= expected, f"MathJax did not typeset the equations of {chapter}"
+    for block in page.select("div.math, span.math"):
         text = block.get_text()
-        assert "\\[" not in text and "\\(" not in text, f"raw TeX left on the page: {text[:80]!r}"
+        assert "\\[" not in text and "\\(" not in text, f"raw TeX left on {chapter}: {text[:80]!r}"
 
 
-def test_animation_player_runs(chapter_1_dom):
-    frames = [img for img in chapter_1_dom.select("img") if (img.get("id") or "").startswith("_anim_img")]
-    assert frames, "no animation player on the page"
+@pytest.mark.parametrize("dom", CHAPTERS, indirect=True)
+def test_animation_players_run(dom):
+    chapter, page = dom
+    frames = [img for img in page.select("img") if (img.get("id") or "").startswith("_anim_img")]
+    if not _expected(chapter)["animations"]:
+        assert not frames
+        return
+    assert frames, f"no animation player on {chapter}"
     for img in frames:
-        assert (img.get("src") or "").startswith("data:image/png"), "the animation's first frame was not drawn"
-    assert chapter_1_dom.select("div.anim-buttons button"), "the animation has no play buttons"
+        assert (img.get("src") or "").startswith("data:image/png"), "an animation's first frame was not drawn"
+    assert page.select("div.anim-buttons button"), "an animation has no play buttons"
 
 
-def test_widgets_render(chapter_1_dom):
-    views = chapter_1_dom.select('script[type="application/vnd.jupyter.widget-view+json"]')
-    assert views, "Chapter 1 should carry at least one widget view"
-    assert chapter_1_dom.select(".widget-slider, .jupyter-widgets"), "the widget renderer did not draw the widgets"
+@pytest.mark.parametrize("dom", CHAPTERS, indirect=True)
+def test_widgets_render(dom):
+    chapter, page = dom
+    views = page.select('script[type="application/vnd.jupyter.widget-view+json"]')
+    if not _expected(chapter)["widgets"]:
+        assert not views
+        return
+    assert views, f"{chapter}'s widget views are missing from the page"
+    assert page.select(".widget-slider, .jupyter-widgets"), f"the widget renderer did not draw {chapter}'s widgets"
 
 
 def test_screenshot(tmp_path):

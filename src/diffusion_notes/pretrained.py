@@ -140,8 +140,8 @@ def load(name: str, device=None, weights_dir=None) -> nn.Module:
 # Shipping a finished run.
 
 
-def machine_info(device: str = "cpu") -> dict:
-    """Where a model was trained: platform, CPU model, cores, torch version and device."""
+def machine_info(device: str = "cpu", threads: int | None = None) -> dict:
+    """Where a model was trained: platform, CPU model, cores, torch threads, torch version and device."""
     cpu = platform.processor() or ""
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -151,6 +151,8 @@ def machine_info(device: str = "cpu") -> dict:
     except OSError:
         pass
     info_ = {"platform": platform.platform(), "cpu": cpu, "cores": os.cpu_count(), "torch": torch.__version__}
+    if threads is not None:
+        info_["threads"] = threads
     on_cuda = device.startswith("cuda") and torch.cuda.is_available()
     info_["device"] = torch.cuda.get_device_name(0) if on_cuda else device
     return info_
@@ -221,7 +223,7 @@ def ship(run_dir, name: str | None = None, weights_dir=None, evaluate: bool = Tr
         "seed": run["seed"],
         "dataset": run["dataset"],
         "wall_time_s": round(run["elapsed_s"], 3),
-        "machine": machine_info(run["device"]),
+        "machine": machine_info(run["device"], run.get("threads")),
         "train_command": run["train_command"],
         "ship_command": " ".join(ship_words),
         "trained_on": run["saved_at"][:10] if "saved_at" in run else date.today().isoformat(),

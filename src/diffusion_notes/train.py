@@ -114,6 +114,7 @@ def _settings(recipe: Recipe, steps, batch_size, seed, config_overrides, lr_sche
         "ema_decay": recipe.ema_decay,
         "lr_schedule": lr_schedule or "cosine",
         "device": str(device),
+        "threads": torch.get_num_threads(),  # float sums may differ with another thread count
         "dataset": recipe.dataset,
     }
 
@@ -144,6 +145,8 @@ def train_command(settings: dict, out_dir) -> str:
         words += ["--lr-schedule", settings["lr_schedule"]]
     for key, value in settings["config_overrides"].items():
         words += ["--set", f"{key}={json.dumps(value) if not isinstance(value, str) else value}"]
+    if "threads" in settings:
+        words += ["--threads", str(settings["threads"])]
     return " ".join(words + ["--out", str(out_dir)])
 
 

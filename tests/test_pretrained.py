@@ -64,7 +64,7 @@ def test_load_round_trip(shipped, monkeypatch):
     assert all(torch.equal(v, expected[k]) for k, v in load("toy2d").state_dict().items())
 
 
-def test_the_manifest_command_reproduces_the_weights(shipped, tmp_path, one_thread_cli):
+def test_the_manifest_command_reproduces_the_weights(shipped, tmp_path, one_thread):
     _, weights_dir = shipped
     entry = info("toy2d", weights_dir)
     words = shlex.split(entry["train_command"])
@@ -74,14 +74,6 @@ def test_the_manifest_command_reproduces_the_weights(shipped, tmp_path, one_thre
     assert main(words[3:] + ["--no-progress"]) == 0
     again = (tmp_path / "again" / WEIGHTS_NAME).read_bytes()
     assert hashlib.sha256(again).hexdigest() == entry["sha256"]
-
-
-@pytest.fixture
-def one_thread_cli():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def test_missing_file(weights):

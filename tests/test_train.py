@@ -19,15 +19,6 @@ from diffusion_notes.train import CHECKPOINT_NAME, WEIGHTS_NAME, ema_decay_at, e
 TINY = ["hidden=16", "num_blocks=1", "time_dim=8"]
 
 
-@pytest.fixture
-def one_thread():
-    """Results must not depend on how many threads torch happens to use."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def _tiny(tmp_path, name, steps=30, seed=0, **kwargs):
     kwargs.setdefault("checkpoint_every", 1000)
     return train("toy2d", steps=steps, batch_size=32, seed=seed, out_dir=tmp_path / name,

@@ -16,7 +16,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .clip import TextEncoding, check_images
+from .clip import TextEncoding
+from .data.shapes import check_images
 from .tokenizer import tokenize
 
 OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)

@@ -43,7 +43,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .data.shapes import COLOURS, POSITIONS, SHAPES, SIZES, ShapesDataset, render
+from .data.shapes import COLOURS, POSITIONS, SHAPES, SIZES, ShapesDataset, check_images, render
 
 N_CELLS = 9
 EMPTY = 0  # shape class of an empty cell; shape k is class k + 1
@@ -62,18 +62,6 @@ class ClassifierConfig:
     width: int = 16          # channels of the first conv of the shape stream; later stages use 2x and 4x
     feature_dim: int = 96    # cell features of the shape stream
     colour_dim: int = 32     # cell features of the colour stream; features(images) has both (F = 128)
-
-
-def check_images(images: torch.Tensor) -> None:
-    """Raise ValueError unless images is a float (B, 3, 32, 32) tensor with values in [-1, 1]."""
-    if not isinstance(images, torch.Tensor) or images.dim() != 4 or tuple(images.shape[1:]) != (3, 32, 32):
-        shape = tuple(images.shape) if isinstance(images, torch.Tensor) else type(images).__name__
-        raise ValueError(f"images must be a (B, 3, 32, 32) tensor, got {shape}")
-    if not images.is_floating_point():
-        raise ValueError(f"images must be a float tensor with values in [-1, 1], got dtype {images.dtype}")
-    if images.numel() and (images.min() < -1 - 1e-4 or images.max() > 1 + 1e-4):
-        raise ValueError("images must have values in [-1, 1] (clamp generated images first), "
-                         f"got values in [{images.min().item():.3f}, {images.max().item():.3f}]")
 
 
 def _conv(c_in: int, c_out: int) -> nn.Sequential:

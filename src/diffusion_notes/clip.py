@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .data.shapes import IMAGE_SIZE, ShapesDataset, render
+from .data.shapes import IMAGE_SIZE, ShapesDataset, check_images, render
 from .nn.transformer import Transformer
 from .tokenizer import CONTEXT_LENGTH, END_ID, caption_vocabulary, to_compact, tokenize
 
@@ -71,23 +71,6 @@ class CLIPConfig:
     image_depth: int = 1  # convolutions per stage (the first one has stride 2)
     init_logit_scale: float = math.log(1 / 0.07)  # CLIP's initial temperature 0.07
     max_logit_scale: float = 100.0
-
-
-def check_images(images: torch.Tensor, size: int | None = IMAGE_SIZE) -> torch.Tensor:
-    """Raise a ValueError unless images is a finite (B, 3, size, size) float batch in [-1, 1]."""
-    if not isinstance(images, torch.Tensor) or not images.is_floating_point():
-        raise ValueError(f"images must be a float tensor, got {type(images).__name__}"
-                         + (f" of dtype {images.dtype}" if isinstance(images, torch.Tensor) else ""))
-    expected = "(B, 3, H, W)" if size is None else f"(B, 3, {size}, {size})"
-    if images.ndim != 4 or images.shape[1] != 3 or (size is not None and images.shape[2:] != (size, size)):
-        raise ValueError(f"images must have shape {expected}, got {tuple(images.shape)}")
-    if not torch.isfinite(images).all():
-        raise ValueError("images contain NaN or infinite values")
-    low, high = images.min().item(), images.max().item()
-    if low < -1.001 or high > 1.001:
-        raise ValueError(f"images must have values in [-1, 1] (map [0, 1] images with 2 * x - 1), "
-                         f"got values in [{low:.3g}, {high:.3g}]")
-    return images
 
 
 class TextEncoder(nn.Module):

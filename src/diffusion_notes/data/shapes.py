@@ -290,6 +290,27 @@ class ShapesDataset(Dataset):
         return render([self.attributes(i) for i in range(start, stop)])
 
 
+def check_images(images: torch.Tensor, size: int | None = IMAGE_SIZE) -> torch.Tensor:
+    """Raise a ValueError unless images is a finite (B, 3, size, size) float batch in [-1, 1]; return it.
+
+    The one check every model that reads Shapes images uses (CLIP, the attribute classifier).
+    size=None accepts any H, W.
+    """
+    if not isinstance(images, torch.Tensor) or not images.is_floating_point():
+        raise ValueError(f"images must be a float tensor, got {type(images).__name__}"
+                         + (f" of dtype {images.dtype}" if isinstance(images, torch.Tensor) else ""))
+    expected = "(B, 3, H, W)" if size is None else f"(B, 3, {size}, {size})"
+    if images.ndim != 4 or images.shape[1] != 3 or (size is not None and images.shape[2:] != (size, size)):
+        raise ValueError(f"images must have shape {expected}, got {tuple(images.shape)}")
+    if not torch.isfinite(images).all():
+        raise ValueError("images contain NaN or infinite values")
+    low, high = images.min().item(), images.max().item()
+    if low < -1.001 or high > 1.001:
+        raise ValueError(f"images must have values in [-1, 1] (map [0, 1] images with 2 * x - 1), "
+                         f"got values in [{low:.3g}, {high:.3g}]")
+    return images
+
+
 def collate(batch: list[dict]) -> dict:
     """DataLoader collate_fn: images stacked (B, 3, H, W), captions and attributes as lists."""
     return {"image": torch.stack([item["image"] for item in batch]),

@@ -152,10 +152,53 @@ def _shapes_classifier() -> Recipe:
     )
 
 
+def _vae() -> Recipe:
+    from .vae import AutoencoderKL, VAEConfig, evaluate_vae, vae_batch, vae_training_loss
+
+    return Recipe(
+        name="vae",
+        config=VAEConfig(),
+        build=AutoencoderKL,
+        make_batch=vae_batch,
+        loss=vae_training_loss,
+        steps=3000,
+        batch_size=64,
+        lr=2e-3,
+        warmup_steps=100,
+        grad_clip=1.0,
+        evaluate=evaluate_vae,
+        dataset="Shapes train split, seed 0",
+        description="KL autoencoder, 32x32x3 images <-> 8x8x4 latents (factor 4)",
+    )
+
+
+def _ldm_unet() -> Recipe:
+    from .ldm import evaluate_ldm, ldm_batch, ldm_loss
+    from .nn.unet import UNet, UNetConfig
+
+    return Recipe(
+        name="ldm_unet",
+        config=UNetConfig(),
+        build=UNet,
+        make_batch=ldm_batch,
+        loss=ldm_loss,
+        steps=6000,
+        batch_size=64,
+        lr=1e-3,
+        warmup_steps=200,
+        ema_decay=0.999,
+        evaluate=evaluate_ldm,
+        dataset="Shapes train split, seed 0, as latents of the shipped vae and token states of the shipped clip",
+        description="latent UNet eps_theta(z_t, t, tau(y)) with cross-attention to CLIP's token states",
+    )
+
+
 _FACTORIES: dict[str, Callable[[], Recipe]] = {
     "toy2d": _toy2d,
     "clip": _clip,
     "shapes_classifier": _shapes_classifier,
+    "vae": _vae,
+    "ldm_unet": _ldm_unet,
 }
 
 

@@ -1,0 +1,123 @@
+"""A text-conditional UNet: Stable Diffusion's "image information creator", small.
+
+Down path, middle, up path with skip connections (Ronneberger et al. 2015; Ho et
+al. 2020). Every ResBlock gets the timestep embedding; after every ResBlock a
+SpatialTransformer lets the feature map attend to itself and, by cross-attention,
+to the text encoder's token states (Rombach et al. 2022, Appendix E.2). The
+same class with other numbers serves pixel-space models (for the latent-against-
+pixel comparison) and the unCLIP decoder.
+
+Notation: B batch, C channels, h x w spatial size, M text tokens, D_c text width.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .attention import SpatialTransformer
+from .embeddings import timestep_embedding
+from .resnet import Downsample, ResBlock, Upsample, group_norm
+
+
+@dataclass(frozen=True)
+class UNetConfig:
+    in_channels: int = 4  # latent channels (3 for a pixel-space model)
+    out_channels: int = 4
+    sample_size: int = 8  # h = w of the input (8 for 8x8x4 latents)
+    channels: tuple[int, ...] = (64, 128)  # width per resolution; each level but the last halves h and w
+    layers_per_block: int = 1
+    attention: tuple[bool, ...] = (True, False)  # a SpatialTransformer after each ResBlock of that level (SD v1: none at the lowest resolution)
+    heads: int = 4
+    context_dim: int = 128  # width of the text token states (CLIP's text width; SD v1: 768)
+    dropout: float = 0.0
+
+
+class UNet(nn.Module):
+    """eps_theta(z_t, t, context): predicts the noise in z_t given the timestep and the text token states.
+
+    Paper: Rombach et al. 2022, section 3.3 and Appendix E.2
+    """
+
+    def __init__(self, config: UNetConfig | None = None):
+        super().__init__()
+        self.config = c = config or UNetConfig()
+        if len(c.attention) != len(c.channels):
+            raise ValueError(f"attention needs one flag per level: {len(c.channels)} levels, got {c.attention}")
+        if c.sample_size % 2 ** (len(c.channels) - 1):
+            raise ValueError(f"sample_size {c.sample_size} cannot be halved {len(c.channels) - 1} times")
+        temb_dim = 4 * c.channels[0]
+        self.time_embed = nn.Sequential(nn.Linear(c.channels[0], temb_dim), nn.SiLU(), nn.Linear(temb_dim, temb_dim))
+        self.conv_in = nn.Conv2d(c.in_channels, c.channels[0], 3, padding=1)
+
+        def block(cin, cout, attn):
+            return nn.ModuleList([ResBlock(cin, cout, temb_dim, c.dropout)]
+                                 + ([SpatialTransformer(cout, c.context_dim, c.heads)] if attn else []))
+
+        self.down, skips, prev = nn.ModuleList(), [c.channels[0]], c.channels[0]
+        for level, (width, attn) in enumerate(zip(c.channels, c.attention)):
+            for _ in range(c.layers_per_block):
+                self.down.append(block(prev, width, attn))
+                prev = width
+                skips.append(width)
+            if level < len(c.channels) - 1:
+                self.down.append(nn.ModuleList([Downsample(width)]))
+                skips.append(width)
+        self.mid = nn.ModuleList([ResBlock(prev, prev, temb_dim, c.dropout),
+                                  SpatialTransformer(prev, c.context_dim, c.heads),
+                                  ResBlock(prev, prev, temb_dim, c.dropout)])
+        self.up = nn.ModuleList()
+        for level in reversed(range(len(c.channels))):
+            width, attn = c.channels[level], c.attention[level]
+            for _ in range(c.layers_per_block + 1):
+                self.up.append(block(prev + skips.pop(), width, attn))
+                prev = width
+            if level > 0:
+                self.up.append(nn.ModuleList([Upsample(width)]))
+        self.norm_out = group_norm(prev)
+        self.conv_out = nn.Conv2d(prev, c.out_channels, 3, padding=1)
+
+    def _run(self, layers, h, temb, context, maps, name):
+        for layer in layers:
+            if isinstance(layer, ResBlock):
+                h = layer(h, temb)
+            elif isinstance(layer, SpatialTransformer):
+                if maps is None:
+                    h = layer(h, context)
+                else:
+                    h, maps[name] = layer(h, context, return_attention=True)
+            else:
+                h = layer(h)  # Downsample / Upsample
+        return h
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor, context: torch.Tensor, return_attention: bool = False):
+        """x (B, C_in, h, w), t (B,) or a scalar, context (B, M, D_c) -> eps (B, C_out, h, w).
+
+        With return_attention also a dict {"down.0": {"self": (B, H, L, L), "cross": (B, H, L, M)}, ...},
+        one entry per SpatialTransformer in the order the input meets them.
+        """
+        c = self.config
+        if x.ndim != 4 or x.shape[1] != c.in_channels:
+            raise ValueError(f"x must have shape (B, {c.in_channels}, h, w), got {tuple(x.shape)}")
+        if context is None or context.ndim != 3 or context.shape[0] != x.shape[0] or context.shape[2] != c.context_dim:
+            raise ValueError(f"context must have shape ({x.shape[0]}, M, {c.context_dim}), got "
+                             f"{None if context is None else tuple(context.shape)}")
+        t = torch.as_tensor(t, device=x.device)
+        t = t.expand(x.shape[0]) if t.ndim == 0 else t
+        temb = self.time_embed(timestep_embedding(t, c.channels[0]))  # (B, 4 C_0)
+        maps = {} if return_attention else None
+        h = self.conv_in(x)  # (B, C_0, h, w)
+        skips = [h]
+        for i, layers in enumerate(self.down):
+            h = self._run(layers, h, temb, context, maps, f"down.{i}")
+            skips.append(h)
+        h = self._run(self.mid, h, temb, context, maps, "mid")
+        for i, layers in enumerate(self.up):
+            if isinstance(layers[0], ResBlock):
+                h = torch.cat([h, skips.pop()], dim=1)  # (B, C + C_skip, h, w)
+            h = self._run(layers, h, temb, context, maps, f"up.{i}")
+        eps = self.conv_out(F.silu(self.norm_out(h)))  # (B, C_out, h, w)
+        return (eps, maps) if return_attention else eps

@@ -78,3 +78,29 @@ def test_bad_panel_input():
         widgets.sampler_panel(lambda *args: None)
     with pytest.raises(ValueError, match="at least one setting"):
         widgets.companion_grid(render, [])
+
+
+def test_extra_controls_redraw_and_a_pil_render_skips_matplotlib():
+    import ipywidgets as ipw
+    from PIL import Image
+
+    box = ipw.Text(value="red")
+    calls = []
+
+    def render(sampler, steps, guidance, seed):
+        calls.append(box.value)
+        return Image.new("RGB", (8, 8), box.value)
+
+    panel = widgets.sampler_panel(render, samplers=None, sampler_value="ddim", steps=None, steps_value=5,
+                                  seed=None, extra_controls={"prompt": box})
+    first = panel.image.value
+    assert first[:8] == b"\x89PNG\r\n\x1a\n" and panel.controls["prompt"] is box
+    box.value = "blue"  # an extra control redraws the picture with its new value
+    assert calls == ["red", "blue"] and panel.image.value != first
+    assert isinstance(panel.children[0].children[0], ipw.Text)  # extra controls come first
+
+
+def test_render_must_return_a_figure_or_a_pil_image():
+    with pytest.raises(ValueError, match="Figure or a PIL image"):
+        widgets.sampler_panel(lambda *a: "not a picture", samplers=None, sampler_value="ddim",
+                              steps=None, steps_value=5)

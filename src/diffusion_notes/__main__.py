@@ -1,4 +1,4 @@
-"""The command line: python -m diffusion_notes {train,ship,list} ...
+"""The command line: python -m diffusion_notes {train,ship,list,generate} ...
 
 Each subcommand is a pair of functions, one that adds its arguments and one
 that runs it, registered in COMMANDS; a new subcommand (e.g. `generate`) is one
@@ -87,7 +87,7 @@ def _add_list(p: argparse.ArgumentParser) -> None:
 
 
 def _run_list(args) -> int:
-    from .pretrained import available, info
+    from .pretrained import PIPELINES, available, info
     from .recipes import recipe_names
 
     names = available(args.weights_dir)
@@ -99,6 +99,55 @@ def _run_list(args) -> int:
         metrics = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in entry["metrics"].items())
         size = f"{entry['size_bytes'] / 1e6:.2f} MB"
         print(f"{name}: {entry['recipe']}, {entry['steps']} steps, {size}, {metrics or 'no metrics'}")
+    print(f"pipelines (pretrained.load(NAME)): {', '.join(PIPELINES)}")
+    return 0
+
+
+def _add_generate(p: argparse.ArgumentParser) -> None:
+    p.add_argument("prompt", help='the caption, e.g. "a small red circle on the left" ("" = unconditional)')
+    p.add_argument("--negative-prompt", help="used in place of the empty caption in guidance")
+    p.add_argument("--steps", type=int, default=25, help="sampling steps (default 25)")
+    p.add_argument("--guidance-scale", type=float, help="classifier-free guidance scale (default: the pipeline's)")
+    p.add_argument("--sampler", default="dpmpp_2m", help="ddpm, ddim, euler, euler_a, dpmpp_2m or a web-UI name")
+    p.add_argument("--seed", type=int, default=0, help="seed of the noise (default 0)")
+    p.add_argument("--num-images", type=int, default=1, help="images to draw; more than one are saved as a grid")
+    p.add_argument("--init-image", help="a 32x32 RGB image file (or a k-times enlargement, such as an earlier --out): image-to-image from it")
+    p.add_argument("--strength", type=float, default=0.8, help="image-to-image: how much to redo, in [0, 1]")
+    p.add_argument("--scale", type=int, default=8, help="enlarge the 32x32 output this many times (nearest)")
+    p.add_argument("--out", default="out.png", help="PNG file to write (default out.png)")
+    p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's)")
+
+
+def _run_generate(args) -> int:
+    import torch
+    from PIL import Image
+
+    from . import pretrained
+    from .ldm import DEFAULT_GUIDANCE_SCALE
+    from .pipeline import to_pil
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.scale < 1:
+        raise ValueError(f"--scale must be a positive int, got {args.scale}")
+    init = None
+    if args.init_image:
+        with Image.open(args.init_image) as image:
+            init = image.convert("RGB")
+        k = init.width // 32
+        if init.width == init.height == 32 * k and k > 1:  # an enlarged 32x32 image, e.g. an earlier --out
+            init = init.resize((32, 32), Image.BOX)
+    pipe = pretrained.load("stable_diffusion")
+    out = pipe(args.prompt, negative_prompt=args.negative_prompt, num_inference_steps=args.steps,
+               guidance_scale=DEFAULT_GUIDANCE_SCALE if args.guidance_scale is None else args.guidance_scale,
+               sampler=args.sampler, generator=torch.Generator().manual_seed(args.seed),
+               num_images_per_prompt=args.num_images, image=init, strength=args.strength, progress=True)
+    images = out.images  # (N, 3, 32, 32) in [0, 1]
+    grid = torch.cat(list(images), dim=2)  # (3, 32, 32 N): a row
+    picture = to_pil(grid[None])[0]
+    picture = picture.resize((picture.width * args.scale, picture.height * args.scale), Image.NEAREST)
+    picture.save(args.out)
+    print(f"wrote {args.out} ({len(images)} image{'s' if len(images) > 1 else ''}, {picture.width}x{picture.height})")
     return 0
 
 
@@ -107,12 +156,13 @@ COMMANDS = {
     "train": ("train a model from its recipe", _add_train, _run_train),
     "ship": ("copy a finished run's weights into the package and the manifest", _add_ship, _run_ship),
     "list": ("list the shipped models and their metrics", _add_list, _run_list),
+    "generate": ("draw images from a caption with the shipped Stable Diffusion pipeline", _add_generate, _run_generate),
 }
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m diffusion_notes", description="Train, ship and list the book's models."
+        prog="python -m diffusion_notes", description="Train, ship and list the book's models, and generate images."
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, (help_, add_arguments, _) in COMMANDS.items():

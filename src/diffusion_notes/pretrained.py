@@ -15,6 +15,7 @@ names another.
 from __future__ import annotations
 
 import hashlib
+import importlib
 import json
 import os
 import platform
@@ -31,6 +32,8 @@ from .recipes import config_from_dict, get_recipe
 
 WEIGHTS_ENV_VAR = "DIFFUSION_NOTES_WEIGHTS"
 MANIFEST_NAME = "manifest.json"
+# Pipelines assembled from shipped models: name -> (module, class); the class has from_pretrained(device, weights_dir).
+PIPELINES = {"stable_diffusion": ("diffusion_notes.pipeline", "LatentDiffusionPipeline")}
 
 
 class WeightsError(ValueError):
@@ -64,7 +67,8 @@ def info(name: str, weights_dir=None) -> dict:
     if name not in models:
         shipped = ", ".join(sorted(models)) or "none yet"
         raise ValueError(
-            f"no shipped model called {name!r}; shipped models: {shipped}. "
+            f"no shipped model called {name!r}; shipped models: {shipped} "
+            f"(pretrained.load also assembles the pipelines {', '.join(PIPELINES)}). "
             "Train one with: python -m diffusion_notes train MODEL, "
             "then ship it with: python -m diffusion_notes ship RUN_DIR"
         )
@@ -120,8 +124,14 @@ def verify(name: str, weights_dir=None) -> Path:
     return path
 
 
-def load(name: str, device=None, weights_dir=None) -> nn.Module:
-    """The shipped model `name`, verified, in eval mode, float32, on `device` (default CPU)."""
+def load(name: str, device=None, weights_dir=None):
+    """The shipped model `name`, verified, in eval mode, float32, on `device` (default CPU).
+
+    A name in PIPELINES ("stable_diffusion") returns that pipeline, built from its shipped parts.
+    """
+    if name in PIPELINES:
+        module, cls = PIPELINES[name]
+        return getattr(importlib.import_module(module), cls).from_pretrained(device, weights_dir)
     entry = info(name, weights_dir)
     path = verify(name, weights_dir)
     recipe = get_recipe(entry["recipe"])

@@ -180,7 +180,7 @@ def make_grid(
     return Grid(timesteps, torch.from_numpy(sigmas.astype(np.float64)))
 
 
-def _resolve_sampler(sampler, use_karras_sigmas):
+def resolve_sampler(sampler, use_karras_sigmas):
     if sampler in SAMPLER_ALIASES:
         alias = SAMPLER_ALIASES[sampler]
         if use_karras_sigmas is not None and use_karras_sigmas != alias.use_karras_sigmas:
@@ -234,6 +234,7 @@ def sample(
     use_karras_sigmas: bool | None = None,
     steps_offset: int = 0,
     set_alpha_to_one: bool = True,
+    start_step: int = 0,
 ) -> torch.Tensor:
     """Draw samples by running `sampler` from pure noise x_T down to x_0.
 
@@ -265,8 +266,12 @@ def sample(
     `callback(i, t, x_t, x0_hat)` is called at every step with x_t before the step.
     `device` defaults to x_T's, else the model's parameters', else the CPU.
     `schedule` defaults to `make_schedule("linear")`.
+
+    `start_step` > 0 skips the first grid points: x_T must then be x at
+    timestep `grid.timesteps[start_step]` (see `noise_to_grid_point`). This is
+    image-to-image (SDEdit), as diffusers' img2img pipelines run it.
     """
-    sampler, use_karras_sigmas = _resolve_sampler(sampler, use_karras_sigmas)
+    sampler, use_karras_sigmas = resolve_sampler(sampler, use_karras_sigmas)
     check_guidance_scale(guidance_scale)
     if isinstance(eta, bool) or not isinstance(eta, (int, float)) or not eta >= 0:
         raise ValueError(f"eta must be a number >= 0 (0 = DDIM, 1 = DDPM's variance), got {eta!r}")
@@ -276,6 +281,10 @@ def sample(
     options = dict(eta=float(eta), set_alpha_to_one=set_alpha_to_one) if sampler == "ddim" else {}
     schedule = make_schedule("linear") if schedule is None else schedule
     grid = make_grid(sampler, num_inference_steps, schedule, spacing, steps_offset, use_karras_sigmas)
+    if isinstance(start_step, bool) or not isinstance(start_step, int) or not 0 <= start_step < len(grid.timesteps):
+        raise ValueError(f"start_step must be an int in [0, {len(grid.timesteps) - 1}], got {start_step!r}")
+    if start_step and x_T is None:
+        raise ValueError("start_step > 0 needs x_T: the noised input at grid.timesteps[start_step]")
     shape = tuple(shape)
     device = torch.device(device) if device is not None else _infer_device(eps_model, x_T)
     if x_T is None:
@@ -290,10 +299,12 @@ def sample(
     if progress:
         from tqdm.auto import tqdm
 
-        steps = tqdm(steps, total=len(timesteps), desc=f"{sampler} sampling")
+        steps = tqdm(steps, total=len(timesteps), initial=start_step, desc=f"{sampler} sampling")
     model_dtype = torch.long if not grid.timesteps.is_floating_point() else torch.float32
     state: dict = {} if grid.sigmas is None else {"sigmas": grid.sigmas}
     for i, (t, t_prev) in enumerate(steps):
+        if i < start_step:
+            continue
         t_batch = torch.full((shape[0],), t, dtype=model_dtype, device=device)  # (B,)
         eps = guided_eps(eps_model, x, t_batch, cond, uncond, guidance_scale)  # (B, ...)
         if eps.shape != x.shape:
@@ -308,3 +319,20 @@ def sample(
             callback(i, t, x, out.x0_hat)
         x = out.x_prev
     return x
+
+
+def noise_to_grid_point(x0: torch.Tensor, noise: torch.Tensor, grid: Grid, index: int,
+                        schedule: Schedule) -> torch.Tensor:
+    """x at the grid's `index`-th timestep from clean x0: sqrt(alpha_bar) x0 + sqrt(1 - alpha_bar) noise.
+
+    alpha_bar comes from the grid's sigma (Karras grids) or `sigma_at` (fractional
+    timesteps), alpha_bar = 1 / (1 + sigma^2), so it is exact on every sampler's grid.
+    The start of image-to-image: `sample(..., x_T=this, start_step=index)`.
+    Paper: Meng et al. 2022 (SDEdit), section 3
+    """
+    if grid.sigmas is not None:
+        sigma = grid.sigmas[index]
+    else:
+        sigma = sigma_at(grid.timesteps[index], schedule)
+    scale = 1.0 / torch.sqrt(1.0 + sigma**2)  # sqrt(alpha_bar), float64
+    return (x0 + float(sigma) * noise) * float(scale)

@@ -36,8 +36,12 @@ class Setting(NamedTuple):
 
 def _render_png(render: Render, setting: Setting, dpi: int) -> bytes:
     fig = render(setting.sampler, int(setting.steps), float(setting.guidance), int(setting.seed))
+    if hasattr(fig, "save") and hasattr(fig, "mode"):  # a PIL image: no matplotlib, a few ms per update
+        buffer = io.BytesIO()
+        fig.save(buffer, format="png")
+        return buffer.getvalue()
     if not isinstance(fig, plt.Figure):
-        raise ValueError(f"render must return a matplotlib Figure, got {type(fig).__name__}")
+        raise ValueError(f"render must return a matplotlib Figure or a PIL image, got {type(fig).__name__}")
     return figure_png(fig, dpi=dpi)  # closes the figure
 
 
@@ -53,6 +57,7 @@ def sampler_panel(
     guidance_value: float = 1.0,
     width: str = "360px",
     dpi: int = 80,
+    extra_controls: dict[str, widgets.Widget] | None = None,
 ) -> widgets.VBox:
     """A panel of controls over the picture `render` draws for their current values.
 
@@ -61,6 +66,8 @@ def sampler_panel(
     guidance: (min, max, step) of a guidance-scale slider starting at `guidance_value`
               (None: no slider, `guidance_value` is passed).
     seed:     the seed box's starting value (None: no box, seed 0 is passed).
+    extra_controls: more widgets (e.g. a prompt box) shown first; `render` reads their
+              values itself, and changing one redraws the picture.
     Returns a VBox; display it as the last expression of a cell. Its `.controls`
     (a dict name -> widget) and `.image` attributes let a chapter or a test drive it.
     """
@@ -77,7 +84,7 @@ def sampler_panel(
     if steps is not None and steps_value not in steps:
         raise ValueError(f"steps_value {steps_value!r} is not one of the step counts {list(steps)}")
 
-    controls: dict[str, widgets.Widget] = {}
+    controls: dict[str, widgets.Widget] = dict(extra_controls or {})
     style = {"description_width": "70px"}
     if samplers is not None:
         controls["sampler"] = widgets.Dropdown(options=list(samplers), value=sampler_value,
@@ -106,7 +113,10 @@ def sampler_panel(
 
     for control in controls.values():
         control.observe(redraw, names="value")
-    panel = widgets.VBox([widgets.HBox(list(controls.values())[:2]), widgets.HBox(list(controls.values())[2:]), image])
+    rows = [list(extra_controls.values())] if extra_controls else []
+    standard = [c for name, c in controls.items() if not extra_controls or name not in extra_controls]
+    rows += [standard[:2], standard[2:]]
+    panel = widgets.VBox([widgets.HBox(row) for row in rows if row] + [image])
     panel.controls, panel.image = controls, image
     return panel
 

@@ -1,0 +1,190 @@
+"""Text to image with the three parts: CLIP's text encoder, the latent UNet, the autoencoder's decoder.
+
+`LatentDiffusionPipeline` mirrors diffusers' StableDiffusionPipeline call:
+
+    pipe = pretrained.load("stable_diffusion")
+    images = pipe("a small red circle on the left", num_inference_steps=25, guidance_scale=4,
+                  generator=torch.Generator().manual_seed(0)).images   # (1, 3, 32, 32) in [0, 1]
+
+and, given `image=` and `strength=`, runs image-to-image (SDEdit; diffusers'
+StableDiffusionImg2ImgPipeline): the input is encoded, noised to the grid point
+that leaves `strength` of the steps, and denoised from there.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from .guidance import check_guidance_scale
+from .ldm import DEFAULT_GUIDANCE_SCALE, ldm_schedule, null_context
+from .device import randn
+from .samplers import SAMPLER_ALIASES, SAMPLERS, make_grid, noise_to_grid_point, resolve_sampler, sample
+from .tokenizer import tokenize
+
+OUTPUT_TYPES = ("pt", "pil", "latent")
+DEFAULT_SAMPLER = "dpmpp_2m"
+
+
+@dataclass
+class PipelineOutput:
+    """What a pipeline call returns: `.images` as asked by output_type, and the final latents (N, 4, 8, 8)."""
+
+    images: object
+    latents: torch.Tensor
+
+
+def to_pil(images: torch.Tensor) -> list:
+    """(N, 3, H, W) in [0, 1] -> N PIL images."""
+    from PIL import Image
+
+    array = (images.clamp(0, 1).permute(0, 2, 3, 1).cpu().numpy() * 255).round().astype(np.uint8)  # (N, H, W, 3)
+    return [Image.fromarray(a) for a in array]
+
+
+def _prompt_list(prompt, name: str) -> list[str]:
+    if isinstance(prompt, str):
+        return [prompt]
+    if isinstance(prompt, (list, tuple)) and prompt and all(isinstance(p, str) for p in prompt):
+        return list(prompt)
+    raise ValueError(f"{name} must be a string or a non-empty list of strings, got {prompt!r}")
+
+
+def check_image_input(image, size: int = 32) -> torch.Tensor:
+    """A PIL image, or a tensor (3, H, W) / (B, 3, H, W) in [0, 1], -> (B, 3, size, size) in [-1, 1].
+
+    Raises a ValueError that says what is expected for anything else.
+    """
+    if hasattr(image, "convert") and hasattr(image, "size"):  # PIL
+        if tuple(image.size) != (size, size):
+            raise ValueError(f"the init image must be {size}x{size} pixels, got {image.size[0]}x{image.size[1]}")
+        image = torch.from_numpy(np.asarray(image.convert("RGB"), dtype=np.float32) / 255.0).permute(2, 0, 1)
+    if not isinstance(image, torch.Tensor) or not image.is_floating_point():
+        raise ValueError("the init image must be a PIL image or a float tensor (3, H, W) or (B, 3, H, W) in [0, 1]")
+    image = image[None] if image.ndim == 3 else image
+    if image.ndim != 4 or image.shape[1:] != (3, size, size):
+        raise ValueError(f"the init image must have shape (3, {size}, {size}) or (B, 3, {size}, {size}), "
+                         f"got {tuple(image.shape)}")
+    if not torch.isfinite(image).all() or image.min() < 0 or image.max() > 1:
+        raise ValueError(f"the init image's values must lie in [0, 1], got [{image.min():.3g}, {image.max():.3g}]")
+    return image * 2 - 1
+
+
+class LatentDiffusionPipeline:
+    """Caption -> CLIP token states -> UNet denoising of an 8x8x4 latent -> decoder -> 32x32 image."""
+
+    def __init__(self, unet, vae, clip, scale_factor: float, schedule=None):
+        self.unet, self.vae, self.clip = unet.eval(), vae.eval(), clip.eval()
+        self.scale_factor = float(scale_factor)
+        self.schedule = schedule or ldm_schedule()
+        self._null = None
+
+    @classmethod
+    def from_pretrained(cls, device=None, weights_dir=None) -> LatentDiffusionPipeline:
+        """The shipped parts: "ldm_unet", "vae" (with its measured scale factor) and "clip"."""
+        from . import pretrained
+
+        vae = pretrained.load("vae", device, weights_dir)
+        scale_factor = pretrained.info("vae", weights_dir)["metrics"]["scale_factor"]
+        return cls(pretrained.load("ldm_unet", device, weights_dir), vae,
+                   pretrained.load("clip", device, weights_dir), scale_factor)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.unet.parameters()).device
+
+    @torch.no_grad()
+    def encode_prompt(self, prompts: list[str]) -> torch.Tensor:
+        """tau(y): token states (B, 77, D_c). "" gives the unconditional states; over 77 tokens warns and cuts."""
+        if self._null is None:
+            self._null = null_context(self.clip)
+        states = self.clip.encode_text(tokenize(prompts, allow_empty=True)).token_states
+        empty = torch.tensor([p.strip() == "" for p in prompts], device=states.device)
+        return torch.where(empty[:, None, None], self._null.to(states.device), states)  # (B, 77, D_c)
+
+    @torch.no_grad()
+    def decode_latents(self, z: torch.Tensor) -> torch.Tensor:
+        """D(z / scale_factor): latents (N, 4, 8, 8) -> images (N, 3, 32, 32) in [0, 1]."""
+        return ((self.vae.decode(z / self.scale_factor) + 1) / 2).clamp(0, 1)
+
+    @torch.no_grad()
+    def encode_image(self, image, generator=None) -> torch.Tensor:
+        """Images (PIL or [0, 1] tensors) -> scaled latents (B, 4, 8, 8), the posterior's mean."""
+        x = check_image_input(image).to(self.device)
+        return self.vae.encode(x).mean * self.scale_factor
+
+    def _check(self, num_inference_steps, guidance_scale, num_images_per_prompt, output_type, strength):
+        T = self.schedule.num_train_timesteps
+        if isinstance(num_inference_steps, bool) or not isinstance(num_inference_steps, int) \
+                or not 1 <= num_inference_steps <= T:
+            raise ValueError(f"num_inference_steps must be an int between 1 and {T}, got {num_inference_steps!r}")
+        check_guidance_scale(guidance_scale)
+        if isinstance(num_images_per_prompt, bool) or not isinstance(num_images_per_prompt, int) \
+                or num_images_per_prompt < 1:
+            raise ValueError(f"num_images_per_prompt must be a positive int, got {num_images_per_prompt!r}")
+        if output_type not in OUTPUT_TYPES:
+            raise ValueError(f"output_type must be one of {', '.join(OUTPUT_TYPES)}, got {output_type!r}")
+        if isinstance(strength, bool) or not isinstance(strength, (int, float)) or not 0 <= strength <= 1 \
+                or math.isnan(strength):
+            raise ValueError(f"strength must be a number in [0, 1] (0 = keep the image, 1 = ignore it), got {strength!r}")
+
+    @torch.no_grad()
+    def __call__(self, prompt, negative_prompt=None, num_inference_steps: int = 25,
+                 guidance_scale: float = DEFAULT_GUIDANCE_SCALE, sampler: str = DEFAULT_SAMPLER,
+                 generator: torch.Generator | None = None, num_images_per_prompt: int = 1, callback=None,
+                 output_type: str = "pt", image=None, strength: float = 0.8, progress: bool = False,
+                 **sampler_options) -> PipelineOutput:
+        """Generate images for `prompt` (a string or a list); see the module docstring.
+
+        negative_prompt replaces the empty caption in guidance. `sampler` is any
+        sampler of Part I (or its web-UI name); extra keyword arguments go to
+        `samplers.sample` (eta, use_karras_sigmas, spacing, ...). `callback(i, t, z_t, z0_hat)`
+        sees each step's latents. With `image`, each prompt gets that image (or
+        one image per prompt) as its start and `strength` says how much of the
+        denoising to redo.
+        """
+        self._check(num_inference_steps, guidance_scale, num_images_per_prompt, output_type, strength)
+        if sampler not in SAMPLERS and sampler not in SAMPLER_ALIASES:
+            known = ", ".join([*SAMPLERS, *SAMPLER_ALIASES])
+            raise ValueError(f"sampler must be one of {known}, got {sampler!r}")
+        prompts = _prompt_list(prompt, "prompt")
+        negatives = [""] * len(prompts) if negative_prompt is None else _prompt_list(negative_prompt, "negative_prompt")
+        if len(negatives) == 1 and len(prompts) > 1:
+            negatives = negatives * len(prompts)
+        if len(negatives) != len(prompts):
+            raise ValueError(f"got {len(prompts)} prompts but {len(negatives)} negative prompts")
+        k = num_images_per_prompt
+        cond = self.encode_prompt(prompts).repeat_interleave(k, 0)  # (N, 77, D_c), N = B k
+        uncond = self.encode_prompt(negatives).repeat_interleave(k, 0) if guidance_scale != 1 else None
+        c = self.unet.config
+        shape = (len(cond), c.in_channels, c.sample_size, c.sample_size)
+        options = dict(sampler=sampler, num_inference_steps=num_inference_steps, schedule=self.schedule,
+                       generator=generator, callback=callback, device=self.device, cond=cond, uncond=uncond,
+                       guidance_scale=float(guidance_scale), progress=progress, **sampler_options)
+        if image is None:
+            z = sample(self.unet, shape, **options)
+        else:
+            z = self._img2img(image, len(prompts), k, shape, strength, options)
+        if output_type == "latent":
+            return PipelineOutput(z, z)
+        images = self.decode_latents(z).cpu()  # (N, 3, 32, 32)
+        return PipelineOutput(to_pil(images) if output_type == "pil" else images, z)
+
+    def _img2img(self, image, n_prompts, k, shape, strength, options) -> torch.Tensor:
+        z0 = self.encode_image(image)  # (b, 4, 8, 8)
+        if len(z0) not in (1, n_prompts):
+            raise ValueError(f"give one init image, or one per prompt; got {len(z0)} images for {n_prompts} prompts")
+        z0 = z0.expand(n_prompts, -1, -1, -1).repeat_interleave(k, 0)  # (N, 4, 8, 8)
+        n = options["num_inference_steps"]
+        init_steps = min(int(n * strength), n)  # diffusers: the number of steps redone is int(n * strength)
+        if init_steps == 0:
+            return z0
+        name, karras = resolve_sampler(options["sampler"], options.get("use_karras_sigmas"))
+        grid = make_grid(name, n, self.schedule, options.get("spacing"), options.get("steps_offset", 0), karras)
+        start = n - init_steps
+        noise = randn(shape, options["generator"], device=self.device)  # (N, 4, 8, 8)
+        x_start = noise_to_grid_point(z0, noise, grid, start, self.schedule).float()
+        return sample(self.unet, shape, x_T=x_start, start_step=start, **options)

@@ -1,0 +1,60 @@
+"""`python -m diffusion_notes generate`: a real subprocess writes a PNG; bad settings exit with a clear error."""
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from diffusion_notes import pretrained
+from diffusion_notes.__main__ import main
+
+pytestmark = pytest.mark.skipif("ldm_unet" not in pretrained.available(),
+                                reason="the ldm_unet weights are not shipped in this checkout")
+
+
+def test_generate_writes_a_png_in_a_subprocess(tmp_path):
+    out = tmp_path / "out.png"
+    cmd = [sys.executable, "-m", "diffusion_notes", "generate", "a small red circle on the left",
+           "--steps", "4", "--guidance-scale", "4", "--seed", "0", "--out", str(out), "--threads", "1"]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert f"wrote {out}" in done.stdout
+    image = np.asarray(Image.open(out).convert("RGB"))
+    assert image.shape == (256, 256, 3)  # 32x32 enlarged 8x
+    assert image.std() > 5  # not a blank picture
+
+
+def test_same_seed_same_png_and_img2img_from_an_earlier_output(tmp_path, one_thread):
+    a, b, c = tmp_path / "a.png", tmp_path / "b.png", tmp_path / "c.png"
+    common = ["--steps", "3", "--scale", "1"]
+    assert main(["generate", "a large blue square", *common, "--seed", "1", "--out", str(a)]) == 0
+    assert main(["generate", "a large blue square", *common, "--seed", "1", "--out", str(b)]) == 0
+    assert a.read_bytes() == b.read_bytes()
+    big = tmp_path / "big.png"
+    assert main(["generate", "a large blue square", "--steps", "3", "--out", str(big)]) == 0  # 256x256
+    assert main(["generate", "a large red square", "--steps", "4", "--init-image", str(big),
+                 "--strength", "0.5", "--out", str(c), "--scale", "1"]) == 0
+    assert Image.open(c).size == (32, 32)
+
+
+@pytest.mark.parametrize("bad, words", [
+    (["--steps", "0"], "num_inference_steps"),
+    (["--guidance-scale", "-1"], "guidance_scale"),
+    (["--strength", "1.5", "--init-image", "IMG"], "strength"),
+    (["--sampler", "heun"], "sampler"),
+])
+def test_bad_settings_exit_2_with_a_message(tmp_path, capsys, bad, words):
+    init = tmp_path / "init.png"
+    Image.fromarray(np.zeros((32, 32, 3), np.uint8)).save(init)
+    bad = [str(init) if x == "IMG" else x for x in bad]
+    assert main(["generate", "a red circle", "--out", str(tmp_path / "x.png"), *bad]) == 2
+    assert words in capsys.readouterr().err
+
+
+def test_wrong_size_init_image_is_refused(tmp_path, capsys):
+    init = tmp_path / "init.png"
+    Image.fromarray(np.zeros((40, 24, 3), np.uint8)).save(init)
+    assert main(["generate", "a red circle", "--init-image", str(init), "--out", str(tmp_path / "x.png")]) == 2
+    assert "32x32" in capsys.readouterr().err

@@ -1,6 +1,6 @@
 """Latent diffusion: train the UNet on the autoencoder's latents, conditioned on CLIP's token states.
 
-The LDM objective (Rombach et al. 2022, eq. 2) is DDPM's noise-prediction loss
+The LDM objective (Rombach et al. 2022, eq. 2, and eq. 3 with a condition) is DDPM's noise-prediction loss
 with the image x replaced by its latent z = E(x), and the network told the
 caption through cross-attention to tau(y), the frozen text encoder's per-token
 states:
@@ -82,6 +82,7 @@ def ldm_loss(model, batch: dict, generator: torch.Generator | None = None, p_unc
     $$L_\text{LDM} = \mathbb E_{\mathcal E(x), y, \epsilon, t}\left[\left\|\epsilon
       - \epsilon_\theta(z_t, t, \tau_\theta(y))\right\|^2\right]$$
 
+    Book: eq-ldm-loss
     Paper: Rombach et al. 2022, eq. 3
     """
     device = next(model.parameters()).device

@@ -64,10 +64,11 @@ def check_image_input(image, size: int = 32) -> torch.Tensor:
         image = torch.from_numpy(np.asarray(image.convert("RGB"), dtype=np.float32) / 255.0).permute(2, 0, 1)
     if not isinstance(image, torch.Tensor) or not image.is_floating_point():
         raise ValueError("the init image must be a PIL image or a float tensor (3, H, W) or (B, 3, H, W) in [0, 1]")
+    given = tuple(image.shape)
     image = image[None] if image.ndim == 3 else image
     if image.ndim != 4 or image.shape[1:] != (3, size, size):
         raise ValueError(f"the init image must have shape (3, {size}, {size}) or (B, 3, {size}, {size}), "
-                         f"got {tuple(image.shape)}")
+                         f"got {given}")
     if not torch.isfinite(image).all() or image.min() < 0 or image.max() > 1:
         raise ValueError(f"the init image's values must lie in [0, 1], got [{image.min():.3g}, {image.max():.3g}]")
     return image * 2 - 1

@@ -328,6 +328,8 @@ def noise_to_grid_point(x0: torch.Tensor, noise: torch.Tensor, grid: Grid, index
     alpha_bar comes from the grid's sigma (Karras grids) or `sigma_at` (fractional
     timesteps), alpha_bar = 1 / (1 + sigma^2), so it is exact on every sampler's grid.
     The start of image-to-image: `sample(..., x_T=this, start_step=index)`.
+
+    Book: eq-sdedit
     Paper: Meng et al. 2022 (SDEdit), section 3
     """
     if grid.sigmas is not None:

@@ -3,8 +3,8 @@
 Stable Diffusion never runs its diffusion model on pixels. An encoder E maps an
 image x (H x W x 3) to a latent z (H/f x W/f x c), a decoder D maps it back, and
 the diffusion model learns the distribution of z instead (Rombach et al. 2022,
-section 3). SD v1 uses f = 8 and c = 4 (512x512x3 -> 64x64x4); here f = 4 and
-c = 4 (32x32x3 -> 8x8x4), the same 12x reduction in numbers... times 4/4.
+section 3). SD v1 uses f = 8 and c = 4 (512x512x3 -> 64x64x4, 48x fewer numbers); here
+f = 4 and c = 4 (32x32x3 -> 8x8x4, 12x fewer).
 
 The encoder outputs a diagonal Gaussian q(z|x) = N(mu, sigma^2). Training
 minimises the reconstruction error plus a small weight times KL(q(z|x) || N(0, I)),
@@ -52,6 +52,7 @@ class DiagonalGaussian:
     def kl(self) -> torch.Tensor:
         """KL(N(mean, var) || N(0, I)) summed over each latent: (B,).
 
+        Book: eq-gaussian-kl
         Paper: Kingma & Welling 2014, Appendix B
         """
         return 0.5 * (self.mean**2 + self.logvar.exp() - 1.0 - self.logvar).sum(dim=(1, 2, 3))
@@ -147,6 +148,7 @@ def vae_loss(x: torch.Tensor, x_hat: torch.Tensor, posterior: DiagonalGaussian, 
     Rombach et al. use an L1 + perceptual + adversarial reconstruction term;
     a squared error suits these flat-coloured images and is what PSNR measures.
 
+    Book: eq-vae-loss
     Paper: Rombach et al. 2022, Appendix G; Kingma & Welling 2014, eq. 10
     """
     per_image = (x - x_hat).pow(2).sum(dim=(1, 2, 3)) + kl_weight * posterior.kl()  # (B,)
@@ -167,6 +169,8 @@ def latent_scale_factor(vae: AutoencoderKL, images: torch.Tensor, seed: int = 0)
     """1 / std of posterior samples z over `images`: the number that gives latents unit variance.
 
     Stable Diffusion v1's 0.18215 was computed this way from a batch of its training data.
+
+    Book: eq-latent-scale
     """
     z = vae.encode(images).sample(torch.Generator().manual_seed(seed))  # (N, c, h, w)
     return float(1.0 / z.flatten().std())

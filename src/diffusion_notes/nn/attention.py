@@ -31,7 +31,8 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.
     q (..., L, d), k (..., M, d), v (..., M, d) -> out (..., L, d), weights (..., L, M);
     each row of weights sums to 1. Equals torch.nn.functional.scaled_dot_product_attention.
 
-    Paper: Vaswani et al. 2017, eq. 1; Rombach et al. 2022, eq. 3
+    Book: eq-cross-attention
+    Paper: Vaswani et al. 2017, eq. 1; Rombach et al. 2022, section 3.3
     """
     scores = q @ k.transpose(-2, -1) / math.sqrt(q.shape[-1])  # (..., L, M)
     weights = scores.softmax(dim=-1)  # (..., L, M)

@@ -20,7 +20,29 @@ def clip():
 
 
 def test_shipped_names():
-    assert {"clip", "shapes_classifier"} <= set(pretrained.available())
+    assert {"clip", "shapes_classifier", "vae", "ldm_unet"} <= set(pretrained.available())
+
+
+def test_autoencoder_reconstructs_held_out_images_above_30_db():
+    from diffusion_notes.vae import psnr
+
+    vae = pretrained.load("vae")
+    x = ShapesDataset("heldout", 256, seed=5).images()  # other held-out images than the manifest's
+    with torch.no_grad():
+        values = psnr(x, vae.decode(vae.encode(x).mean))  # (256,)
+    assert float(values.mean()) >= 30.0, float(values.mean())
+    scale = pretrained.info("vae")["metrics"]["scale_factor"]
+    with torch.no_grad():
+        z = vae.encode(ShapesDataset("train", 256, seed=5).images()).sample(torch.Generator().manual_seed(1))
+    assert abs(float((z * scale).std()) - 1.0) < 0.1  # the scale factor gives unit-variance latents
+
+
+def test_stable_diffusion_draws_what_seen_prompts_ask_for():
+    from diffusion_notes.ldm_eval import fidelity
+
+    pipe, classifier = pretrained.load("stable_diffusion"), pretrained.load("shapes_classifier")
+    f = fidelity(pipe, classifier, "train", n=64, seed=11, num_inference_steps=15)
+    assert f["colour_shape"] >= 0.8, f  # the full measurement (500 prompts, 25 steps) is in benchmarks/
 
 
 def test_clip_zero_shot_meets_the_targets_on_unseen_images(clip):

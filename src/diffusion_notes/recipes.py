@@ -182,7 +182,7 @@ def _ldm_unet() -> Recipe:
         build=UNet,
         make_batch=ldm_batch,
         loss=ldm_loss,
-        steps=6000,
+        steps=5000,
         batch_size=64,
         lr=1e-3,
         warmup_steps=200,

@@ -42,7 +42,10 @@ def test_stable_diffusion_draws_what_seen_prompts_ask_for():
 
     pipe, classifier = pretrained.load("stable_diffusion"), pretrained.load("shapes_classifier")
     f = fidelity(pipe, classifier, "train", n=64, seed=11, num_inference_steps=15)
-    assert f["colour_shape"] >= 0.8, f  # the full measurement (500 prompts, 25 steps) is in benchmarks/
+    # One-object captions are drawn right almost always; two-object captions often bind colours to the
+    # wrong shapes (Chapter 13), so the mix scores lower. Full measurement: benchmarks/ldm_quality.py.
+    assert f["one_object/colour_shape"] >= 0.9, f
+    assert f["colour_shape"] >= 0.65, f
 
 
 def test_clip_zero_shot_meets_the_targets_on_unseen_images(clip):

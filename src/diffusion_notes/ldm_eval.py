@@ -66,15 +66,21 @@ def sampler_quality(pipe, classifier, configs: dict[str, dict], n: int = 300, *,
 
 
 def guidance_sweep(pipe, classifier, scales, n_prompts: int = 32, per_prompt: int = 8, *, split: str = "train",
-                   seed: int = 0, **options) -> list[dict]:
+                   seed: int = 0, n_objects: int | None = None, **options) -> list[dict]:
     """For each guidance scale: fidelity (colour and shape right), diversity within a prompt, recall.
 
     n_prompts captions, per_prompt images each. Diversity is the mean pairwise
     distance of classifier features among one prompt's images (averaged over
     prompts); recall (Kynkäänniemi et al. 2019) asks how much of the real
     images' feature manifold (as many real images of the split) the samples cover.
+    n_objects=1 or 2 keeps only captions that ask for that many objects.
     """
-    prompts, attributes = eval_prompts(split, n_prompts)
+    prompts, attributes = eval_prompts(split, n_prompts if n_objects is None else 8 * n_prompts)
+    if n_objects is not None:
+        keep = [i for i, a in enumerate(attributes) if len(a["objects"]) == n_objects][:n_prompts]
+        if len(keep) < n_prompts:
+            raise ValueError(f"found only {len(keep)} captions with {n_objects} objects; ask for fewer prompts")
+        prompts, attributes = [prompts[i] for i in keep], [attributes[i] for i in keep]
     real_images = ShapesDataset(split, n_prompts * per_prompt, seed=3 if split == "train" else 4).images()
     real_feats = classifier_features(classifier, real_images)
     rows = []

@@ -58,6 +58,17 @@ class DiagonalGaussian:
         return 0.5 * (self.mean**2 + self.logvar.exp() - 1.0 - self.logvar).sum(dim=(1, 2, 3))
 
 
+def _levels(widths: tuple[int, ...], blocks_per_level: int, resample: type) -> nn.Sequential:
+    """ResBlocks at each width, with `resample` (Downsample or Upsample) between levels."""
+    blocks, prev = [], widths[0]
+    for i, width in enumerate(widths):
+        blocks += [ResBlock(prev if j == 0 else width, width) for j in range(blocks_per_level)]
+        prev = width
+        if i < len(widths) - 1:
+            blocks.append(resample(width))
+    return nn.Sequential(*blocks)
+
+
 class Encoder(nn.Module):
     """x (B, 3, H, W) -> moments (B, 2c, H/f, W/f): mean and log-variance stacked on channels."""
 
@@ -65,13 +76,8 @@ class Encoder(nn.Module):
         super().__init__()
         ch = config.channels
         self.conv_in = nn.Conv2d(3, ch[0], 3, padding=1)
-        blocks, prev = [], ch[0]
-        for i, width in enumerate(ch):
-            blocks += [ResBlock(prev if j == 0 else width, width) for j in range(config.blocks_per_level)]
-            prev = width
-            if i < len(ch) - 1:
-                blocks.append(Downsample(width))
-        self.blocks = nn.Sequential(*blocks)
+        self.blocks = _levels(ch, config.blocks_per_level, Downsample)  # (B, C_last, H/f, W/f)
+        prev = ch[-1]
         self.mid = ResBlock(prev)
         self.norm_out = group_norm(prev)
         self.conv_out = nn.Conv2d(prev, 2 * config.latent_channels, 3, padding=1)
@@ -89,13 +95,8 @@ class Decoder(nn.Module):
         ch = config.channels[::-1]
         self.conv_in = nn.Conv2d(config.latent_channels, ch[0], 3, padding=1)
         self.mid = ResBlock(ch[0])
-        blocks, prev = [], ch[0]
-        for i, width in enumerate(ch):
-            blocks += [ResBlock(prev if j == 0 else width, width) for j in range(config.blocks_per_level)]
-            prev = width
-            if i < len(ch) - 1:
-                blocks.append(Upsample(width))
-        self.blocks = nn.Sequential(*blocks)
+        self.blocks = _levels(ch, config.blocks_per_level, Upsample)  # (B, C_first, H, W)
+        prev = ch[-1]
         self.norm_out = group_norm(prev)
         self.conv_out = nn.Conv2d(prev, 3, 3, padding=1)
 

@@ -19,13 +19,14 @@ export MPLCONFIGDIR        := $(STATE)/matplotlib
 export PYDEVD_DISABLE_FILE_VALIDATION := 1
 export PYTHONHASHSEED      := 0
 
-.PHONY: help setup state stamp check-home venv vendor book test unit nbval build-strict browser lab bench clean distclean
+.PHONY: help setup state stamp check-home venv vendor book test unit nbval build-strict browser lab bench execute clean distclean
 
 help:
 	@echo "make book    set up, execute every chapter, render HTML into _build/html"
 	@echo "make test    set up, unit tests, chapters against stored outputs (nbval), strict build, browser check"
 	@echo "make lab     JupyterLab on book/"
 	@echo "make bench   run the benchmarks in benchmarks/"
+	@echo "make execute NB=book/13_text_to_image.ipynb   re-execute chapters in place (their stored outputs are what nbval compares)"
 	@echo "make clean   remove _build (distclean also removes .venv, _vendor, node_modules)"
 
 setup: venv vendor
@@ -90,6 +91,13 @@ lab: setup state
 
 bench: setup state
 	@for b in benchmarks/*.py; do echo "== $$b"; $(PY) $$b || exit 1; done
+
+# Re-execute chapters in place, keeping widget state, after a change to a chapter or a shipped model.
+NB ?= $(BOOK_NBS)
+execute: setup state
+	cd book && for nb in $(notdir $(NB)); do echo "== $$nb"; \
+	    ../$(VENV)/bin/jupyter nbconvert --to notebook --execute --inplace \
+	        --ExecutePreprocessor.timeout=600 --ExecutePreprocessor.store_widget_state=True $$nb || exit 1; done
 
 clean:
 	rm -rf _build

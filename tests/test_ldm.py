@@ -14,6 +14,7 @@ from diffusion_notes import pretrained
 from diffusion_notes.data.shapes import ShapesDataset
 from diffusion_notes.diffusion import noise_prediction_loss
 from diffusion_notes.ldm import (
+    P_TWO_OBJECTS_TRAIN,
     P_UNCOND,
     encode_latents,
     frozen_parts,
@@ -133,8 +134,9 @@ def test_ldm_batch_shapes_and_purity(parts):
     assert torch.equal(a["z0"], b["z0"]) and torch.equal(a["context"], b["context"])
     c = ldm_batch(3, 4)
     assert not torch.equal(a["z0"], c["z0"]) and not torch.equal(a["context"], c["context"])
-    # batch 2 holds training items 8..11: their captions' token states, and posterior samples of their latents
-    dataset = ShapesDataset("train", 16, seed=0)
+    # batch 2 holds training items 8..11 of the two-object-rich mix: their captions' token states,
+    # and posterior samples of their latents
+    dataset = ShapesDataset("train", 16, seed=0, p_two_objects=P_TWO_OBJECTS_TRAIN)
     captions = [dataset[i]["caption"] for i in range(8, 12)]
     torch.testing.assert_close(a["context"], clip.encode_text(captions).token_states)
     with torch.no_grad():

@@ -37,15 +37,21 @@ def test_autoencoder_reconstructs_held_out_images_above_30_db():
     assert abs(float((z * scale).std()) - 1.0) < 0.1  # the scale factor gives unit-variance latents
 
 
-def test_stable_diffusion_draws_what_seen_prompts_ask_for():
+@pytest.mark.parametrize("split, target", [("train", 0.9), ("heldout", 0.7)])
+def test_stable_diffusion_draws_what_prompts_ask_for(split, target):
+    """The issue's targets: colour and shape both right for >= 90% of seen and >= 70% of held-out combinations.
+
+    Fewer captions (96) and steps (15) than benchmarks/ldm_quality.py (500, 25), so a margin of 0.05
+    for sampling noise; one-object captions must be right almost always, two-object ones (binding,
+    Chapter 13) more often than not.
+    """
     from diffusion_notes.ldm_eval import fidelity
 
     pipe, classifier = pretrained.load("stable_diffusion"), pretrained.load("shapes_classifier")
-    f = fidelity(pipe, classifier, "train", n=64, seed=11, num_inference_steps=15)
-    # One-object captions are drawn right almost always; two-object captions often bind colours to the
-    # wrong shapes (Chapter 13), so the mix scores lower. Full measurement: benchmarks/ldm_quality.py.
+    f = fidelity(pipe, classifier, split, n=96, seed=11, num_inference_steps=15)
+    assert f["colour_shape"] >= target - 0.05, f
     assert f["one_object/colour_shape"] >= 0.9, f
-    assert f["colour_shape"] >= 0.65, f
+    assert f["two_objects/colour_shape"] >= 0.5, f
 
 
 def test_clip_zero_shot_meets_the_targets_on_unseen_images(clip):

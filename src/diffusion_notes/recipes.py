@@ -182,13 +182,13 @@ def _ldm_unet() -> Recipe:
         build=UNet,
         make_batch=ldm_batch,
         loss=ldm_loss,
-        steps=5000,
+        steps=10000,
         batch_size=64,
         lr=1e-3,
         warmup_steps=200,
         ema_decay=0.999,
         evaluate=evaluate_ldm,
-        dataset="Shapes train split, seed 0, as latents of the shipped vae and token states of the shipped clip",
+        dataset="Shapes train split, seed 0, half of the images with two objects, as latents of the shipped vae and token states of the shipped clip",
         description="latent UNet eps_theta(z_t, t, tau(y)) with cross-attention to CLIP's token states",
     )
 

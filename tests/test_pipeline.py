@@ -316,3 +316,13 @@ def test_start_step_is_checked():
     with pytest.raises(ValueError, match=r"start_step must be an int in \[0, 4\]"):
         sample(fake_model, (1, 4, 8, 8), sampler="ddim", num_inference_steps=5, schedule=schedule,
                x_T=torch.zeros(1, 4, 8, 8), start_step=5)
+
+
+def test_progress_bar_of_a_restarted_run_ends_at_the_grid_length(capsys):
+    """Image-to-image's bar starts at the skipped steps and counts only the steps that run (k..n-1)."""
+    schedule, n, k = ldm_schedule(), 10, 4
+    sample(fake_model, (1, 4, 8, 8), sampler="ddim", num_inference_steps=n, schedule=schedule,
+           x_T=torch.zeros(1, 4, 8, 8), start_step=k, progress=True)
+    bar = capsys.readouterr().err.replace("\r", "\n").strip().splitlines()[-1]
+    assert f"{n}/{n}" in bar, bar
+    assert f"{n + 1}" not in bar.split("|")[-1].split("[")[0], bar

@@ -295,16 +295,14 @@ def sample(
         x = x_T.to(device)
     timesteps = grid.timesteps.tolist()
     t_prevs = timesteps[1:] + [-1]
-    steps = zip(timesteps, t_prevs)
+    steps = list(zip(timesteps, t_prevs))[start_step:]  # image-to-image skips the first grid points
     if progress:
         from tqdm.auto import tqdm
 
         steps = tqdm(steps, total=len(timesteps), initial=start_step, desc=f"{sampler} sampling")
     model_dtype = torch.long if not grid.timesteps.is_floating_point() else torch.float32
     state: dict = {} if grid.sigmas is None else {"sigmas": grid.sigmas}
-    for i, (t, t_prev) in enumerate(steps):
-        if i < start_step:
-            continue
+    for i, (t, t_prev) in enumerate(steps, start=start_step):
         t_batch = torch.full((shape[0],), t, dtype=model_dtype, device=device)  # (B,)
         eps = guided_eps(eps_model, x, t_batch, cond, uncond, guidance_scale)  # (B, ...)
         if eps.shape != x.shape:

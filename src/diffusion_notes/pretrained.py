@@ -33,7 +33,9 @@ from .recipes import config_from_dict, get_recipe
 WEIGHTS_ENV_VAR = "DIFFUSION_NOTES_WEIGHTS"
 MANIFEST_NAME = "manifest.json"
 # Pipelines assembled from shipped models: name -> (module, class); the class has from_pretrained(device, weights_dir).
-PIPELINES = {"stable_diffusion": ("diffusion_notes.pipeline", "LatentDiffusionPipeline")}
+PIPELINES = {"stable_diffusion": ("diffusion_notes.pipeline", "LatentDiffusionPipeline"),
+             "unclip": ("diffusion_notes.unclip_pipeline", "UnCLIPPipeline"),
+             "glide": ("diffusion_notes.unclip_pipeline", "GLIDEPipeline")}
 
 
 class WeightsError(ValueError):

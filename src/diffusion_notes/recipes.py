@@ -193,12 +193,114 @@ def _ldm_unet() -> Recipe:
     )
 
 
+def _unclip_prior() -> Recipe:
+    from .prior import DiffusionPrior, PriorConfig, prior_loss
+    from .unclip_data import unclip_batch
+    from .unclip_eval import evaluate_prior
+
+    return Recipe(
+        name="unclip_prior",
+        config=PriorConfig(),
+        build=DiffusionPrior,
+        make_batch=unclip_batch,
+        loss=prior_loss,
+        steps=3000,
+        batch_size=128,
+        lr=5e-4,
+        weight_decay=0.01,
+        warmup_steps=200,
+        ema_decay=0.999,
+        evaluate=evaluate_prior,
+        dataset=_UNCLIP_DATA,
+        description="diffusion prior f(z_i^(t), t, y) -> z_i: a causal Transformer, caption dropped 10%",
+    )
+
+
+def _ar_prior() -> Recipe:
+    from .ar_prior import ARPrior, ARPriorConfig, ar_prior_loss
+    from .unclip_data import unclip_batch
+    from .unclip_eval import evaluate_prior
+
+    return Recipe(
+        name="ar_prior",
+        config=ARPriorConfig(),
+        build=ARPrior,
+        make_batch=unclip_batch,
+        loss=ar_prior_loss,
+        steps=4000,
+        batch_size=128,
+        lr=5e-4,
+        weight_decay=0.01,
+        warmup_steps=200,
+        evaluate=evaluate_prior,
+        dataset=_UNCLIP_DATA,
+        description="autoregressive prior: z_i reduced by PCA, quantised, predicted code by code by a causal Transformer",
+    )
+
+
+def _decoder(name: str, image_embedding: bool) -> Recipe:
+    from .unclip import P_DROP_TEXT, P_DROP_TEXT_GLIDE, Decoder, DecoderConfig, decoder_loss
+    from .unclip_data import unclip_batch
+    from .unclip_eval import evaluate_decoder
+
+    config = DecoderConfig(image_embedding=image_embedding,
+                           p_drop_text=P_DROP_TEXT if image_embedding else P_DROP_TEXT_GLIDE)
+    what = ("unCLIP decoder eps(x_t, t, z_i, y) at 16x16: z_i added to the timestep embedding and as 4 extra tokens; "
+            "z_i zeroed 10%, caption dropped 50%") if image_embedding else \
+        "GLIDE baseline at 16x16: the unCLIP decoder without z_i (text only), caption dropped 20%"
+    return Recipe(
+        name=name,
+        config=config,
+        build=Decoder,
+        make_batch=unclip_batch,
+        loss=decoder_loss,
+        steps=3000,
+        batch_size=64,
+        lr=1e-3,
+        warmup_steps=200,
+        ema_decay=0.999,
+        evaluate=evaluate_decoder,
+        dataset=_UNCLIP_DATA,
+        description=what,
+    )
+
+
+def _unclip_upsampler() -> Recipe:
+    from .unclip import Upsampler, UpsamplerConfig, upsampler_loss
+    from .unclip_data import unclip_batch
+    from .unclip_eval import evaluate_upsampler
+
+    return Recipe(
+        name="unclip_upsampler",
+        config=UpsamplerConfig(),
+        build=Upsampler,
+        make_batch=unclip_batch,
+        loss=upsampler_loss,
+        steps=1200,
+        batch_size=64,
+        lr=1e-3,
+        warmup_steps=100,
+        ema_decay=0.999,
+        evaluate=evaluate_upsampler,
+        dataset=_UNCLIP_DATA,
+        description="diffusion upsampler 16x16 -> 32x32 conditioned on the noise-augmented low-resolution image",
+    )
+
+
+_UNCLIP_DATA = ("Shapes train split, seed 0, half of the images with two objects: a bank of 24576 items "
+                "with the shipped clip's z_i, z_t and token states")
+
 _FACTORIES: dict[str, Callable[[], Recipe]] = {
     "toy2d": _toy2d,
     "clip": _clip,
     "shapes_classifier": _shapes_classifier,
     "vae": _vae,
     "ldm_unet": _ldm_unet,
+    "unclip_prior": _unclip_prior,
+    "ar_prior": _ar_prior,
+    "unclip_decoder": lambda: _decoder("unclip_decoder", True),
+    "glide_decoder": lambda: _decoder("glide_decoder", False),
+    "unclip_upsampler": _unclip_upsampler,
 }
 
 

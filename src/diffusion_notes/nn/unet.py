@@ -34,6 +34,7 @@ class UNetConfig:
     heads: int = 4
     context_dim: int = 128  # width of the text token states (CLIP's text width; SD v1: 768)
     dropout: float = 0.0
+    mid_attention: bool = True  # a SpatialTransformer in the middle block (False with no attention anywhere: an unconditional UNet)
 
 
 class UNet(nn.Module):
@@ -66,9 +67,10 @@ class UNet(nn.Module):
             if level < len(c.channels) - 1:
                 self.down.append(nn.ModuleList([Downsample(width)]))
                 skips.append(width)
-        self.mid = nn.ModuleList([ResBlock(prev, prev, temb_dim, c.dropout),
-                                  SpatialTransformer(prev, c.context_dim, c.heads),
-                                  ResBlock(prev, prev, temb_dim, c.dropout)])
+        self.temb_dim = temb_dim
+        self.mid = nn.ModuleList([ResBlock(prev, prev, temb_dim, c.dropout)]
+                                 + ([SpatialTransformer(prev, c.context_dim, c.heads)] if c.mid_attention else [])
+                                 + [ResBlock(prev, prev, temb_dim, c.dropout)])
         self.up = nn.ModuleList()
         for level in reversed(range(len(c.channels))):
             width, attn = c.channels[level], c.attention[level]
@@ -93,8 +95,17 @@ class UNet(nn.Module):
                 h = layer(h)  # Downsample / Upsample
         return h
 
-    def forward(self, x: torch.Tensor, t: torch.Tensor, context: torch.Tensor, return_attention: bool = False):
+    @property
+    def uses_context(self) -> bool:
+        """Whether any layer attends to a context (False: the UNet is unconditional, context may be None)."""
+        return self.config.mid_attention or any(self.config.attention)
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor, context: torch.Tensor | None = None,
+                return_attention: bool = False, emb: torch.Tensor | None = None):
         """x (B, C_in, h, w), t (B,) or a scalar, context (B, M, D_c) -> eps (B, C_out, h, w).
+
+        `emb` (B, 4 C_0), if given, is added to the timestep embedding: how GLIDE adds its
+        pooled text and unCLIP its image embedding (Ramesh et al. 2022, section 2.1).
 
         With return_attention also a dict {"down.0": {"self": (B, H, L, L), "cross": (B, H, L, M)}, ...},
         one entry per SpatialTransformer in the order the input meets them.
@@ -102,12 +113,18 @@ class UNet(nn.Module):
         c = self.config
         if x.ndim != 4 or x.shape[1] != c.in_channels:
             raise ValueError(f"x must have shape (B, {c.in_channels}, h, w), got {tuple(x.shape)}")
-        if context is None or context.ndim != 3 or context.shape[0] != x.shape[0] or context.shape[2] != c.context_dim:
+        if not self.uses_context:
+            context = None
+        elif context is None or context.ndim != 3 or context.shape[0] != x.shape[0] or context.shape[2] != c.context_dim:
             raise ValueError(f"context must have shape ({x.shape[0]}, M, {c.context_dim}), got "
                              f"{None if context is None else tuple(context.shape)}")
         t = torch.as_tensor(t, device=x.device)
         t = t.expand(x.shape[0]) if t.ndim == 0 else t
         temb = self.time_embed(timestep_embedding(t, c.channels[0]))  # (B, 4 C_0)
+        if emb is not None:
+            if emb.shape != temb.shape:
+                raise ValueError(f"emb must have shape {tuple(temb.shape)}, got {tuple(emb.shape)}")
+            temb = temb + emb
         maps = {} if return_attention else None
         h = self.conv_in(x)  # (B, C_0, h, w)
         skips = [h]

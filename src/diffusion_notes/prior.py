@@ -1,0 +1,198 @@
+"""The diffusion prior P(z_i | y): from a caption to a CLIP image embedding.
+
+DALL-E 2's prior (Ramesh et al. 2022, section 2.2) is a decoder-only (causal)
+Transformer over a short sequence, in this order:
+
+    [caption token encodings (N), z_t, timestep embedding, noised z_i^(t), query]
+
+and its output at the final (query) position is the clean embedding z_i itself,
+not the noise, trained with
+
+    L_prior = E_{t, z_i^(t)} || f_theta(z_i^(t), t, y) - z_i ||^2.
+
+The caption is dropped 10% of the time so the same network gives the
+unconditional prediction that classifier-free guidance needs. At sampling time
+two candidates are drawn per caption and the one with the larger dot product
+z_i . z_t is kept.
+
+Embeddings are unit length and multiplied by sqrt(E) before diffusion, so their
+entries have about unit variance (DALLE2-pytorch does the same).
+
+Notation: B batch, E embedding width, N caption tokens, D text width, W model width, L = N + 4.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .diffusion import eps_from_x0, q_sample
+from .device import randn
+from .guidance import check_guidance_scale
+from .nn.embeddings import timestep_embedding
+from .nn.transformer import Transformer
+from .schedules import make_schedule
+from .unclip_data import N_TOKENS, TextConditions, embed_scale, frozen_clip, null_text
+
+P_UNCOND = 0.1  # DALL-E 2 drops the text conditioning of the prior 10% of the time
+DEFAULT_STEPS = 32  # DALL-E 2 samples its prior with 64 strided steps; our embeddings are 64-wide, not 768
+DEFAULT_GUIDANCE_SCALE = 2.0
+
+
+def prior_schedule():
+    """The prior's noise schedule: cosine, T = 1000 (DALL-E 2, Table 3)."""
+    return make_schedule("cosine", 1000)
+
+
+@dataclass(frozen=True)
+class PriorConfig:
+    embed_dim: int = 64  # E: CLIP's embedding width
+    text_width: int = 128  # D: CLIP's token-state width
+    n_tokens: int = N_TOKENS
+    width: int = 128  # W
+    layers: int = 4
+    heads: int = 4
+
+
+class DiffusionPrior(nn.Module):
+    """f_theta(z_i^(t), t, y) -> z_i: a causal Transformer whose last output is the denoised embedding.
+
+    Paper: Ramesh et al. 2022, section 2.2 ("Diffusion prior")
+    """
+
+    def __init__(self, config: PriorConfig | None = None):
+        super().__init__()
+        self.config = c = config or PriorConfig()
+        self.token_proj = nn.Linear(c.text_width, c.width)  # caption token encodings -> W
+        self.text_proj = nn.Linear(c.embed_dim, c.width)  # z_t -> W
+        self.time_proj = nn.Sequential(nn.Linear(c.width, c.width), nn.SiLU(), nn.Linear(c.width, c.width))
+        self.image_proj = nn.Linear(c.embed_dim, c.width)  # noised z_i -> W
+        self.query = nn.Parameter(0.02 * torch.randn(c.width))  # the final token, whose output is z_i
+        self.position = nn.Parameter(0.01 * torch.randn(c.n_tokens + 4, c.width))  # (L, W)
+        self.transformer = Transformer(c.width, c.layers, c.heads, causal=True)
+        self.ln_final = nn.LayerNorm(c.width)
+        self.out = nn.Linear(c.width, c.embed_dim)
+
+    def sequence(self, z_i_t: torch.Tensor, t: torch.Tensor, cond: dict) -> torch.Tensor:
+        """The Transformer's input (B, L, W): [tokens (N), z_t, t, z_i^(t), query] plus positions."""
+        B = z_i_t.shape[0]
+        tokens = self.token_proj(cond["tokens"])  # (B, N, W)
+        z_t = self.text_proj(cond["z_t"] * embed_scale(self.config.embed_dim))[:, None]  # (B, 1, W)
+        temb = self.time_proj(timestep_embedding(t, self.config.width))[:, None]  # (B, 1, W)
+        z_i = self.image_proj(z_i_t)[:, None]  # (B, 1, W)
+        query = self.query.expand(B, 1, -1)  # (B, 1, W)
+        return torch.cat([tokens, z_t, temb, z_i, query], dim=1) + self.position  # (B, L, W)
+
+    def attention_mask(self, mask: torch.Tensor) -> torch.Tensor:
+        """(B, N) real-token flags -> (B, 1, L, L): causal, and padding tokens are never attended to."""
+        B, L = mask.shape[0], self.config.n_tokens + 4
+        keys = torch.cat([mask, mask.new_ones(B, 4)], dim=1)  # (B, L)
+        causal = torch.ones(L, L, dtype=torch.bool, device=mask.device).tril()  # (L, L)
+        return (causal[None] & keys[:, None, :])[:, None]  # (B, 1, L, L)
+
+    def forward(self, z_i_t: torch.Tensor, t: torch.Tensor, cond: dict, return_attention: bool = False):
+        """z_i^(t) (B, E) scaled by sqrt(E), t (B,), cond {"z_t", "tokens", "mask"} -> predicted z_i (B, E), same scale."""
+        c = self.config
+        if z_i_t.ndim != 2 or z_i_t.shape[1] != c.embed_dim:
+            raise ValueError(f"z_i_t must have shape (B, {c.embed_dim}), got {tuple(z_i_t.shape)}")
+        if cond["tokens"].shape[1:] != (c.n_tokens, c.text_width):
+            raise ValueError(f"cond['tokens'] must have shape (B, {c.n_tokens}, {c.text_width}), "
+                             f"got {tuple(cond['tokens'].shape)}")
+        t = torch.as_tensor(t, device=z_i_t.device)
+        t = t.expand(z_i_t.shape[0]) if t.ndim == 0 else t
+        x = self.sequence(z_i_t, t, cond)  # (B, L, W)
+        mask = self.attention_mask(cond["mask"].bool())
+        h = self.transformer(x, mask, return_attention)
+        h, maps = h if return_attention else (h, None)
+        z_i = self.out(self.ln_final(h[:, -1]))  # (B, E): the query position's output
+        return (z_i, maps) if return_attention else z_i
+
+
+def drop_text(cond: dict, p: float, null: TextConditions, generator: torch.Generator | None = None) -> dict:
+    """Replace each caption's conditions (z_t, tokens, mask together) by the empty caption's with probability p.
+
+    One uniform number per row from `generator`, as `guidance.drop_condition` draws it.
+    Book: eq-cfg-dropout
+    """
+    if not 0 <= p <= 1:
+        raise ValueError(f"p must be a probability in [0, 1], got {p!r}")
+    B = cond["z_t"].shape[0]
+    draw_device = generator.device if generator is not None else "cpu"
+    drop = (torch.rand(B, generator=generator, device=draw_device) < p).to(cond["z_t"].device)  # (B,)
+    out = dict(cond)
+    for key in ("z_t", "tokens", "mask"):
+        value = cond[key]
+        null_row = getattr(null, key)[0].to(value.device)
+        out[key] = torch.where(drop.view(-1, *([1] * (value.ndim - 1))), null_row, value)
+    return out
+
+
+def prior_loss(model: DiffusionPrior, batch: dict, generator: torch.Generator | None = None,
+               p_uncond: float = P_UNCOND) -> torch.Tensor:
+    r"""L_prior on one batch: noise the scaled z_i to a random t and ask for z_i back (not the noise).
+
+    $$L_\text{prior} = \mathbb E_{t \sim [1, T],\, z_i^{(t)} \sim q_t}
+        \left[\left\| f_\theta(z_i^{(t)}, t, y) - z_i \right\|^2\right]$$
+
+    Book: eq-prior-loss
+    Paper: Ramesh et al. 2022, section 2.2
+    """
+    device = next(model.parameters()).device
+    schedule = prior_schedule()
+    x0 = batch["z_i"].to(device) * embed_scale(model.config.embed_dim)  # (B, E)
+    cond = drop_text({k: batch[k].to(device) for k in ("z_t", "tokens", "mask")}, p_uncond,
+                     null_text(frozen_clip()), generator)
+    B, T = x0.shape[0], schedule.num_train_timesteps
+    draw_device = generator.device if generator is not None else "cpu"
+    t = torch.randint(0, T, (B,), generator=generator, device=draw_device).to(device)  # (B,)
+    noise = randn(x0.shape, generator, device=device)  # (B, E)
+    z_i_t = q_sample(x0, t, noise, schedule)  # (B, E)
+    return F.mse_loss(model(z_i_t, t, cond), x0)
+
+
+class EpsFromX0(nn.Module):
+    """Wrap an x0-predicting model as the eps-model the samplers call: eps = (x_t - sqrt(ab) x0_hat) / sqrt(1 - ab)."""
+
+    def __init__(self, x0_model: nn.Module, schedule):
+        super().__init__()
+        self.x0_model, self.schedule = x0_model, schedule
+
+    def forward(self, x_t: torch.Tensor, t: torch.Tensor, cond) -> torch.Tensor:
+        return eps_from_x0(x_t, t.long(), self.x0_model(x_t, t, cond), self.schedule)
+
+
+@torch.no_grad()
+def sample_prior(prior: DiffusionPrior, text: TextConditions, *, num_inference_steps: int = DEFAULT_STEPS,
+                 guidance_scale: float = DEFAULT_GUIDANCE_SCALE, num_candidates: int = 2,
+                 sampler: str = "ddim", generator: torch.Generator | None = None,
+                 null: TextConditions | None = None, return_candidates: bool = False):
+    """z_i (B, E), unit length, for each caption of `text`: draw num_candidates, keep the largest z_i . z_t.
+
+    `null` is the empty caption's conditions (default: the shipped CLIP's), the unconditional side of guidance.
+    With return_candidates also the (B, num_candidates, E) candidates and their (B, num_candidates) scores.
+    Book: eq-best-of-two
+    Paper: Ramesh et al. 2022, section 2.2 (two samples, the one with the higher dot product with z_t)
+    """
+    from .samplers import sample
+
+    check_guidance_scale(guidance_scale)
+    if isinstance(num_candidates, bool) or not isinstance(num_candidates, int) or num_candidates < 1:
+        raise ValueError(f"num_candidates must be a positive int, got {num_candidates!r}")
+    device = next(prior.parameters()).device
+    B, k, E = len(text), num_candidates, prior.config.embed_dim
+    cond = {key: v.to(device).repeat_interleave(k, 0) for key, v in text.as_dict().items()}  # (B k, ...)
+    uncond = None
+    if guidance_scale != 1:
+        null = null if null is not None else null_text(frozen_clip())
+        uncond = {key: v[:1].to(device).expand(B * k, *v.shape[1:]) for key, v in null.as_dict().items()}
+    schedule = prior_schedule()
+    x = sample(EpsFromX0(prior.eval(), schedule), (B * k, E), sampler=sampler, num_inference_steps=num_inference_steps,
+               schedule=schedule, generator=generator, device=device, cond=cond, uncond=uncond,
+               guidance_scale=float(guidance_scale))  # (B k, E)
+    candidates = F.normalize(x, dim=-1).view(B, k, E)  # (B, k, E)
+    scores = (candidates * text.z_t.to(device)[:, None]).sum(-1)  # (B, k): z_i . z_t
+    best = candidates[torch.arange(B, device=device), scores.argmax(dim=1)]  # (B, E)
+    return (best, candidates, scores) if return_candidates else best

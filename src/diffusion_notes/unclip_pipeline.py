@@ -1,0 +1,299 @@
+"""unCLIP end to end: caption -> z_t -> prior -> z_i -> decoder (16x16) -> upsampler (32x32).
+
+    pipe = pretrained.load("unclip")
+    out = pipe("a small red circle on the left", num_inference_steps=25, guidance_scale=3,
+               generator=torch.Generator().manual_seed(0))
+    out.images            # (1, 3, 32, 32) in [0, 1], as the Stable Diffusion pipeline returns them
+    out.image_embeddings  # (1, E) the z_i the prior chose
+
+plus what only an image-embedding model can do: `variations(image)`,
+`interpolate(image_a, image_b, n)` and `text_diff(image, old, new, n)`.
+`pretrained.load("glide")` is the baseline: the same call, without a prior or z_i.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from .guidance import check_guidance_scale
+from .pipeline import _prompt_list, check_image_input, to_pil
+from .samplers import SAMPLER_ALIASES, SAMPLERS, sample
+from .unclip import UPSAMPLER_AUG, augment_low_res, decoder_schedule, slerp
+from .unclip_data import TextConditions, encode_text, null_text
+
+OUTPUT_TYPES = ("pt", "pil")
+DEFAULT_SAMPLER = "dpmpp_2m"
+DEFAULT_GUIDANCE_SCALE = 3.0
+DEFAULT_PRIOR_GUIDANCE_SCALE = 2.0
+
+
+def _text_dict(text: TextConditions, device) -> dict:
+    return {k: v.to(device) for k, v in text.as_dict().items()}
+
+
+@torch.no_grad()
+def decode_base(decoder, text: TextConditions, z_i: torch.Tensor | None, *, num_inference_steps: int = 25,
+                guidance_scale: float = DEFAULT_GUIDANCE_SCALE, sampler: str = DEFAULT_SAMPLER,
+                generator: torch.Generator | None = None, x_T: torch.Tensor | None = None,
+                callback=None, progress: bool = False) -> torch.Tensor:
+    """The base decoder's 16x16 samples (B, 3, 16, 16) in [-1, 1] for captions `text` and embeddings z_i (B, E).
+
+    Guidance compares (z_i, caption) with (zero z_i, empty caption): the decoder was trained with both dropped.
+    z_i is ignored (must be None) for the GLIDE baseline.
+    """
+    c, device = decoder.config, next(decoder.parameters()).device
+    B = len(text)
+    cond = _text_dict(text, device)
+    null = null_text_like(B)
+    uncond = _text_dict(null, device)
+    if c.image_embedding:
+        if z_i is None or z_i.shape != (B, c.embed_dim):
+            raise ValueError(f"the unCLIP decoder needs z_i of shape ({B}, {c.embed_dim}), got "
+                             f"{None if z_i is None else tuple(z_i.shape)}")
+        cond["z_i"] = z_i.to(device)
+        uncond["z_i"] = torch.zeros_like(cond["z_i"])
+    elif z_i is not None:
+        raise ValueError("the GLIDE baseline reads no image embedding; pass z_i=None")
+    shape = (B, 3, c.sample_size, c.sample_size)
+    x = sample(decoder.eval(), shape, sampler=sampler, num_inference_steps=num_inference_steps,
+               schedule=decoder_schedule(), generator=generator, device=device, x_T=x_T, cond=cond,
+               uncond=uncond if guidance_scale != 1 else None, guidance_scale=float(guidance_scale),
+               callback=callback, progress=progress)
+    return x.clamp(-1, 1)
+
+
+def null_text_like(batch_size: int) -> TextConditions:
+    """The empty caption's conditions, batch_size rows, from the shipped CLIP (the one the decoders trained with)."""
+    from .unclip_data import frozen_clip
+
+    return null_text(frozen_clip(), batch_size)
+
+
+@torch.no_grad()
+def upsample_images(upsampler, low: torch.Tensor, *, num_inference_steps: int = 15, sampler: str = DEFAULT_SAMPLER,
+                    aug: float = UPSAMPLER_AUG, generator: torch.Generator | None = None,
+                    progress: bool = False) -> torch.Tensor:
+    """(B, 3, 16, 16) in [-1, 1] -> (B, 3, 32, 32) in [-1, 1]: noise-augment the low-res image, then denoise at 32x32."""
+    device = next(upsampler.parameters()).device
+    cond = augment_low_res(low.to(device), aug, generator)  # (B, 3, 32, 32)
+    x = sample(upsampler.eval(), tuple(cond.shape), sampler=sampler, num_inference_steps=num_inference_steps,
+               schedule=decoder_schedule(), generator=generator, device=device, cond=cond, progress=progress)
+    return x.clamp(-1, 1)
+
+
+@dataclass
+class UnCLIPOutput:
+    """`.images` as asked by output_type ((N, 3, 32, 32) in [0, 1], or PIL images), the z_i decoded
+    (N, E; None for GLIDE), and the base decoder's 16x16 images (N, 3, 16, 16) in [0, 1]."""
+
+    images: object
+    image_embeddings: torch.Tensor | None
+    low_res: torch.Tensor
+
+
+def _check_int(value, name: str, low: int, high: int | None = None) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < low or (high is not None and value > high):
+        span = f"between {low} and {high}" if high is not None else f">= {low}"
+        raise ValueError(f"{name} must be an int {span}, got {value!r}")
+    return value
+
+
+def _check_sampler(sampler: str) -> None:
+    if sampler not in SAMPLERS and sampler not in SAMPLER_ALIASES:
+        raise ValueError(f"sampler must be one of {', '.join([*SAMPLERS, *SAMPLER_ALIASES])}, got {sampler!r}")
+
+
+class _Cascade:
+    """What the unCLIP and GLIDE pipelines share: text encoding, checks, the 16x16 base and the upsampler."""
+
+    def __init__(self, decoder, upsampler, clip):
+        self.decoder, self.upsampler, self.clip = decoder.eval(), upsampler.eval(), clip.eval()
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.decoder.parameters()).device
+
+    def encode_prompt(self, prompts: list[str]) -> TextConditions:
+        """Captions -> TextConditions (z_t, token states, mask); "" is the empty caption."""
+        return encode_text(self.clip, prompts)
+
+    def _check(self, num_inference_steps, guidance_scale, num_images_per_prompt, output_type, sampler,
+               upsampler_num_inference_steps) -> None:
+        T = decoder_schedule().num_train_timesteps
+        _check_int(num_inference_steps, "num_inference_steps", 1, T)
+        _check_int(upsampler_num_inference_steps, "upsampler_num_inference_steps", 1, T)
+        check_guidance_scale(guidance_scale)
+        _check_int(num_images_per_prompt, "num_images_per_prompt", 1)
+        if output_type not in OUTPUT_TYPES:
+            raise ValueError(f"output_type must be one of {', '.join(OUTPUT_TYPES)}, got {output_type!r}")
+        _check_sampler(sampler)
+
+    def _finish(self, low: torch.Tensor, z_i, output_type: str, upsampler_num_inference_steps: int, sampler: str,
+                generator, progress: bool) -> UnCLIPOutput:
+        high = upsample_images(self.upsampler, low, num_inference_steps=upsampler_num_inference_steps,
+                               sampler=sampler, generator=generator, progress=progress)
+        images = ((high + 1) / 2).clamp(0, 1).cpu()  # (N, 3, 32, 32)
+        return UnCLIPOutput(to_pil(images) if output_type == "pil" else images,
+                            None if z_i is None else z_i.cpu(), ((low + 1) / 2).clamp(0, 1).cpu())
+
+
+class UnCLIPPipeline(_Cascade):
+    """DALL-E 2, small: caption -> z_t -> prior -> z_i -> decoder (16x16) -> upsampler (32x32)."""
+
+    def __init__(self, prior, decoder, upsampler, clip):
+        if not decoder.config.image_embedding:
+            raise ValueError("UnCLIPPipeline needs a decoder that reads z_i (DecoderConfig(image_embedding=True))")
+        super().__init__(decoder, upsampler, clip)
+        self.prior = prior.eval()
+
+    @classmethod
+    def from_pretrained(cls, device=None, weights_dir=None, prior: str = "unclip_prior") -> UnCLIPPipeline:
+        """The shipped parts: a prior ("unclip_prior", or "ar_prior"), "unclip_decoder", "unclip_upsampler", "clip"."""
+        from . import pretrained
+
+        return cls(*(pretrained.load(name, device, weights_dir)
+                     for name in (prior, "unclip_decoder", "unclip_upsampler", "clip")))
+
+    @torch.no_grad()
+    def __call__(self, prompt, num_inference_steps: int = 25, guidance_scale: float = DEFAULT_GUIDANCE_SCALE,
+                 prior_num_inference_steps: int = 32, prior_guidance_scale: float = DEFAULT_PRIOR_GUIDANCE_SCALE,
+                 num_candidates: int = 2, sampler: str = DEFAULT_SAMPLER, upsampler_num_inference_steps: int = 15,
+                 generator: torch.Generator | None = None, num_images_per_prompt: int = 1, output_type: str = "pt",
+                 image_embeddings: torch.Tensor | None = None, callback=None, progress: bool = False) -> UnCLIPOutput:
+        """Images for `prompt` (a string or a list). `image_embeddings` (N, E) skips the prior.
+
+        num_inference_steps and guidance_scale are the decoder's; the prior has its own
+        (prior_num_inference_steps DDIM steps, prior_guidance_scale) and keeps the best of
+        num_candidates samples by z_i . z_t. `callback(i, t, x_t, x0_hat)` sees the decoder's steps.
+        """
+        self._check(num_inference_steps, guidance_scale, num_images_per_prompt, output_type, sampler,
+                    upsampler_num_inference_steps)
+        _check_int(prior_num_inference_steps, "prior_num_inference_steps", 1, 1000)
+        try:
+            check_guidance_scale(prior_guidance_scale)
+        except ValueError as err:
+            raise ValueError(f"prior_{err}") from None
+        _check_int(num_candidates, "num_candidates", 1)
+        prompts = _prompt_list(prompt, "prompt")
+        k = num_images_per_prompt
+        text = self.encode_prompt(prompts)
+        text = TextConditions(*(x.repeat_interleave(k, 0) for x in (text.z_t, text.tokens, text.mask)))
+        if image_embeddings is None:
+            from .unclip_eval import sample_any_prior
+
+            options = {"num_candidates": num_candidates}
+            if not hasattr(self.prior, "pca_mean"):  # the diffusion prior
+                options.update(num_inference_steps=prior_num_inference_steps, guidance_scale=prior_guidance_scale)
+            z_i = sample_any_prior(self.prior, text, generator=generator, **options)  # (N, E)
+        else:
+            z_i = self._check_embeddings(image_embeddings, len(text))
+        return self.decode(z_i, text, num_inference_steps=num_inference_steps, guidance_scale=guidance_scale,
+                           sampler=sampler, upsampler_num_inference_steps=upsampler_num_inference_steps,
+                           generator=generator, output_type=output_type, callback=callback, progress=progress)
+
+    def _check_embeddings(self, z_i, n: int) -> torch.Tensor:
+        E = self.decoder.config.embed_dim
+        if not isinstance(z_i, torch.Tensor) or z_i.ndim != 2 or z_i.shape[1] != E or len(z_i) not in (1, n):
+            raise ValueError(f"image_embeddings must be a tensor of shape ({n}, {E}) or (1, {E}), got "
+                             f"{tuple(z_i.shape) if isinstance(z_i, torch.Tensor) else type(z_i).__name__}")
+        return F.normalize(z_i.float(), dim=-1).expand(n, -1).to(self.device)
+
+    @torch.no_grad()
+    def decode(self, z_i: torch.Tensor, text: TextConditions | None = None, *, num_inference_steps: int = 25,
+               guidance_scale: float = DEFAULT_GUIDANCE_SCALE, sampler: str = DEFAULT_SAMPLER,
+               upsampler_num_inference_steps: int = 15, generator: torch.Generator | None = None,
+               output_type: str = "pt", x_T: torch.Tensor | None = None, callback=None,
+               progress: bool = False) -> UnCLIPOutput:
+        """P(x | z_i, y): decode embeddings z_i (N, E) with captions `text` (None: the empty caption) to images."""
+        self._check(num_inference_steps, guidance_scale, 1, output_type, sampler, upsampler_num_inference_steps)
+        z_i = self._check_embeddings(z_i, len(z_i))
+        text = text if text is not None else null_text_like(len(z_i))
+        low = decode_base(self.decoder, text, z_i, num_inference_steps=num_inference_steps,
+                          guidance_scale=guidance_scale, sampler=sampler, generator=generator, x_T=x_T,
+                          callback=callback, progress=progress)
+        return self._finish(low, z_i, output_type, upsampler_num_inference_steps, sampler, generator, progress)
+
+    @torch.no_grad()
+    def encode_image(self, image) -> torch.Tensor:
+        """CLIP's z_i (B, E) of images (PIL, or tensors in [0, 1] of shape (3, 32, 32) or (B, 3, 32, 32))."""
+        return self.clip.encode_image(check_image_input(image).to(self.device))
+
+    def _shared_noise(self, n: int, generator) -> torch.Tensor:
+        from .device import randn
+
+        s = self.decoder.config.sample_size
+        return randn((1, 3, s, s), generator, device=self.device).expand(n, -1, -1, -1)  # the same x_T for every frame
+
+    @torch.no_grad()
+    def variations(self, image, num_images: int = 4, **options) -> UnCLIPOutput:
+        """New images with the same CLIP embedding as `image`: encode it, decode z_i with fresh noise.
+
+        Paper: Ramesh et al. 2022, section 3.1 (Figure 3)
+        """
+        _check_int(num_images, "num_images", 1)
+        z_i = self.encode_image(image)
+        if len(z_i) != 1:
+            raise ValueError(f"variations takes one image, got {len(z_i)}")
+        return self.decode(z_i.expand(num_images, -1), **options)
+
+    @torch.no_grad()
+    def interpolate(self, image_a, image_b, n: int = 5, **options) -> UnCLIPOutput:
+        """n images along slerp(z_a, z_b, theta), theta = 0 .. 1, all decoded from the same noise.
+
+        Paper: Ramesh et al. 2022, section 3.2 (Figure 4)
+        """
+        _check_int(n, "n", 2)
+        z_a, z_b = self.encode_image(image_a), self.encode_image(image_b)
+        if len(z_a) != 1 or len(z_b) != 1:
+            raise ValueError("interpolate takes one image at each end")
+        z = slerp(z_a.expand(n, -1), z_b.expand(n, -1), torch.linspace(0, 1, n))  # (n, E)
+        generator = options.pop("generator", None)
+        return self.decode(z, x_T=self._shared_noise(n, generator), generator=generator, **options)
+
+    @torch.no_grad()
+    def text_diff(self, image, old_caption: str, new_caption: str, n: int = 5, max_theta: float = 0.5,
+                  **options) -> UnCLIPOutput:
+        """Edit `image` by a caption change: slerp z_i towards z_d = normalize(z_t(new) - z_t(old)), theta = 0 .. max_theta.
+
+        Paper: Ramesh et al. 2022, section 3.3 (Figure 5: text diffs)
+        """
+        _check_int(n, "n", 2)
+        if isinstance(max_theta, bool) or not isinstance(max_theta, (int, float)) or not 0 < max_theta <= 1:
+            raise ValueError(f"max_theta must be a number in (0, 1], got {max_theta!r}")
+        z_i = self.encode_image(image)
+        z_old, z_new = self.encode_prompt([old_caption, new_caption]).z_t
+        z_d = F.normalize(z_new - z_old, dim=-1)[None]  # (1, E)
+        z = slerp(z_i.expand(n, -1), z_d.expand(n, -1), torch.linspace(0, max_theta, n))  # (n, E)
+        generator = options.pop("generator", None)
+        return self.decode(z, x_T=self._shared_noise(n, generator), generator=generator, **options)
+
+
+class GLIDEPipeline(_Cascade):
+    """The baseline: the same cascade with a text-only decoder (no prior, no z_i)."""
+
+    @classmethod
+    def from_pretrained(cls, device=None, weights_dir=None) -> GLIDEPipeline:
+        """The shipped parts: "glide_decoder", "unclip_upsampler", "clip"."""
+        from . import pretrained
+
+        return cls(*(pretrained.load(name, device, weights_dir) for name in ("glide_decoder", "unclip_upsampler", "clip")))
+
+    @torch.no_grad()
+    def __call__(self, prompt, num_inference_steps: int = 25, guidance_scale: float = DEFAULT_GUIDANCE_SCALE,
+                 sampler: str = DEFAULT_SAMPLER, upsampler_num_inference_steps: int = 15,
+                 generator: torch.Generator | None = None, num_images_per_prompt: int = 1, output_type: str = "pt",
+                 callback=None, progress: bool = False) -> UnCLIPOutput:
+        """Images for `prompt`, with the Stable Diffusion and unCLIP pipelines' conventions."""
+        self._check(num_inference_steps, guidance_scale, num_images_per_prompt, output_type, sampler,
+                    upsampler_num_inference_steps)
+        prompts = _prompt_list(prompt, "prompt")
+        text = self.encode_prompt(prompts)
+        k = num_images_per_prompt
+        text = TextConditions(*(x.repeat_interleave(k, 0) for x in (text.z_t, text.tokens, text.mask)))
+        low = decode_base(self.decoder, text, None, num_inference_steps=num_inference_steps,
+                          guidance_scale=guidance_scale, sampler=sampler, generator=generator,
+                          callback=callback, progress=progress)
+        return self._finish(low, None, output_type, upsampler_num_inference_steps, sampler, generator, progress)

@@ -270,3 +270,36 @@ def test_every_unet_parameter_gets_a_gradient(config, one_thread):
     model(x, torch.tensor([3, 600]), context(2, 6)).square().mean().backward()
     unused = [name for name, p in model.named_parameters() if p.grad is None or not p.grad.abs().sum() > 0]
     assert not unused, f"parameters without gradient: {unused}"
+
+
+def test_an_added_embedding_shifts_the_timestep_embedding_and_attention_free_unets_need_no_context():
+    torch.manual_seed(0)
+    config = UNetConfig(in_channels=3, out_channels=3, sample_size=8, channels=(8, 16), attention=(False, True), heads=2,
+                        scale_shift_norm=True)
+    unet = UNet(config).eval()
+    for p in unet.parameters():  # no zero-initialised output layers, so every input shows in the output
+        torch.nn.init.normal_(p, std=0.2)
+    x, t, context = torch.randn(2, 3, 8, 8), torch.tensor([3, 500]), torch.randn(2, 5, 128)
+    base = unet(x, t, context)
+    assert torch.allclose(unet(x, t, context, emb=torch.zeros(2, unet.temb_dim)), base)
+    assert not torch.allclose(unet(x, t, context, emb=torch.randn(2, unet.temb_dim)), base, atol=1e-4)
+    with pytest.raises(ValueError, match="emb must have shape"):
+        unet(x, t, context, emb=torch.zeros(2, 3))
+    plain = UNet(UNetConfig(in_channels=6, out_channels=3, sample_size=8, channels=(8, 16), attention=(False, False),
+                            mid_attention=False))
+    assert not plain.uses_context and unet.uses_context
+    assert plain(torch.randn(2, 6, 8, 8), t).shape == (2, 3, 8, 8)
+    assert not any("SpatialTransformer" in type(m).__name__ for m in plain.modules())
+
+
+def test_with_one_channel_per_group_only_scale_shift_lets_the_timestep_through():
+    """DDPM's "add temb, then GroupNorm" loses a per-group constant shift: with <= 32 channels each group is
+    one channel, and the timestep vanishes. GLIDE's scale-shift norm applies it after the norm."""
+    torch.manual_seed(0)
+    x = torch.randn(2, 8, 6, 6)
+    for scale_shift, changes in ((False, False), (True, True)):
+        block = ResBlock(8, 8, temb_dim=16, scale_shift=scale_shift)
+        for p in block.parameters():
+            torch.nn.init.normal_(p, std=0.3)
+        a, b = block(x, torch.randn(2, 16)), block(x, torch.randn(2, 16))
+        assert torch.allclose(a, b, atol=1e-5) != changes

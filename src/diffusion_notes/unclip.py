@@ -77,7 +77,7 @@ class Decoder(nn.Module):
         self.config = c = config or DecoderConfig()
         self.unet = UNet(UNetConfig(in_channels=3, out_channels=3, sample_size=c.sample_size, channels=c.channels,
                                     layers_per_block=c.layers_per_block, attention=c.attention, heads=c.heads,
-                                    context_dim=c.text_width))
+                                    context_dim=c.text_width, scale_shift_norm=True))
         temb_dim = self.unet.temb_dim
         self.text_embedding = nn.Linear(c.embed_dim, temb_dim)  # GLIDE: the pooled caption joins the timestep embedding
         if c.image_embedding:
@@ -144,7 +144,7 @@ class Upsampler(nn.Module):
         self.config = c = config or UpsamplerConfig()
         self.unet = UNet(UNetConfig(in_channels=6, out_channels=3, sample_size=c.sample_size, channels=c.channels,
                                     layers_per_block=c.layers_per_block, attention=(False,) * len(c.channels),
-                                    mid_attention=False))
+                                    mid_attention=False, scale_shift_norm=True))
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, low: torch.Tensor) -> torch.Tensor:
         """x_t (B, 3, 32, 32), t (B,), low (B, 3, 32, 32) the noise-augmented, upsampled base image -> eps."""

@@ -26,26 +26,35 @@ def group_norm(channels: int) -> nn.GroupNorm:
 class ResBlock(nn.Module):
     """x + F(x, temb): two 3x3 convs with GroupNorm and SiLU; temb (B, E) shifts the channels if given.
 
+    With scale_shift=True the embedding instead scales and shifts the normalised features
+    (Dhariwal & Nichol 2021, "AdaGN"; GLIDE's and DALL-E 2's decoders).
+
     Paper: He et al. 2016 (residual blocks); Ho et al. 2020, Appendix B (timestep embedding added per block).
     """
 
     def __init__(self, in_channels: int, out_channels: int | None = None, temb_dim: int | None = None,
-                 dropout: float = 0.0):
+                 dropout: float = 0.0, scale_shift: bool = False):
         super().__init__()
         out_channels = out_channels or in_channels
+        self.scale_shift = scale_shift
         self.norm1, self.conv1 = group_norm(in_channels), nn.Conv2d(in_channels, out_channels, 3, padding=1)
-        self.temb_proj = nn.Linear(temb_dim, out_channels) if temb_dim else None
+        self.temb_proj = nn.Linear(temb_dim, (2 if scale_shift else 1) * out_channels) if temb_dim else None
         self.norm2, self.conv2 = group_norm(out_channels), nn.Conv2d(out_channels, out_channels, 3, padding=1)
         self.dropout = nn.Dropout(dropout)
         self.skip = nn.Conv2d(in_channels, out_channels, 1) if in_channels != out_channels else nn.Identity()
 
     def forward(self, x: torch.Tensor, temb: torch.Tensor | None = None) -> torch.Tensor:
         h = self.conv1(F.silu(self.norm1(x)))  # (B, C_out, H, W)
-        if self.temb_proj is not None:
-            if temb is None:
-                raise ValueError("this ResBlock was built with a timestep embedding; pass temb (B, E)")
-            h = h + self.temb_proj(F.silu(temb))[:, :, None, None]  # (B, C_out, 1, 1) broadcast
-        h = self.conv2(self.dropout(F.silu(self.norm2(h))))
+        if self.temb_proj is not None and temb is None:
+            raise ValueError("this ResBlock was built with a timestep embedding; pass temb (B, E)")
+        if self.temb_proj is None:
+            h = self.norm2(h)
+        elif self.scale_shift:  # GLIDE / ADM: norm2(h) * (1 + scale) + shift, which no GroupNorm can undo
+            scale, shift = self.temb_proj(F.silu(temb))[:, :, None, None].chunk(2, dim=1)  # (B, C_out, 1, 1) each
+            h = self.norm2(h) * (1 + scale) + shift
+        else:  # DDPM / SD: add before norm2 (a GroupNorm removes each group's mean of the shift)
+            h = self.norm2(h + self.temb_proj(F.silu(temb))[:, :, None, None])
+        h = self.conv2(self.dropout(F.silu(h)))
         return self.skip(x) + h
 
 

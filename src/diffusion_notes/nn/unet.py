@@ -34,6 +34,7 @@ class UNetConfig:
     heads: int = 4
     context_dim: int = 128  # width of the text token states (CLIP's text width; SD v1: 768)
     dropout: float = 0.0
+    scale_shift_norm: bool = False  # the timestep embedding scales and shifts GroupNorm's output (GLIDE, ADM)
     mid_attention: bool = True  # a SpatialTransformer in the middle block (False with no attention anywhere: an unconditional UNet)
 
 
@@ -55,7 +56,7 @@ class UNet(nn.Module):
         self.conv_in = nn.Conv2d(c.in_channels, c.channels[0], 3, padding=1)
 
         def block(cin, cout, attn):
-            return nn.ModuleList([ResBlock(cin, cout, temb_dim, c.dropout)]
+            return nn.ModuleList([ResBlock(cin, cout, temb_dim, c.dropout, c.scale_shift_norm)]
                                  + ([SpatialTransformer(cout, c.context_dim, c.heads)] if attn else []))
 
         self.down, skips, prev = nn.ModuleList(), [c.channels[0]], c.channels[0]
@@ -68,9 +69,9 @@ class UNet(nn.Module):
                 self.down.append(nn.ModuleList([Downsample(width)]))
                 skips.append(width)
         self.temb_dim = temb_dim
-        self.mid = nn.ModuleList([ResBlock(prev, prev, temb_dim, c.dropout)]
+        self.mid = nn.ModuleList([ResBlock(prev, prev, temb_dim, c.dropout, c.scale_shift_norm)]
                                  + ([SpatialTransformer(prev, c.context_dim, c.heads)] if c.mid_attention else [])
-                                 + [ResBlock(prev, prev, temb_dim, c.dropout)])
+                                 + [ResBlock(prev, prev, temb_dim, c.dropout, c.scale_shift_norm)])
         self.up = nn.ModuleList()
         for level in reversed(range(len(c.channels))):
             width, attn = c.channels[level], c.attention[level]

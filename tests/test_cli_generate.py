@@ -58,3 +58,16 @@ def test_wrong_size_init_image_is_refused(tmp_path, capsys):
     Image.fromarray(np.zeros((40, 24, 3), np.uint8)).save(init)
     assert main(["generate", "a red circle", "--init-image", str(init), "--out", str(tmp_path / "x.png")]) == 2
     assert "32x32" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(not {"unclip_decoder", "glide_decoder", "unclip_upsampler"} <= set(pretrained.available()),
+                    reason="the unCLIP models are not shipped")
+@pytest.mark.parametrize("pipeline", ["unclip", "glide"])
+def test_generate_with_the_unclip_and_glide_pipelines(tmp_path, capsys, one_thread, pipeline):
+    out = tmp_path / "u.png"
+    assert main(["generate", "a large blue square", "--pipeline", pipeline, "--steps", "3", "--num-images", "2",
+                 "--scale", "1", "--out", str(out)]) == 0
+    assert Image.open(out).size == (64, 32)  # two 32x32 images in a row
+    assert main(["generate", "a red circle", "--pipeline", pipeline, "--negative-prompt", "blue",
+                 "--out", str(out)]) == 2
+    assert "stable_diffusion" in capsys.readouterr().err

@@ -391,3 +391,16 @@ def test_the_ar_prior_plugs_into_the_same_pipeline(bank):
     pipe = UnCLIPPipeline(prior, Decoder(SMALL_DECODER), Upsampler(SMALL_UPSAMPLER), frozen_clip())
     out = pipe("a red circle", generator=torch.Generator().manual_seed(0), **FAST)
     assert out.image_embeddings.shape == (1, 64)
+
+
+def test_the_cached_caption_prefix_gives_the_full_forward_pass(bank):
+    """Causal attention: [tokens, z_t] never see t or z_i^(t), so their keys and values can be computed once."""
+    torch.manual_seed(0)
+    prior = DiffusionPrior(SMALL_PRIOR).eval()
+    cond = {k: v for k, v in batch_of(bank, 5).items() if k in ("z_t", "tokens", "mask")}
+    x, t = torch.randn(5, 64), torch.tensor([1, 99, 400, 800, 999])
+    with torch.no_grad():
+        full = prior(x, t, cond)
+        cached = prior(x, t, dict(cond, cache=prior.caption_cache(cond)))
+    assert torch.allclose(cached, full, atol=1e-5)
+    assert len(prior.caption_cache(cond)) == SMALL_PRIOR.layers

@@ -105,7 +105,9 @@ def _run_list(args) -> int:
 
 def _add_generate(p: argparse.ArgumentParser) -> None:
     p.add_argument("prompt", help='the caption, e.g. "a small red circle on the left" ("" = unconditional)')
-    p.add_argument("--negative-prompt", help="used in place of the empty caption in guidance")
+    p.add_argument("--pipeline", default="stable_diffusion", choices=("stable_diffusion", "unclip", "glide"),
+                   help="which shipped pipeline draws (default stable_diffusion)")
+    p.add_argument("--negative-prompt", help="used in place of the empty caption in guidance (stable_diffusion only)")
     p.add_argument("--steps", type=int, default=25, help="sampling steps (default 25)")
     p.add_argument("--guidance-scale", type=float, help="classifier-free guidance scale (default: the pipeline's)")
     p.add_argument("--sampler", default="dpmpp_2m", help="ddpm, ddim, euler, euler_a, dpmpp_2m or a web-UI name")
@@ -137,11 +139,21 @@ def _run_generate(args) -> int:
         k = init.width // 32
         if init.width == init.height == 32 * k and k > 1:  # an enlarged 32x32 image, e.g. an earlier --out
             init = init.resize((32, 32), Image.BOX)
-    pipe = pretrained.load("stable_diffusion")
-    out = pipe(args.prompt, negative_prompt=args.negative_prompt, num_inference_steps=args.steps,
-               guidance_scale=DEFAULT_GUIDANCE_SCALE if args.guidance_scale is None else args.guidance_scale,
-               sampler=args.sampler, generator=torch.Generator().manual_seed(args.seed),
-               num_images_per_prompt=args.num_images, image=init, strength=args.strength, progress=True)
+    options = dict(num_inference_steps=args.steps, sampler=args.sampler, progress=True,
+                   generator=torch.Generator().manual_seed(args.seed), num_images_per_prompt=args.num_images)
+    if args.pipeline == "stable_diffusion":
+        pipe = pretrained.load("stable_diffusion")
+        out = pipe(args.prompt, negative_prompt=args.negative_prompt, image=init, strength=args.strength,
+                   guidance_scale=DEFAULT_GUIDANCE_SCALE if args.guidance_scale is None else args.guidance_scale,
+                   **options)
+    else:
+        from .unclip_pipeline import DEFAULT_GUIDANCE_SCALE as UNCLIP_SCALE
+
+        if args.negative_prompt or init is not None:
+            raise ValueError(f"--negative-prompt and --init-image apply to the stable_diffusion pipeline, not {args.pipeline}")
+        pipe = pretrained.load(args.pipeline)
+        out = pipe(args.prompt, guidance_scale=UNCLIP_SCALE if args.guidance_scale is None else args.guidance_scale,
+                   **options)
     images = out.images  # (N, 3, 32, 32) in [0, 1]
     grid = torch.cat(list(images), dim=2)  # (3, 32, 32 N): a row
     picture = to_pil(grid[None])[0]
@@ -156,7 +168,8 @@ COMMANDS = {
     "train": ("train a model from its recipe", _add_train, _run_train),
     "ship": ("copy a finished run's weights into the package and the manifest", _add_ship, _run_ship),
     "list": ("list the shipped models and their metrics", _add_list, _run_list),
-    "generate": ("draw images from a caption with the shipped Stable Diffusion pipeline", _add_generate, _run_generate),
+    "generate": ("draw images from a caption with a shipped pipeline (Stable Diffusion, unCLIP or GLIDE)",
+                 _add_generate, _run_generate),
 }
 
 

@@ -93,8 +93,52 @@ class DiffusionPrior(nn.Module):
         causal = torch.ones(L, L, dtype=torch.bool, device=mask.device).tril()  # (L, L)
         return (causal[None] & keys[:, None, :])[:, None]  # (B, 1, L, L)
 
+    # ------------------------------------------------------------ the caption prefix, computed once per caption
+
+    def caption_cache(self, cond: dict) -> list:
+        """Keys and values of the caption prefix [tokens, z_t] in every layer: [(K, V), ...], each (B, H, N + 1, d).
+
+        With causal attention the prefix never sees t, z_i^(t) or the query, so its keys and values are
+        the same at every denoising step: a sampler computes them once per caption (a "KV cache", as
+        language models keep for their prompt) and each step only runs the last three positions.
+        """
+        c = self.config
+        P, D, H = c.n_tokens + 1, c.width, c.heads
+        tokens = self.token_proj(cond["tokens"])  # (B, N, W)
+        z_t = self.text_proj(cond["z_t"] * embed_scale(c.embed_dim))[:, None]  # (B, 1, W)
+        x = torch.cat([tokens, z_t], dim=1) + self.position[:P]  # (B, P, W)
+        mask = self.attention_mask(cond["mask"].bool())[:, :, :P, :P]  # (B, 1, P, P)
+        cache = []
+        for block in self.transformer.blocks:
+            q, k, v = (u.view(len(x), P, H, D // H).transpose(1, 2)
+                       for u in block.attn.in_proj(block.ln_1(x)).split(D, dim=-1))  # (B, H, P, d) each
+            cache.append((k, v))
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)  # (B, H, P, d)
+            x = x + block.attn.out_proj(y.transpose(1, 2).reshape(len(x), P, D))
+            x = x + block.mlp(block.ln_2(x))
+        return cache
+
+    def _forward_cached(self, z_i_t: torch.Tensor, t: torch.Tensor, cond: dict) -> torch.Tensor:
+        """The last three positions [t, z_i^(t), query] against the cached prefix; equals forward's output."""
+        c = self.config
+        P, D, H, B = c.n_tokens + 1, c.width, c.heads, z_i_t.shape[0]
+        temb = self.time_proj(timestep_embedding(t, c.width))[:, None]  # (B, 1, W)
+        x = torch.cat([temb, self.image_proj(z_i_t)[:, None], self.query.expand(B, 1, -1)], dim=1)  # (B, 3, W)
+        x = x + self.position[P:]
+        mask = self.attention_mask(cond["mask"].bool())[:, :, P:, :]  # (B, 1, 3, L)
+        for block, (k_p, v_p) in zip(self.transformer.blocks, cond["cache"]):
+            q, k, v = (u.view(B, 3, H, D // H).transpose(1, 2)
+                       for u in block.attn.in_proj(block.ln_1(x)).split(D, dim=-1))  # (B, H, 3, d) each
+            y = F.scaled_dot_product_attention(q, torch.cat([k_p, k], 2), torch.cat([v_p, v], 2), attn_mask=mask)
+            x = x + block.attn.out_proj(y.transpose(1, 2).reshape(B, 3, D))
+            x = x + block.mlp(block.ln_2(x))
+        return self.out(self.ln_final(x[:, -1]))  # (B, E)
+
     def forward(self, z_i_t: torch.Tensor, t: torch.Tensor, cond: dict, return_attention: bool = False):
-        """z_i^(t) (B, E) scaled by sqrt(E), t (B,), cond {"z_t", "tokens", "mask"} -> predicted z_i (B, E), same scale."""
+        """z_i^(t) (B, E) scaled by sqrt(E), t (B,), cond {"z_t", "tokens", "mask"} -> predicted z_i (B, E), same scale.
+
+        If cond also holds "cache" (from `caption_cache`), only the last three positions are computed.
+        """
         c = self.config
         if z_i_t.ndim != 2 or z_i_t.shape[1] != c.embed_dim:
             raise ValueError(f"z_i_t must have shape (B, {c.embed_dim}), got {tuple(z_i_t.shape)}")
@@ -103,6 +147,8 @@ class DiffusionPrior(nn.Module):
                              f"got {tuple(cond['tokens'].shape)}")
         t = torch.as_tensor(t, device=z_i_t.device)
         t = t.expand(z_i_t.shape[0]) if t.ndim == 0 else t
+        if "cache" in cond and not return_attention:
+            return self._forward_cached(z_i_t, t, cond)
         x = self.sequence(z_i_t, t, cond)  # (B, L, W)
         mask = self.attention_mask(cond["mask"].bool())
         h = self.transformer(x, mask, return_attention)
@@ -184,10 +230,12 @@ def sample_prior(prior: DiffusionPrior, text: TextConditions, *, num_inference_s
     device = next(prior.parameters()).device
     B, k, E = len(text), num_candidates, prior.config.embed_dim
     cond = {key: v.to(device).repeat_interleave(k, 0) for key, v in text.as_dict().items()}  # (B k, ...)
+    cond["cache"] = prior.eval().caption_cache(cond)  # the caption's part of the sequence, once for all steps
     uncond = None
     if guidance_scale != 1:
         null = null if null is not None else null_text(frozen_clip())
         uncond = {key: v[:1].to(device).expand(B * k, *v.shape[1:]) for key, v in null.as_dict().items()}
+        uncond["cache"] = prior.caption_cache(uncond)
     schedule = prior_schedule()
     x = sample(EpsFromX0(prior.eval(), schedule), (B * k, E), sampler=sampler, num_inference_steps=num_inference_steps,
                schedule=schedule, generator=generator, device=device, cond=cond, uncond=uncond,

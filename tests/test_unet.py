@@ -303,3 +303,20 @@ def test_with_one_channel_per_group_only_scale_shift_lets_the_timestep_through()
             torch.nn.init.normal_(p, std=0.3)
         a, b = block(x, torch.randn(2, 16)), block(x, torch.randn(2, 16))
         assert torch.allclose(a, b, atol=1e-5) != changes
+
+
+def test_one_channel_groups_forget_each_channels_mean_and_fewer_groups_keep_it():
+    """Why the unCLIP decoders use norm_groups=8: with one channel per group a picture's colour is invisible."""
+    from diffusion_notes.nn.resnet import group_norm
+
+    torch.manual_seed(0)
+    x = torch.randn(2, 32, 8, 8)
+    shift = torch.randn(1, 32, 1, 1)  # a different constant per channel: a change of overall colour
+    per_channel, grouped = group_norm(32), group_norm(32, max_groups=8)
+    assert per_channel.num_groups == 32 and grouped.num_groups == 8
+    assert torch.allclose(per_channel(x + shift), per_channel(x), atol=1e-4)
+    assert not torch.allclose(grouped(x + shift), grouped(x), atol=1e-2)
+    config = UNetConfig(in_channels=3, out_channels=3, sample_size=8, channels=(8, 16), attention=(False, False),
+                        mid_attention=False, norm_groups=2)
+    norms = [m for m in UNet(config).modules() if isinstance(m, torch.nn.GroupNorm)]
+    assert norms and all(m.num_groups <= 2 for m in norms)

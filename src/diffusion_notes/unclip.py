@@ -59,6 +59,7 @@ class DecoderConfig:
     attention: tuple[bool, ...] = (False, True, True)
     layers_per_block: int = 1
     heads: int = 4
+    norm_groups: int = 8  # 4 to 16 channels per group: one channel per group would hide the picture's colour
     p_drop_image: float = P_DROP_IMAGE
     p_drop_text: float = P_DROP_TEXT
 
@@ -77,7 +78,8 @@ class Decoder(nn.Module):
         self.config = c = config or DecoderConfig()
         self.unet = UNet(UNetConfig(in_channels=3, out_channels=3, sample_size=c.sample_size, channels=c.channels,
                                     layers_per_block=c.layers_per_block, attention=c.attention, heads=c.heads,
-                                    context_dim=c.text_width, scale_shift_norm=True))
+                                    context_dim=c.text_width, scale_shift_norm=True,
+                                    norm_groups=c.norm_groups))
         temb_dim = self.unet.temb_dim
         self.text_embedding = nn.Linear(c.embed_dim, temb_dim)  # GLIDE: the pooled caption joins the timestep embedding
         if c.image_embedding:
@@ -129,6 +131,7 @@ class UpsamplerConfig:
     low_size: int = BASE_SIZE
     channels: tuple[int, ...] = (16, 32, 64)
     layers_per_block: int = 1
+    norm_groups: int = 4
     aug_max: float = UPSAMPLER_AUG_MAX
 
 
@@ -144,7 +147,8 @@ class Upsampler(nn.Module):
         self.config = c = config or UpsamplerConfig()
         self.unet = UNet(UNetConfig(in_channels=6, out_channels=3, sample_size=c.sample_size, channels=c.channels,
                                     layers_per_block=c.layers_per_block, attention=(False,) * len(c.channels),
-                                    mid_attention=False, scale_shift_norm=True))
+                                    mid_attention=False, scale_shift_norm=True,
+                                    norm_groups=c.norm_groups))
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, low: torch.Tensor) -> torch.Tensor:
         """x_t (B, 3, 32, 32), t (B,), low (B, 3, 32, 32) the noise-augmented, upsampled base image -> eps."""

@@ -42,6 +42,9 @@ def decode_base(decoder, text: TextConditions, z_i: torch.Tensor | None, *, num_
     """The base decoder's 16x16 samples (B, 3, 16, 16) in [-1, 1] for captions `text` and embeddings z_i (B, E).
 
     Guidance compares (z_i, caption) with (zero z_i, empty caption): the decoder was trained with both dropped.
+    Each step clips the predicted x_0 to the pixel range [-1, 1], as GLIDE does (and diffusers' DDIM by
+    default): under the cosine schedule sqrt(alpha_bar) is 5e-5 at t = 999, so without the clip a small
+    error in the predicted noise becomes an enormous x_0 at the first steps.
     z_i is ignored (must be None) for the GLIDE baseline.
     """
     c, device = decoder.config, next(decoder.parameters()).device
@@ -61,7 +64,7 @@ def decode_base(decoder, text: TextConditions, z_i: torch.Tensor | None, *, num_
     x = sample(decoder.eval(), shape, sampler=sampler, num_inference_steps=num_inference_steps,
                schedule=decoder_schedule(), generator=generator, device=device, x_T=x_T, cond=cond,
                uncond=uncond if guidance_scale != 1 else None, guidance_scale=float(guidance_scale),
-               callback=callback, progress=progress)
+               callback=callback, progress=progress, clip_x0=1.0)
     return x.clamp(-1, 1)
 
 
@@ -80,7 +83,8 @@ def upsample_images(upsampler, low: torch.Tensor, *, num_inference_steps: int = 
     device = next(upsampler.parameters()).device
     cond = augment_low_res(low.to(device), aug, generator)  # (B, 3, 32, 32)
     x = sample(upsampler.eval(), tuple(cond.shape), sampler=sampler, num_inference_steps=num_inference_steps,
-               schedule=decoder_schedule(), generator=generator, device=device, cond=cond, progress=progress)
+               schedule=decoder_schedule(), generator=generator, device=device, cond=cond, progress=progress,
+               clip_x0=1.0)
     return x.clamp(-1, 1)
 
 

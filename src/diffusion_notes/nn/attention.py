@@ -83,9 +83,9 @@ class SpatialTransformer(nn.Module):
     diffusers' Transformer2DModel with one BasicTransformerBlock, GELU instead of GEGLU).
     """
 
-    def __init__(self, channels: int, context_dim: int, heads: int = 4, mlp_ratio: int = 4):
+    def __init__(self, channels: int, context_dim: int, heads: int = 4, mlp_ratio: int = 4, norm_groups: int = 32):
         super().__init__()
-        self.norm = group_norm(channels)
+        self.norm = group_norm(channels, norm_groups)
         self.proj_in = nn.Conv2d(channels, channels, 1)
         self.norm1, self.attn1 = nn.LayerNorm(channels), CrossAttention(channels, None, heads)
         self.norm2, self.attn2 = nn.LayerNorm(channels), CrossAttention(channels, context_dim, heads)

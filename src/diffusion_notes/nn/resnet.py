@@ -15,9 +15,14 @@ import torch.nn.functional as F
 from torch import nn
 
 
-def group_norm(channels: int) -> nn.GroupNorm:
-    """GroupNorm with 32 groups, or fewer when the channel count is small (it must divide C)."""
-    groups = min(32, channels)
+def group_norm(channels: int, max_groups: int = 32) -> nn.GroupNorm:
+    """GroupNorm with 32 groups (or max_groups), or fewer when the channel count is small (it must divide C).
+
+    A group of one channel normalises away that channel's mean over the picture; if every group has one
+    channel, nothing after the first layer can tell a dark picture from a bright one. Small UNets
+    that must predict a picture's overall colour therefore use fewer groups (max_groups = C / 4).
+    """
+    groups = min(max_groups, channels)
     while channels % groups:
         groups -= 1
     return nn.GroupNorm(groups, channels, eps=1e-6)
@@ -33,13 +38,15 @@ class ResBlock(nn.Module):
     """
 
     def __init__(self, in_channels: int, out_channels: int | None = None, temb_dim: int | None = None,
-                 dropout: float = 0.0, scale_shift: bool = False):
+                 dropout: float = 0.0, scale_shift: bool = False, norm_groups: int = 32):
         super().__init__()
         out_channels = out_channels or in_channels
         self.scale_shift = scale_shift
-        self.norm1, self.conv1 = group_norm(in_channels), nn.Conv2d(in_channels, out_channels, 3, padding=1)
+        self.norm1 = group_norm(in_channels, norm_groups)
+        self.conv1 = nn.Conv2d(in_channels, out_channels, 3, padding=1)
         self.temb_proj = nn.Linear(temb_dim, (2 if scale_shift else 1) * out_channels) if temb_dim else None
-        self.norm2, self.conv2 = group_norm(out_channels), nn.Conv2d(out_channels, out_channels, 3, padding=1)
+        self.norm2 = group_norm(out_channels, norm_groups)
+        self.conv2 = nn.Conv2d(out_channels, out_channels, 3, padding=1)
         self.dropout = nn.Dropout(dropout)
         self.skip = nn.Conv2d(in_channels, out_channels, 1) if in_channels != out_channels else nn.Identity()
 

@@ -35,6 +35,7 @@ class UNetConfig:
     context_dim: int = 128  # width of the text token states (CLIP's text width; SD v1: 768)
     dropout: float = 0.0
     scale_shift_norm: bool = False  # the timestep embedding scales and shifts GroupNorm's output (GLIDE, ADM)
+    norm_groups: int = 32  # at most this many GroupNorm groups (32 as in SD; small UNets in pixel space use fewer)
     mid_attention: bool = True  # a SpatialTransformer in the middle block (False with no attention anywhere: an unconditional UNet)
 
 
@@ -56,8 +57,8 @@ class UNet(nn.Module):
         self.conv_in = nn.Conv2d(c.in_channels, c.channels[0], 3, padding=1)
 
         def block(cin, cout, attn):
-            return nn.ModuleList([ResBlock(cin, cout, temb_dim, c.dropout, c.scale_shift_norm)]
-                                 + ([SpatialTransformer(cout, c.context_dim, c.heads)] if attn else []))
+            return nn.ModuleList([ResBlock(cin, cout, temb_dim, c.dropout, c.scale_shift_norm, c.norm_groups)]
+                                 + ([SpatialTransformer(cout, c.context_dim, c.heads, norm_groups=c.norm_groups)] if attn else []))
 
         self.down, skips, prev = nn.ModuleList(), [c.channels[0]], c.channels[0]
         for level, (width, attn) in enumerate(zip(c.channels, c.attention)):
@@ -69,9 +70,9 @@ class UNet(nn.Module):
                 self.down.append(nn.ModuleList([Downsample(width)]))
                 skips.append(width)
         self.temb_dim = temb_dim
-        self.mid = nn.ModuleList([ResBlock(prev, prev, temb_dim, c.dropout, c.scale_shift_norm)]
-                                 + ([SpatialTransformer(prev, c.context_dim, c.heads)] if c.mid_attention else [])
-                                 + [ResBlock(prev, prev, temb_dim, c.dropout, c.scale_shift_norm)])
+        self.mid = nn.ModuleList([ResBlock(prev, prev, temb_dim, c.dropout, c.scale_shift_norm, c.norm_groups)]
+                                 + ([SpatialTransformer(prev, c.context_dim, c.heads, norm_groups=c.norm_groups)] if c.mid_attention else [])
+                                 + [ResBlock(prev, prev, temb_dim, c.dropout, c.scale_shift_norm, c.norm_groups)])
         self.up = nn.ModuleList()
         for level in reversed(range(len(c.channels))):
             width, attn = c.channels[level], c.attention[level]
@@ -80,7 +81,7 @@ class UNet(nn.Module):
                 prev = width
             if level > 0:
                 self.up.append(nn.ModuleList([Upsample(width)]))
-        self.norm_out = group_norm(prev)
+        self.norm_out = group_norm(prev, c.norm_groups)
         self.conv_out = nn.Conv2d(prev, c.out_channels, 3, padding=1)
 
     def _run(self, layers, h, temb, context, maps, name):

@@ -13,7 +13,7 @@ For each decoder guidance scale both pipelines draw `per_prompt` images per capt
 same seeds; unCLIP's prior keeps its default guidance (2) and best-of-two. unCLIP with the
 autoregressive prior is measured at the default decoder scale. Chapter 8 reads the JSON.
 
-Run: python benchmarks/unclip_vs_glide.py [--prompts 48] [--per-prompt 8] [--threads 2]
+Run: python benchmarks/unclip_vs_glide.py [--prompts 32] [--per-prompt 8] [--threads 2]
 """
 
 import argparse
@@ -52,7 +52,7 @@ def measure(pipe, prompts, attributes, per_prompt, scale, classifier, real, clip
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--prompts", type=int, default=48)
+    parser.add_argument("--prompts", type=int, default=32)
     parser.add_argument("--per-prompt", type=int, default=8)
     parser.add_argument("--scales", default=",".join(str(s) for s in SCALES))
     parser.add_argument("--threads", type=int, default=2)

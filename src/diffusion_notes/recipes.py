@@ -227,7 +227,7 @@ def _ar_prior() -> Recipe:
         build=ARPrior,
         make_batch=unclip_batch,
         loss=ar_prior_loss,
-        steps=2500,
+        steps=1500,
         batch_size=128,
         lr=5e-4,
         weight_decay=0.01,

@@ -25,7 +25,9 @@ from .unclip import UPSAMPLER_AUG, augment_low_res, decoder_schedule, slerp
 from .unclip_data import TextConditions, encode_text, null_text
 
 OUTPUT_TYPES = ("pt", "pil")
-DEFAULT_SAMPLER = "dpmpp_2m"
+# Euler ancestral: under the cosine schedule the deterministic multistep solvers (DPM++ 2M, DDIM) left grain
+# in a quarter of the 25-step samples of our decoder checkpoints, the ancestral sampler did not.
+DEFAULT_SAMPLER = "euler_a"
 DEFAULT_GUIDANCE_SCALE = 3.0
 DEFAULT_PRIOR_GUIDANCE_SCALE = 2.0
 
@@ -245,7 +247,7 @@ class UnCLIPPipeline(_Cascade):
 
     @torch.no_grad()
     def interpolate(self, image_a, image_b, n: int = 5, **options) -> UnCLIPOutput:
-        """n images along slerp(z_a, z_b, theta), theta = 0 .. 1, all decoded from the same noise.
+        """n images along slerp(z_a, z_b, theta), theta = 0 .. 1, all decoded from the same noise (DDIM by default).
 
         Paper: Ramesh et al. 2022, section 3.2 (Figure 4)
         """
@@ -255,6 +257,7 @@ class UnCLIPPipeline(_Cascade):
             raise ValueError("interpolate takes one image at each end")
         z = slerp(z_a.expand(n, -1), z_b.expand(n, -1), torch.linspace(0, 1, n))  # (n, E)
         generator = options.pop("generator", None)
+        options.setdefault("sampler", "ddim")  # deterministic: the shared x_T is the only noise, as in the paper
         return self.decode(z, x_T=self._shared_noise(n, generator), generator=generator, **options)
 
     @torch.no_grad()
@@ -272,6 +275,7 @@ class UnCLIPPipeline(_Cascade):
         z_d = F.normalize(z_new - z_old, dim=-1)[None]  # (1, E)
         z = slerp(z_i.expand(n, -1), z_d.expand(n, -1), torch.linspace(0, max_theta, n))  # (n, E)
         generator = options.pop("generator", None)
+        options.setdefault("sampler", "ddim")
         return self.decode(z, x_T=self._shared_noise(n, generator), generator=generator, **options)
 
 

@@ -69,12 +69,19 @@ def main(argv=None) -> int:
                "prompts": args.prompts, "per_prompt": args.per_prompt, "scales": scales,
                "default_guidance_scale": DEFAULT_GUIDANCE_SCALE, "sweep": {}}
     started = time.perf_counter()
+    out_path = Path(args.out)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+
+    def save():  # after every setting, so an interrupted run keeps what it measured
+        out_path.write_text(json.dumps(results, indent=2) + "\n")
+
     for name, pipe in pipes.items():
         results["sweep"][name] = {}
         for scale in scales:
             r = measure(pipe, prompts, attributes, args.per_prompt, scale, classifier, real, clip)
             results["sweep"][name][str(scale)] = r
             print(f"{name:7s} scale {scale:>4}: " + ", ".join(f"{k} {v}" for k, v in r.items()), flush=True)
+            save()
     ar_pipe = UnCLIPPipeline.from_pretrained(prior="ar_prior")
     r = measure(ar_pipe, prompts, attributes, args.per_prompt, DEFAULT_GUIDANCE_SCALE, classifier, real, clip)
     results["unclip_ar"] = r
@@ -84,8 +91,7 @@ def main(argv=None) -> int:
                             reference_images=real)
     results["real"] = {k: round(float(floor[k]), 4) for k in ("precision", "recall", "frechet_distance")}
     results["total_seconds"] = round(time.perf_counter() - started, 1)
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(results, indent=2) + "\n")
+    save()
     print(f"wrote {args.out} in {results['total_seconds']:.0f} s")
     return 0
 

@@ -16,6 +16,7 @@ The cascade: the decoder works at 16x16, and an upsampler diffusion model
 takes its output to 32x32, conditioned on the low-resolution image (upsampled
 bilinearly and concatenated to x_t as three more channels) after adding noise
 to it, so it learns to repair a base model's mistakes instead of copying them.
+It generates the residual between the picture and the bilinear enlargement.
 
 Notation: B batch, E embedding width, N caption tokens, D text width, C_0 first UNet width.
 """
@@ -166,16 +167,19 @@ def augment_low_res(low: torch.Tensor, sigma, generator: torch.Generator | None 
 
 
 def upsampler_loss(model: Upsampler, batch: dict, generator: torch.Generator | None = None) -> torch.Tensor:
-    """The simple loss at 32x32, conditioned on the 16x16 image with noise of std ~ U[0, aug_max].
+    """The simple loss on the residual r = x_0 - up(low) at 32x32, conditioned on the low-res image plus noise of std ~ U[0, aug_max].
 
+    The upsampler diffuses only what bilinear enlargement misses (the residual, as SRDiff does), so
+    the picture's layout and colours come from the low-resolution image and the model adds the edges.
     Book: eq-upsampler-loss
     """
     device, c = next(model.parameters()).device, model.config
     x0 = batch["images"].to(device)  # (B, 3, 32, 32)
+    low = downsample(x0, c.low_size)  # (B, 3, 16, 16)
     draw_device = generator.device if generator is not None else "cpu"
     sigma = c.aug_max * torch.rand(len(x0), generator=generator, device=draw_device).to(device)  # (B,)
-    low = augment_low_res(downsample(x0, c.low_size), sigma, generator)
-    return noise_prediction_loss(model, x0, decoder_schedule(), generator=generator, cond=low)
+    cond = augment_low_res(low, sigma, generator)
+    return noise_prediction_loss(model, x0 - upsample(low), decoder_schedule(), generator=generator, cond=cond)
 
 
 def slerp(a: torch.Tensor, b: torch.Tensor, theta) -> torch.Tensor:

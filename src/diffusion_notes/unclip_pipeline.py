@@ -81,13 +81,20 @@ def null_text_like(batch_size: int) -> TextConditions:
 def upsample_images(upsampler, low: torch.Tensor, *, num_inference_steps: int = 15, sampler: str = DEFAULT_SAMPLER,
                     aug: float = UPSAMPLER_AUG, generator: torch.Generator | None = None,
                     progress: bool = False) -> torch.Tensor:
-    """(B, 3, 16, 16) in [-1, 1] -> (B, 3, 32, 32) in [-1, 1]: noise-augment the low-res image, then denoise at 32x32."""
+    """(B, 3, 16, 16) in [-1, 1] -> (B, 3, 32, 32) in [-1, 1]: the bilinear enlargement plus a sampled residual.
+
+    The upsampler reads the low-res image with noise of std `aug` added, and denoises the residual
+    x - up(low) at 32x32.
+    """
+    from .unclip_data import upsample
+
     device = next(upsampler.parameters()).device
-    cond = augment_low_res(low.to(device), aug, generator)  # (B, 3, 32, 32)
-    x = sample(upsampler.eval(), tuple(cond.shape), sampler=sampler, num_inference_steps=num_inference_steps,
-               schedule=decoder_schedule(), generator=generator, device=device, cond=cond, progress=progress,
-               clip_x0=1.0)
-    return x.clamp(-1, 1)
+    low = low.to(device)
+    cond = augment_low_res(low, aug, generator)  # (B, 3, 32, 32)
+    residual = sample(upsampler.eval(), tuple(cond.shape), sampler=sampler, num_inference_steps=num_inference_steps,
+                      schedule=decoder_schedule(), generator=generator, device=device, cond=cond, progress=progress,
+                      clip_x0=2.0)  # a residual of pictures in [-1, 1] lies in [-2, 2]
+    return (upsample(low) + residual).clamp(-1, 1)
 
 
 @dataclass

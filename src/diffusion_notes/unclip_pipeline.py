@@ -176,7 +176,10 @@ class UnCLIPPipeline(_Cascade):
                  num_candidates: int = 2, sampler: str = DEFAULT_SAMPLER, upsampler_num_inference_steps: int = 15,
                  generator: torch.Generator | None = None, num_images_per_prompt: int = 1, output_type: str = "pt",
                  image_embeddings: torch.Tensor | None = None, callback=None, progress: bool = False) -> UnCLIPOutput:
-        """Images for `prompt` (a string or a list). `image_embeddings` (N, E) skips the prior.
+        """Images for `prompt` (a string or a list): z_i ~ P(z_i | y) from the prior, then x ~ P(x | z_i, y).
+
+        `image_embeddings` (N, E) skips the prior.
+        Book: eq-unclip-factorisation
 
         num_inference_steps and guidance_scale are the decoder's; the prior has its own
         (prior_num_inference_steps DDIM steps, prior_guidance_scale) and keeps the best of

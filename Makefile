@@ -5,6 +5,9 @@
 
 SHELL      := /bin/bash
 PYTHON     ?= python3
+# The installers are pinned too; every Python package is pinned in requirements.lock.
+PIP_VERSION := 26.3
+UV_VERSION  := 0.13.9
 VENV       := .venv
 PY         := $(VENV)/bin/python
 JB         := $(VENV)/bin/jupyter-book
@@ -19,7 +22,7 @@ export MPLCONFIGDIR        := $(STATE)/matplotlib
 export PYDEVD_DISABLE_FILE_VALIDATION := 1
 export PYTHONHASHSEED      := 0
 
-.PHONY: help setup state stamp check-home venv vendor book test unit nbval build-strict browser lab bench execute clean distclean
+.PHONY: help setup state stamp check-home venv vendor lock book test unit nbval build-strict browser lab bench execute clean distclean
 
 help:
 	@echo "make book    set up, execute every chapter, render HTML into _build/html"
@@ -27,19 +30,29 @@ help:
 	@echo "make lab     JupyterLab on book/"
 	@echo "make bench   run the benchmarks in benchmarks/"
 	@echo "make execute NB=book/13_text_to_image.ipynb   re-execute chapters in place (their stored outputs are what nbval compares)"
+	@echo "make lock    re-resolve requirements.lock from pyproject.toml (LOCK_ARGS=--upgrade-package NAME for one)"
 	@echo "make clean   remove _build (distclean also removes .venv, _vendor, node_modules)"
 
 setup: venv vendor
 
 venv: $(VENV)/.installed
-$(VENV)/.installed: pyproject.toml
-	@echo "== creating $(VENV) and installing the project"
+$(VENV)/.installed: pyproject.toml requirements.lock
+	@echo "== creating $(VENV) and installing every package at the version in requirements.lock"
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --upgrade pip
-	# torch and torchvision pinned together first, so pip never picks torchvision alone
-	$(PY) -m pip install --quiet torch==2.14.1 torchvision==0.29.1
-	$(PY) -m pip install --quiet -e '.[book,test]'
+	$(PY) -m pip install --quiet pip==$(PIP_VERSION)
+	$(PY) -m pip install --quiet -r requirements.lock
+	# the project itself, with nothing more: every dependency came from the lock (setuptools too)
+	$(PY) -m pip install --quiet --no-deps --no-build-isolation -e .
+	$(PY) -m pip check
 	@touch $@
+
+# Re-resolve requirements.lock from pyproject.toml (newest versions that fit), with uv in a
+# throwaway venv. Then `make test` (and `make execute` where a chapter's stored outputs changed).
+LOCK_TOOLS := _build/lock-tools
+lock:
+	@test -x $(LOCK_TOOLS)/bin/uv || { $(PYTHON) -m venv $(LOCK_TOOLS) && $(LOCK_TOOLS)/bin/pip install --quiet uv==$(UV_VERSION); }
+	$(LOCK_TOOLS)/bin/uv pip compile pyproject.toml --extra book --extra test --universal \
+	    --python-version 3.10 --custom-compile-command "make lock" $(LOCK_ARGS) -o requirements.lock
 
 vendor: _vendor/.installed
 _vendor/.installed: package.json package-lock.json
@@ -67,8 +80,13 @@ test: setup state stamp unit nbval build-strict browser check-home
 unit: setup state
 	$(PY) -m pytest tests --ignore=tests/browser -q
 
+# The stored outputs were made on this CPU family's own kernels (AVX2). The chapters are re-executed
+# on another floating-point path, so an output that holds only where it was stored fails here, not
+# on a reader's machine: torch's portable kernels, and oneDNN's convolutions without AVX.
+# `make nbval NBVAL_ENV=` runs them on the machine's own path.
+NBVAL_ENV ?= ATEN_CPU_CAPABILITY=default ONEDNN_MAX_CPU_ISA=SSE41
 nbval: setup state
-	$(PY) -m pytest --nbval $(BOOK_NBS) --nbval-sanitize-with tests/nbval_sanitize.cfg -q
+	env $(NBVAL_ENV) $(PY) -m pytest --nbval $(BOOK_NBS) --nbval-sanitize-with tests/nbval_sanitize.cfg -q
 
 build-strict: setup state
 	$(JB) build . --builder html --all -W -n --keep-going

@@ -1,0 +1,51 @@
+"""What a chapter prints about its own numbers: the bound a check proved, and figures measured live.
+
+A chapter's stored outputs are compared with a fresh run on the reader's machine (`make test`). The
+last bits of a floating-point sum depend on the CPU's kernels, the thread count and the library
+versions, so a printed figure must say only what every machine reproduces:
+
+- `below(difference, bound)` asserts a difference is under a bound and prints the bound
+  (`< 1e-06`), which is what the check proves, instead of the difference's last digits;
+- `live(value, lo, hi)` asserts a figure measured in a live run (a loss, an accuracy) lies in the
+  range the prose claims and prints it as `≈0.36`. The comparison of stored outputs replaces every
+  `≈<number>` by a placeholder (`tests/nbval_sanitize.cfg`), so the figure is shown but not
+  compared; the assertion is what the test checks;
+- `check({claim: holds, ...})` prints each claim the prose makes about a live run and fails if one
+  does not hold: the lines are the same wherever the claims are true.
+"""
+
+import math
+
+import torch
+
+
+def below(difference, bound: float) -> str:
+    """`'< 1e-06'` after checking that `difference` (a number, or a tensor's largest |entry|) is under `bound`."""
+    if isinstance(difference, torch.Tensor):
+        difference = difference.detach().float().abs().max()
+    d = float(difference)
+    if not abs(d) < bound:  # also catches NaN
+        raise AssertionError(f"difference {d:.3e} is not below {bound:.0e}")
+    return f"< {bound:g}"
+
+
+def live(value, lo: float, hi: float, fmt: str = ".2f") -> str:
+    """`'≈0.36'` after checking that a live run's figure lies in [lo, hi]: shown, asserted, not compared."""
+    v = float(value)  # a Python or NumPy number, or a one-element tensor
+    if math.isnan(v) or not lo <= v <= hi:
+        raise AssertionError(f"measured {v:{fmt}}, outside the expected range [{lo}, {hi}]")
+    return f"≈{v:{fmt}}"
+
+
+def check(claims: dict[str, bool]) -> None:
+    """Print each claim the prose makes about a live run, then fail if any does not hold.
+
+    The printed lines are the same on every machine where the claims hold, so they are what the
+    stored output records; the figures themselves are printed elsewhere, with `live` or in a
+    table whose cell is not compared.
+    """
+    for claim, holds in claims.items():
+        print(f"{'holds' if holds else 'FAILS'}: {claim}")
+    failed = [claim for claim, holds in claims.items() if not holds]
+    if failed:
+        raise AssertionError("claims that do not hold on this run: " + "; ".join(failed))

@@ -1,0 +1,75 @@
+"""report.below and report.live: what a chapter prints about its checks and its live runs."""
+
+import configparser
+import re
+from pathlib import Path
+
+import pytest
+import torch
+
+from diffusion_notes.report import below, live
+
+SANITIZE = Path(__file__).with_name("nbval_sanitize.cfg")
+
+
+def sanitize(text: str) -> str:
+    """Apply tests/nbval_sanitize.cfg's rules in order, as nbval does."""
+    config = configparser.ConfigParser()
+    config.read(SANITIZE)
+    for section in config.sections():
+        text = re.sub(config[section]["regex"], config[section]["replace"], text)
+    return text
+
+
+def test_below_prints_the_bound_not_the_digits():
+    assert below(3.9e-7, 1e-6) == "< 1e-06"
+    assert below(0.02, 0.1) == "< 0.1"
+    assert below(torch.tensor([-4.2e-7, 1e-9]), 1e-6) == "< 1e-06"  # the largest |entry|
+    assert below(0.0, 1e-12) == "< 1e-12"
+
+
+@pytest.mark.parametrize("difference", [2e-6, -2e-6, float("nan"), torch.tensor([0.0, 5e-6])])
+def test_below_fails_when_the_check_fails(difference):
+    with pytest.raises(AssertionError, match="not below"):
+        below(difference, 1e-6)
+
+
+def test_live_prints_an_approximate_figure():
+    assert live(0.3612, 0.2, 0.5) == "≈0.36"
+    assert live(torch.tensor(0.81), 0.7, 0.9, ".3f") == "≈0.810"
+    assert live(12, 10, 20, ".0f") == "≈12"
+
+
+@pytest.mark.parametrize("value", [0.19, 0.51, float("nan")])
+def test_live_fails_outside_its_range(value):
+    with pytest.raises(AssertionError, match="outside"):
+        live(value, 0.2, 0.5)
+
+
+def test_the_sanitizer_hides_live_figures_but_keeps_the_sentence():
+    a = f"loss: first 10 steps {live(4.22, 3, 5)}, last 20 steps {live(0.34, 0.1, 0.6)}"
+    b = f"loss: first 10 steps {live(4.19, 3, 5)}, last 20 steps {live(0.36, 0.1, 0.6)}"
+    assert a != b and sanitize(a) == sanitize(b)
+    assert sanitize(a) == "loss: first 10 steps ≈NUMBER, last 20 steps ≈NUMBER"
+    assert sanitize("accuracy ≈1.00e-03 and ≈-12%") == "accuracy ≈NUMBER and ≈NUMBER%"
+    # a figure without the mark is still compared
+    assert sanitize("loss 0.34") != sanitize("loss 0.36")
+
+
+def test_the_sanitizer_takes_whole_animation_frames():
+    # matplotlib's player writes each frame's base64 in lines that end with a backslash
+    frame = 'frames[0] = "data:image/png;base64,iVBORw0KGgo\\\nAAAANSUhEUg\\\nAAAA+/=\\\n"\n'
+    other = 'frames[0] = "data:image/png;base64,iVBORw0KGgo\\\nBBBBNSUhEUg\\\nCCC=\\\n"\n'
+    assert sanitize(frame) == sanitize(other) == 'frames[0] = "data:image/IMAGE"\n'
+    # the player's HTML around the frames is still compared
+    assert sanitize(frame.replace("frames[0]", "frames[1]")) != sanitize(other)
+
+
+def test_check_prints_every_claim_and_fails_on_a_false_one(capsys):
+    from diffusion_notes.report import check
+
+    check({"DDIM beats DDPM at 10 steps": True, "loss falls": True})
+    assert capsys.readouterr().out == "holds: DDIM beats DDPM at 10 steps\nholds: loss falls\n"
+    with pytest.raises(AssertionError, match="loss falls"):
+        check({"DDIM beats DDPM at 10 steps": True, "loss falls": False})
+    assert "FAILS: loss falls" in capsys.readouterr().out

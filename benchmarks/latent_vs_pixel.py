@@ -14,8 +14,8 @@ import time
 
 import torch
 
-from diffusion_notes.cost import latent_vs_pixel_cost, pixel_config, unet_flops
 from diffusion_notes.nn.unet import UNetConfig
+from diffusion_notes.stable_diffusion.cost import latent_vs_pixel_cost, pixel_config, unet_flops
 
 torch.set_num_threads(1)
 TARGET = 8.0

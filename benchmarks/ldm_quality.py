@@ -22,8 +22,10 @@ from pathlib import Path
 
 import torch
 
-from diffusion_notes import ldm, ldm_eval, pretrained
-from diffusion_notes.pretrained import machine_info
+from diffusion_notes import pretrained
+from diffusion_notes.stable_diffusion import evaluate as ldm_eval
+from diffusion_notes.stable_diffusion import ldm
+from diffusion_notes.training.ship import machine_info
 
 
 def widget_update_seconds(pipe, repeats: int = 5) -> float:

@@ -24,10 +24,10 @@ from diffusers import (
 )
 
 from diffusion_notes.device import make_generator, randn
-from diffusion_notes.guidance import cfg_combine
-from diffusion_notes.samplers import sample
-from diffusion_notes.schedules import make_schedule
-from diffusion_notes.toy2d import ToyDenoiser, ToyDenoiserConfig
+from diffusion_notes.foundations.guidance import cfg_combine
+from diffusion_notes.foundations.samplers import sample
+from diffusion_notes.foundations.schedules import make_schedule
+from diffusion_notes.foundations.toy2d import ToyDenoiser, ToyDenoiserConfig
 
 torch.set_num_threads(1)
 

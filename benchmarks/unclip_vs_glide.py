@@ -25,11 +25,12 @@ from pathlib import Path
 
 import torch
 
-from diffusion_notes import ldm, pretrained
+from diffusion_notes import pretrained
 from diffusion_notes.data.shapes import ShapesDataset
-from diffusion_notes.metrics import clip_score, evaluate_images
-from diffusion_notes.pretrained import machine_info
-from diffusion_notes.unclip_pipeline import DEFAULT_GUIDANCE_SCALE, UnCLIPPipeline
+from diffusion_notes.evaluation.metrics import clip_score, evaluate_images
+from diffusion_notes.stable_diffusion import ldm
+from diffusion_notes.training.ship import machine_info
+from diffusion_notes.unclip.pipeline import DEFAULT_GUIDANCE_SCALE
 
 SCALES = (1.0, 2.0, 3.0, 4.0, 6.0, 8.0)
 KEYS = ("fidelity/colour_shape", "fidelity/all", "diversity", "precision", "recall", "frechet_distance")
@@ -82,7 +83,7 @@ def main(argv=None) -> int:
             results["sweep"][name][str(scale)] = r
             print(f"{name:7s} scale {scale:>4}: " + ", ".join(f"{k} {v}" for k, v in r.items()), flush=True)
             save()
-    ar_pipe = UnCLIPPipeline.from_pretrained(prior="ar_prior")
+    ar_pipe = pretrained.unclip(prior="ar_prior")
     r = measure(ar_pipe, prompts, attributes, args.per_prompt, DEFAULT_GUIDANCE_SCALE, classifier, real, clip)
     results["unclip_ar"] = r
     print(f"unclip with the AR prior, scale {DEFAULT_GUIDANCE_SCALE}: {r}", flush=True)

@@ -5,9 +5,9 @@ import json
 import pytest
 import torch
 
-from diffusion_notes.bridges import OpenCLIPBridge, load_open_clip
 from diffusion_notes.data.shapes import ShapesDataset
-from diffusion_notes.tokenizer import tokenize
+from diffusion_notes.data.tokenizer import tokenize
+from diffusion_notes.unclip.bridges import OpenCLIPBridge, load_open_clip
 
 TINY = {"embed_dim": 32,
         "vision_cfg": {"image_size": 48, "layers": 1, "width": 64, "head_width": 32, "patch_size": 16},

@@ -5,11 +5,17 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from diffusion_notes.classifier import (
-    ClassifierConfig, ShapesClassifier, cell_targets, classifier_accuracy, classifier_batch,
-    classifier_loss, decode_predictions, evaluate_classifier,
-)
 from diffusion_notes.data.shapes import COLOURS, POSITIONS, SHAPES, SIZES, ShapesDataset, render
+from diffusion_notes.evaluation.classifier import (
+    ClassifierConfig,
+    ShapesClassifier,
+    cell_targets,
+    classifier_accuracy,
+    classifier_batch,
+    classifier_loss,
+    decode_predictions,
+    evaluate_classifier,
+)
 
 torch.set_num_threads(1)
 

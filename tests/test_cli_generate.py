@@ -71,3 +71,52 @@ def test_generate_with_the_unclip_and_glide_pipelines(tmp_path, capsys, one_thre
     assert main(["generate", "a red circle", "--pipeline", pipeline, "--negative-prompt", "blue",
                  "--out", str(out)]) == 2
     assert "stable_diffusion" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("pipeline, given, expected", [
+    ("unclip", [], "euler_a"),  # the unCLIP and GLIDE pipelines' own default
+    ("glide", [], "euler_a"),
+    ("stable_diffusion", [], "dpmpp_2m"),
+    ("unclip", ["--sampler", "DDIM"], "DDIM"),  # only a given --sampler overrides it
+    ("stable_diffusion", ["--sampler", "euler"], "euler"),
+])
+def test_generate_keeps_each_pipelines_default_sampler_unless_one_is_given(tmp_path, monkeypatch, pipeline, given,
+                                                                           expected):
+    import inspect
+
+    import torch
+
+    from diffusion_notes.stable_diffusion.pipeline import LatentDiffusionPipeline
+    from diffusion_notes.unclip.pipeline import GLIDEPipeline, UnCLIPPipeline
+
+    calls = []
+
+    class Spy:
+        def __call__(self, prompt, **options):
+            calls.append(options)
+            return type("Out", (), {"images": torch.zeros(1, 3, 32, 32)})()
+
+    monkeypatch.setattr(pretrained, "load", lambda name: Spy())
+    assert main(["generate", "a red circle", "--pipeline", pipeline, *given, "--out", str(tmp_path / "x.png")]) == 0
+    sampler = calls[0].get("sampler")
+    if sampler is None:  # not passed: the pipeline's own default applies
+        cls = {"unclip": UnCLIPPipeline, "glide": GLIDEPipeline, "stable_diffusion": LatentDiffusionPipeline}[pipeline]
+        sampler = inspect.signature(cls.__call__).parameters["sampler"].default
+    assert sampler == expected
+
+
+@pytest.mark.parametrize("content", [b"this is not a picture", b""])
+def test_an_init_image_that_is_not_an_image_is_a_one_line_error(tmp_path, capsys, content):
+    bad = tmp_path / "notes.txt"
+    bad.write_bytes(content)
+    assert main(["generate", "a red circle", "--init-image", str(bad), "--out", str(tmp_path / "x.png")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: --init-image") and "not an image" in err and len(err.strip().splitlines()) == 1
+    assert "Traceback" not in err
+
+
+def test_a_missing_init_image_is_a_one_line_error(tmp_path, capsys):
+    assert main(["generate", "a red circle", "--init-image", str(tmp_path / "nowhere.png"),
+                 "--out", str(tmp_path / "x.png")]) == 2
+    err = capsys.readouterr().err
+    assert "nowhere.png" in err and len(err.strip().splitlines()) == 1

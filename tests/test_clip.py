@@ -6,10 +6,10 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from diffusion_notes.clip import CLIP, CLIPConfig, TextEncoding, clip_batch, clip_loss, clip_training_loss
-from diffusion_notes.clip_eval import class_probabilities, retrieval_recall, zero_shot_accuracy
 from diffusion_notes.data.shapes import ShapesDataset
-from diffusion_notes.tokenizer import caption_vocabulary, decode, derive_caption_vocabulary, to_compact, tokenize
+from diffusion_notes.data.tokenizer import caption_vocabulary, decode, derive_caption_vocabulary, to_compact, tokenize
+from diffusion_notes.unclip.clip import CLIP, CLIPConfig, TextEncoding, clip_batch, clip_loss, clip_training_loss
+from diffusion_notes.unclip.clip_eval import class_probabilities, retrieval_recall, zero_shot_accuracy
 
 SMALL = CLIPConfig(embed_dim=16, text_width=32, text_layers=2, text_heads=2, image_widths=(8, 8, 16))
 

@@ -4,8 +4,8 @@ import dataclasses
 
 import pytest
 
-from diffusion_notes.cost import latent_vs_pixel_cost, n_parameters, pixel_config, unet_flops
 from diffusion_notes.nn.unet import UNet, UNetConfig
+from diffusion_notes.stable_diffusion.cost import latent_vs_pixel_cost, n_parameters, pixel_config, unet_flops
 
 TINY = UNetConfig(channels=(16, 32), heads=2)
 
@@ -30,8 +30,8 @@ def test_flops_scale_with_the_number_of_positions():
 
 def test_one_attention_layer_matches_the_closed_form():
     # Q K^T and weights V of one cross-attention over L positions and M tokens: 2 * (2 B L M D) flops.
-    from torch.utils.flop_counter import FlopCounterMode
     import torch
+    from torch.utils.flop_counter import FlopCounterMode
 
     from diffusion_notes.nn.attention import CrossAttention
 

@@ -5,7 +5,7 @@ import torch
 from diffusers import DDPMScheduler
 
 from diffusion_notes.device import make_generator, randn
-from diffusion_notes.diffusion import (
+from diffusion_notes.foundations.diffusion import (
     check_timesteps,
     eps_from_v,
     eps_from_x0,
@@ -17,7 +17,7 @@ from diffusion_notes.diffusion import (
     x0_from_eps,
     x0_from_v,
 )
-from diffusion_notes.schedules import make_schedule
+from diffusion_notes.foundations.schedules import make_schedule
 
 SCHEDULE = make_schedule("linear")
 

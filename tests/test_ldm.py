@@ -1,6 +1,6 @@
 """ldm.py: SD's schedule against diffusers, L_LDM's caption dropout, the training batches.
 
-Tests that use the frozen parts (`frozen_parts()`: the shipped "vae" and "clip")
+Tests that use the frozen parts (the shipped "vae" and "clip", passed in as arguments)
 skip when those weights are not shipped. They check the contract only, never
 trained-quality numbers, so they pass with provisional weights too.
 """
@@ -12,19 +12,19 @@ from torch import nn
 
 from diffusion_notes import pretrained
 from diffusion_notes.data.shapes import ShapesDataset
-from diffusion_notes.diffusion import noise_prediction_loss
-from diffusion_notes.ldm import (
+from diffusion_notes.data.tokenizer import END_ID, START_ID
+from diffusion_notes.foundations.diffusion import noise_prediction_loss
+from diffusion_notes.stable_diffusion.ldm import (
     P_TWO_OBJECTS_TRAIN,
     P_UNCOND,
     encode_latents,
-    frozen_parts,
     ldm_batch,
     ldm_loss,
     ldm_schedule,
     null_context,
 )
-from diffusion_notes.recipes import get_recipe
-from diffusion_notes.tokenizer import END_ID, START_ID
+from diffusion_notes.training import frozen
+from diffusion_notes.training.recipes import get_recipe
 
 needs_frozen_parts = pytest.mark.skipif(
     not {"vae", "clip"} <= set(pretrained.available()),
@@ -52,7 +52,8 @@ def fake_batch(B: int, seed: int, width: int) -> dict:
 
 @pytest.fixture(scope="module")
 def parts():
-    return frozen_parts()
+    sd = frozen.stable_diffusion("cpu")
+    return sd["vae"], sd["clip"], sd["scale_factor"]
 
 
 def test_ldm_schedule_is_stable_diffusions():
@@ -69,7 +70,7 @@ def test_frozen_parts_are_frozen_and_carry_the_manifest_scale(parts):
     assert not any(p.requires_grad for p in vae.parameters())
     assert not any(p.requires_grad for p in clip.parameters())
     assert scale_factor == pretrained.info("vae")["metrics"]["scale_factor"] > 0
-    assert frozen_parts() is parts  # built once
+    assert frozen.stable_diffusion("cpu")["vae"] is vae  # built once per process and device
 
 
 @needs_frozen_parts
@@ -91,7 +92,7 @@ def test_caption_dropout_replaces_about_ten_percent_of_rows(parts):
     dropped = total = 0
     for k in range(10):
         batch = fake_batch(500, k, null.shape[-1])
-        ldm_loss(model, batch, g)
+        ldm_loss(model, batch, g, null=null)
         seen = model.calls[-1][2]  # (B, 77, D_c)
         is_null = (seen == null).flatten(1).all(1)
         kept = ~is_null
@@ -111,14 +112,15 @@ def test_ldm_loss_without_dropout_is_the_noise_prediction_loss(parts):
     _, clip, _ = parts
     batch = fake_batch(6, 1, null_context(clip).shape[-1])
     model = Recorder()
-    got = ldm_loss(model, batch, torch.Generator().manual_seed(3), p_uncond=0.0)
+    null = null_context(clip)
+    got = ldm_loss(model, batch, torch.Generator().manual_seed(3), null=null, p_uncond=0.0)
     assert torch.equal(model.calls[-1][2], batch["context"])
     g = torch.Generator().manual_seed(3)
     torch.rand(6, generator=g)  # the dropout draw
     expected = noise_prediction_loss(model, batch["z0"], ldm_schedule(), generator=g, cond=batch["context"])
     torch.testing.assert_close(got, expected, rtol=0, atol=0)
     # same z_t and t with caption dropout on
-    ldm_loss(model, batch, torch.Generator().manual_seed(3), p_uncond=1.0)
+    ldm_loss(model, batch, torch.Generator().manual_seed(3), null=null, p_uncond=1.0)
     assert torch.equal(model.calls[-1][0], model.calls[0][0]) and torch.equal(model.calls[-1][1], model.calls[0][1])
     assert (model.calls[-1][2] == null_context(clip)).all()
     got.backward()
@@ -128,11 +130,12 @@ def test_ldm_loss_without_dropout_is_the_noise_prediction_loss(parts):
 @needs_frozen_parts
 def test_ldm_batch_shapes_and_purity(parts):
     vae, clip, scale_factor = parts
-    a, b = ldm_batch(2, 4), ldm_batch(2, 4)
+    frozen_parts = dict(vae=vae, clip=clip, scale_factor=scale_factor)
+    a, b = ldm_batch(2, 4, **frozen_parts), ldm_batch(2, 4, **frozen_parts)
     assert a["z0"].shape == (4, 4, 8, 8)
     assert a["context"].shape == (4, 77, null_context(clip).shape[-1])
     assert torch.equal(a["z0"], b["z0"]) and torch.equal(a["context"], b["context"])
-    c = ldm_batch(3, 4)
+    c = ldm_batch(3, 4, **frozen_parts)
     assert not torch.equal(a["z0"], c["z0"]) and not torch.equal(a["context"], c["context"])
     # batch 2 holds training items 8..11 of the two-object-rich mix: their captions' token states,
     # and posterior samples of their latents
@@ -156,9 +159,53 @@ def test_encode_latents_scales_a_posterior_sample(parts):
     torch.testing.assert_close(z, expected)
 
 
-def test_ldm_unet_recipe_uses_the_ldm_objective():
-    recipe = get_recipe("ldm_unet")
-    assert recipe.loss is ldm_loss and recipe.make_batch is ldm_batch
+@needs_frozen_parts
+def test_ldm_unet_recipe_uses_the_ldm_objective_with_the_shipped_parts(parts):
     from diffusion_notes.nn.unet import UNet
 
+    vae, clip, scale_factor = parts
+    recipe = get_recipe("ldm_unet")
     assert isinstance(recipe.build(recipe.config), UNet)
+    batch = recipe.make_batch(2, 4, 0)
+    expected = ldm_batch(2, 4, 0, vae=vae, clip=clip, scale_factor=scale_factor)
+    assert all(torch.equal(batch[k], expected[k]) for k in ("z0", "context"))
+    model = Recorder()
+    got = recipe.loss(model, batch, torch.Generator().manual_seed(1))
+    want = ldm_loss(model, batch, torch.Generator().manual_seed(1), null=null_context(clip))
+    torch.testing.assert_close(got, want, rtol=0, atol=0)
+
+
+def test_the_ldm_recipe_binds_its_frozen_parts_on_the_training_device(monkeypatch):
+    """The autoencoder and CLIP that encode a batch live on the device the recipe was made for."""
+    asked = []
+    cpu_parts = frozen.stable_diffusion.__wrapped__
+
+    def spy(device="cpu"):
+        asked.append(device)
+        return cpu_parts("cpu")  # the test machine's only device stands in for the accelerator
+
+    monkeypatch.setattr(frozen, "stable_diffusion", spy)
+    recipe = get_recipe("ldm_unet", device="cuda:0")
+    assert asked == []  # nothing is loaded until a batch is asked for
+    recipe.make_batch(0, 2, 0)
+    assert asked == ["cuda:0"]
+
+
+@needs_frozen_parts
+def test_the_ldm_recipe_encodes_the_empty_caption_once_per_run(parts, monkeypatch):
+    _, clip, _ = parts
+    recipe = get_recipe("ldm_unet")
+    batch = recipe.make_batch(0, 4, 0)
+    calls = []
+    original = type(clip).encode_text
+
+    def counting(self, *args, **kwargs):
+        calls.append(args)
+        return original(self, *args, **kwargs)
+
+    frozen.null_context.cache_clear()
+    monkeypatch.setattr(type(clip), "encode_text", counting)
+    model = Recorder()
+    for step in range(5):
+        recipe.loss(model, batch, torch.Generator().manual_seed(step))
+    assert len(calls) == 1, f"tau('') was encoded {len(calls)} times in 5 steps"

@@ -9,11 +9,17 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from diffusion_notes.classifier import ClassifierConfig, ShapesClassifier
 from diffusion_notes.data.shapes import ShapesDataset, render
-from diffusion_notes.metrics import (
-    classifier_features, clip_score, diversity, evaluate_images, feature_stats, frechet_distance,
-    frechet_distance_gaussians, precision_recall, prompt_fidelity,
+from diffusion_notes.evaluation.metrics import (
+    classifier_features,
+    clip_score,
+    diversity,
+    evaluate_images,
+    feature_stats,
+    frechet_distance,
+    frechet_distance_gaussians,
+    precision_recall,
+    prompt_fidelity,
 )
 
 torch.set_num_threads(1)

@@ -2,9 +2,9 @@
 
 import torch
 
-from diffusion_notes import diffusion, samplers
-from diffusion_notes.oracle import ideal_eps_model, ideal_x0
-from diffusion_notes.schedules import make_schedule
+from diffusion_notes.foundations import diffusion, samplers
+from diffusion_notes.foundations.oracle import ideal_eps_model, ideal_x0
+from diffusion_notes.foundations.schedules import make_schedule
 
 SCHEDULE = make_schedule("linear")
 

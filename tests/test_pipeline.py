@@ -11,12 +11,12 @@ import torch
 from diffusion_notes import pretrained
 from diffusion_notes.data.shapes import ShapesDataset
 from diffusion_notes.device import make_generator, randn
-from diffusion_notes.diffusion import q_sample
-from diffusion_notes.ldm import ldm_schedule, null_context
+from diffusion_notes.foundations.diffusion import q_sample
+from diffusion_notes.foundations.samplers import SAMPLER_ALIASES, SAMPLERS, make_grid, noise_to_grid_point, sample
 from diffusion_notes.nn.unet import UNet, UNetConfig
-from diffusion_notes.pipeline import LatentDiffusionPipeline, PipelineOutput, to_pil
-from diffusion_notes.samplers import SAMPLER_ALIASES, SAMPLERS, make_grid, noise_to_grid_point, sample
-from diffusion_notes.vae import AutoencoderKL, VAEConfig
+from diffusion_notes.stable_diffusion.ldm import ldm_schedule, null_context
+from diffusion_notes.stable_diffusion.pipeline import LatentDiffusionPipeline, PipelineOutput, to_pil
+from diffusion_notes.stable_diffusion.vae import AutoencoderKL, VAEConfig
 
 PROMPT = "a small red circle on the left"
 STEPS = 4

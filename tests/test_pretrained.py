@@ -10,9 +10,10 @@ import torch
 
 from diffusion_notes import pretrained
 from diffusion_notes.__main__ import main
-from diffusion_notes.checkpoint import load_checkpoint
-from diffusion_notes.pretrained import WeightsError, available, info, load, ship
-from diffusion_notes.train import WEIGHTS_NAME, train
+from diffusion_notes.checkpoint import WEIGHTS_NAME, load_checkpoint
+from diffusion_notes.pretrained import WeightsError, available, info, load
+from diffusion_notes.training.ship import loss_curve, ship
+from diffusion_notes.training.train import train
 
 TINY = ["hidden=16", "num_blocks=1", "time_dim=8"]
 
@@ -146,8 +147,6 @@ def test_list_command(shipped, capsys):
 
 
 def test_loss_curve_averages_windows():
-    from diffusion_notes.pretrained import loss_curve
-
     curve = loss_curve([float(i) for i in range(10)], points=5)
     assert curve == [[2, 0.5], [4, 2.5], [6, 4.5], [8, 6.5], [10, 8.5]]
     assert len(loss_curve([1.0] * 1000, points=60)) == 60
@@ -155,8 +154,6 @@ def test_loss_curve_averages_windows():
 
 
 def test_shipped_models_have_a_training_curve():
-    from diffusion_notes import pretrained
-
     for name in pretrained.available():
         curve = pretrained.info(name)["loss_curve"]
         assert curve[-1][0] == pretrained.info(name)["steps"]

@@ -8,7 +8,7 @@ from diffusers import DDPMScheduler
 from diffusers.utils.torch_utils import randn_tensor
 
 from diffusion_notes.device import make_generator, randn
-from diffusion_notes.samplers import (
+from diffusion_notes.foundations.samplers import (
     SAMPLER_ALIASES,
     SAMPLERS,
     StepOutput,
@@ -19,7 +19,7 @@ from diffusion_notes.samplers import (
     sample,
     sigma_at,
 )
-from diffusion_notes.schedules import Schedule, make_schedule
+from diffusion_notes.foundations.schedules import Schedule, make_schedule
 
 DIFFUSERS_CONFIG = {
     "linear": dict(beta_schedule="linear"),

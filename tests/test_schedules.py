@@ -6,7 +6,7 @@ import pytest
 import torch
 from diffusers import DDPMScheduler
 
-from diffusion_notes.schedules import (
+from diffusion_notes.foundations.schedules import (
     SCHEDULE_KINDS,
     Schedule,
     alpha_bar_from_betas,

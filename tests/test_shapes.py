@@ -7,13 +7,23 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from diffusion_notes.data import captions as C
-from diffusion_notes.data import shapes as S
 from diffusion_notes.data import (
-    COLOURS, HELDOUT_PAIRS, POSITIONS, RELATIONS, SHAPES, SIZES,
-    ShapesDataset, canonical_caption, caption_for, collate, is_heldout_pair, render,
+    COLOURS,
+    HELDOUT_PAIRS,
+    POSITIONS,
+    RELATIONS,
+    SHAPES,
+    SIZES,
+    ShapesDataset,
+    canonical_caption,
+    caption_for,
+    collate,
+    is_heldout_pair,
+    render,
     sample_attributes,
 )
+from diffusion_notes.data import captions as C
+from diffusion_notes.data import shapes as S
 
 TABLES = {"shape": C.SHAPE_WORDS, "colour": C.COLOUR_WORDS, "size": C.SIZE_WORDS,
           "position": C.POSITION_WORDS, "relation": C.RELATION_WORDS}

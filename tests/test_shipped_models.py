@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from diffusion_notes import pretrained
-from diffusion_notes.clip_eval import retrieval_recall, zero_shot_accuracy
 from diffusion_notes.data.shapes import ShapesDataset
+from diffusion_notes.unclip.clip_eval import retrieval_recall, zero_shot_accuracy
 
 torch.set_num_threads(1)
 
@@ -24,7 +24,7 @@ def test_shipped_names():
 
 
 def test_autoencoder_reconstructs_held_out_images_above_30_db():
-    from diffusion_notes.vae import psnr
+    from diffusion_notes.stable_diffusion.vae import psnr
 
     vae = pretrained.load("vae")
     x = ShapesDataset("heldout", 256, seed=5).images()  # other held-out images than the manifest's
@@ -45,7 +45,7 @@ def test_stable_diffusion_draws_what_prompts_ask_for(split, target):
     for sampling noise; one-object captions must be right almost always, two-object ones (binding,
     Chapter 13) more often than not.
     """
-    from diffusion_notes.ldm_eval import fidelity
+    from diffusion_notes.stable_diffusion.evaluate import fidelity
 
     pipe, classifier = pretrained.load("stable_diffusion"), pretrained.load("shapes_classifier")
     f = fidelity(pipe, classifier, split, n=96, seed=11, num_inference_steps=15)
@@ -88,14 +88,14 @@ unclip_shipped = pytest.mark.skipif(
 @pytest.fixture(scope="module")
 def unclip_items():
     """48 pictures and captions no unCLIP model trained on (seed 5 of the training split)."""
-    from diffusion_notes.unclip_data import build_bank
+    from diffusion_notes.unclip.conditions import build_bank
 
     return build_bank(pretrained.load("clip"), 48, seed=5, split="train", p_two_objects=0.3, progress=False)
 
 
 @unclip_shipped
 def test_pretrained_assembles_the_unclip_and_glide_pipelines():
-    from diffusion_notes.unclip_pipeline import GLIDEPipeline, UnCLIPPipeline
+    from diffusion_notes.unclip.pipeline import GLIDEPipeline, UnCLIPPipeline
 
     assert isinstance(pretrained.load("unclip"), UnCLIPPipeline)
     assert isinstance(pretrained.load("glide"), GLIDEPipeline)
@@ -121,9 +121,10 @@ def test_the_decoder_inverts_clip(unclip_items):
 @unclip_shipped
 def test_the_diffusion_prior_beats_using_the_caption_embedding_as_z_i(unclip_items):
     """The prior exists because z_t is not z_i: its samples must be closer to the true picture's z_i."""
-    from diffusion_notes.unclip_eval import sample_any_prior
+    from diffusion_notes.unclip.conditions import null_text
 
-    z = sample_any_prior(pretrained.load("unclip_prior"), unclip_items.text, generator=torch.Generator().manual_seed(0))
+    null = null_text(pretrained.load("clip", "cpu"))
+    z = pretrained.load("unclip_prior", "cpu").sample(unclip_items.text, null=null, generator=torch.Generator().manual_seed(0))
     prior_cos = float((z * unclip_items.z_i).sum(-1).mean())
     text_cos = float((unclip_items.text.z_t * unclip_items.z_i).sum(-1).mean())
     assert prior_cos > text_cos + 0.005, (prior_cos, text_cos)
@@ -132,10 +133,11 @@ def test_the_diffusion_prior_beats_using_the_caption_embedding_as_z_i(unclip_ite
 @unclip_shipped
 def test_the_ar_prior_lands_near_the_true_embedding_but_behind_the_diffusion_prior(unclip_items):
     """Chapter 6's comparison: at the same budget the AR prior's samples are further from the true z_i."""
-    from diffusion_notes.unclip_eval import sample_any_prior
+    from diffusion_notes.unclip.conditions import null_text
 
-    cos = {name: float((sample_any_prior(pretrained.load(name), unclip_items.text,
-                                         generator=torch.Generator().manual_seed(0)) * unclip_items.z_i).sum(-1).mean())
+    options = {"ar_prior": {}, "unclip_prior": {"null": null_text(pretrained.load("clip", "cpu"))}}
+    cos = {name: float((pretrained.load(name, "cpu").sample(unclip_items.text, generator=torch.Generator().manual_seed(0),
+                                                            **options[name]) * unclip_items.z_i).sum(-1).mean())
            for name in ("ar_prior", "unclip_prior")}
     assert 0.85 < cos["ar_prior"] < cos["unclip_prior"], cos
 
@@ -143,7 +145,7 @@ def test_the_ar_prior_lands_near_the_true_embedding_but_behind_the_diffusion_pri
 @unclip_shipped
 @pytest.mark.parametrize("name", ["unclip", "glide"])
 def test_unclip_and_glide_draw_what_the_caption_asks_for(unclip_items, name):
-    from diffusion_notes.metrics import prompt_fidelity
+    from diffusion_notes.evaluation.metrics import prompt_fidelity
 
     pipe = pretrained.load(name)
     images = pipe(unclip_items.captions, num_inference_steps=15, generator=torch.Generator().manual_seed(0)).images
@@ -154,8 +156,8 @@ def test_unclip_and_glide_draw_what_the_caption_asks_for(unclip_items, name):
 @unclip_shipped
 def test_the_upsampler_is_about_as_good_as_bilinear_enlargement(unclip_items):
     from diffusion_notes.data.shapes import render
-    from diffusion_notes.unclip_data import downsample, upsample
-    from diffusion_notes.unclip_pipeline import upsample_images
+    from diffusion_notes.unclip.conditions import downsample, upsample
+    from diffusion_notes.unclip.pipeline import upsample_images
 
     real = render(unclip_items.attributes)
     low = downsample(real)

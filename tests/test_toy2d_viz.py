@@ -7,9 +7,10 @@ matplotlib.use("Agg")
 import pytest
 import torch
 
-from diffusion_notes import samplers, toy2d, viz
+from diffusion_notes import viz
+from diffusion_notes.foundations import samplers, toy2d
+from diffusion_notes.foundations.schedules import make_schedule
 from diffusion_notes.nn import timestep_embedding
-from diffusion_notes.schedules import make_schedule
 
 
 @pytest.mark.parametrize("name", list(toy2d.TOY_DATASETS))

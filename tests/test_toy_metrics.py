@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from diffusion_notes import toy_metrics
+from diffusion_notes.evaluation import toy_metrics
 
 
 def _gaussian(n, mean, std, seed, dim=2):

@@ -12,9 +12,11 @@ import pytest
 import torch
 
 from diffusion_notes.__main__ import main
-from diffusion_notes.checkpoint import load_checkpoint, read_metadata
-from diffusion_notes.recipes import apply_overrides, get_recipe, recipe_names, step_seed
-from diffusion_notes.train import CHECKPOINT_NAME, WEIGHTS_NAME, ema_decay_at, ema_update, lr_at, train
+from diffusion_notes.checkpoint import CHECKPOINT_NAME, WEIGHTS_NAME, load_checkpoint, read_metadata
+from diffusion_notes.device import step_seed
+from diffusion_notes.training.overrides import apply_overrides
+from diffusion_notes.training.recipes import get_recipe, recipe_names
+from diffusion_notes.training.train import ema_decay_at, ema_update, lr_at, train
 
 TINY = ["hidden=16", "num_blocks=1", "time_dim=8"]
 
@@ -182,3 +184,44 @@ def test_cli_errors(capsys):
 def test_overrides_are_parsed_with_the_field_types():
     config = apply_overrides(get_recipe("toy2d").config, ["hidden=24", "num_classes=2"])
     assert config.hidden == 24 and config.num_classes == 2 and isinstance(config.hidden, int)
+
+
+def test_train_binds_the_recipe_on_its_device_and_defaults_to_the_default_device(tmp_path, monkeypatch, one_thread):
+    import diffusion_notes.training.train as train_module
+    from diffusion_notes.device import default_device
+
+    asked = []
+    real = train_module.get_recipe
+
+    def spy(name, device="cpu"):
+        asked.append(torch.device(device))
+        return real(name, device)
+
+    monkeypatch.setattr(train_module, "get_recipe", spy)
+    _tiny(tmp_path, "a", steps=2)
+    _tiny(tmp_path, "b", steps=2, device="cpu")
+    assert asked == [default_device(), torch.device("cpu")]
+    assert read_metadata(tmp_path / "a" / CHECKPOINT_NAME)["device"] == str(default_device())
+
+
+def test_the_ar_prior_fits_its_pca_on_the_runs_own_bank(tmp_path, monkeypatch, one_thread):
+    """A run with seed 1 fits the PCA and the buckets on the bank drawn with seed 1, not on seed 0's."""
+    from diffusion_notes import pretrained
+    from diffusion_notes.training import frozen
+    from diffusion_notes.unclip.ar_prior import ARPrior, ARPriorConfig
+    from diffusion_notes.unclip.conditions import build_bank
+
+    if "clip" not in pretrained.available():
+        pytest.skip("needs the shipped 'clip'")
+    banks = {seed: build_bank(frozen.clip(), 128, seed=seed, progress=False) for seed in (0, 1)}
+    monkeypatch.setattr(frozen, "unclip_bank", lambda seed, n=None: banks[seed])
+    small = ["width=32", "layers=1", "heads=2", "n_components=4", "n_bins=8"]
+    result = train("ar_prior", steps=2, batch_size=8, seed=1, out_dir=tmp_path / "ar", config_overrides=small,
+                   progress=False, device="cpu")
+    expected = {}
+    for seed in (0, 1):
+        fitted = ARPrior(ARPriorConfig(width=32, layers=1, heads=2, n_components=4, n_bins=8))
+        fitted.fit(banks[seed].z_i)
+        expected[seed] = fitted.pca_mean
+    assert torch.allclose(result.model.pca_mean, expected[1])
+    assert not torch.allclose(result.model.pca_mean, expected[0])

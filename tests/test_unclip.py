@@ -1,6 +1,7 @@
 """unCLIP's parts: the training bank, both priors, the decoder's two changes to GLIDE, the upsampler, slerp,
 and the pipelines' contracts (with small untrained models; trained quality is in test_shipped_models.py)."""
 
+import functools
 import math
 
 import pytest
@@ -8,18 +9,21 @@ import torch
 import torch.nn.functional as F
 
 from diffusion_notes import pretrained
-from diffusion_notes.ar_prior import ARPrior, ARPriorConfig, ar_prior_loss, sample_ar_prior
-from diffusion_notes.diffusion import q_sample, x0_from_eps
-from diffusion_notes.prior import (
-    DiffusionPrior,
-    EpsFromX0,
-    PriorConfig,
+from diffusion_notes.foundations.diffusion import q_sample, x0_from_eps
+from diffusion_notes.unclip.ar_prior import ARPrior, ARPriorConfig, ar_prior_loss
+from diffusion_notes.unclip.conditions import (
+    N_TOKENS,
+    TextConditions,
+    bank_indices,
+    build_bank,
+    downsample,
     drop_text,
-    prior_loss,
-    prior_schedule,
-    sample_prior,
+    embed_scale,
+    encode_text,
+    null_text,
+    upsample,
 )
-from diffusion_notes.unclip import (
+from diffusion_notes.unclip.decoder import (
     Decoder,
     DecoderConfig,
     Upsampler,
@@ -30,22 +34,23 @@ from diffusion_notes.unclip import (
     slerp,
     upsampler_loss,
 )
-from diffusion_notes.unclip_data import (
-    N_TOKENS,
-    TextConditions,
-    bank_indices,
-    build_bank,
-    downsample,
-    embed_scale,
-    encode_text,
-    frozen_clip,
-    null_text,
-    upsample,
+from diffusion_notes.unclip.pipeline import GLIDEPipeline, UnCLIPPipeline
+from diffusion_notes.unclip.prior import (
+    DiffusionPrior,
+    EpsFromX0,
+    PriorConfig,
+    prior_loss,
+    prior_schedule,
 )
-from diffusion_notes.unclip_pipeline import GLIDEPipeline, UnCLIPPipeline
 
 pytestmark = pytest.mark.skipif("clip" not in pretrained.available(), reason="needs the shipped 'clip'")
 torch.set_num_threads(1)
+
+
+@functools.cache
+def frozen_clip():
+    """The shipped CLIP on the CPU, frozen: the part every unCLIP model reads (passed in, never fetched)."""
+    return pretrained.load("clip", "cpu").requires_grad_(False)
 
 SMALL_PRIOR = PriorConfig(width=32, layers=2, heads=2)
 SMALL_AR = ARPriorConfig(width=32, layers=2, heads=2, n_components=6, n_bins=8)
@@ -76,7 +81,7 @@ def test_bank_holds_unit_embeddings_and_masks_that_end_at_the_end_token(bank):
     assert torch.allclose(bank.text.z_t.norm(dim=-1), torch.ones(96), atol=1e-5)
     again = encode_text(frozen_clip(), bank.captions[:3])
     assert torch.allclose(again.z_t, bank.text.z_t[:3], atol=1e-6)
-    from diffusion_notes.tokenizer import tokenize
+    from diffusion_notes.data.tokenizer import tokenize
 
     lengths = tokenize(bank.captions).argmax(-1) + 1  # through the end token
     assert torch.equal(bank.text.mask.sum(1), lengths)
@@ -142,7 +147,7 @@ def test_prior_loss_asks_for_z_i_itself_not_the_noise(bank):
     """L_prior by hand: the same draws (drop, t, noise) from the same generator, the target is scaled z_i."""
     prior = DiffusionPrior(SMALL_PRIOR)
     batch = batch_of(bank, 8)
-    loss = prior_loss(prior, batch, torch.Generator().manual_seed(5), p_uncond=0.1)
+    loss = prior_loss(prior, batch, torch.Generator().manual_seed(5), null=null_text(frozen_clip()), p_uncond=0.1)
     g = torch.Generator().manual_seed(5)
     cond = drop_text({k: batch[k] for k in ("z_t", "tokens", "mask")}, 0.1, null_text(frozen_clip()), g)
     t = torch.randint(0, 1000, (8,), generator=g)
@@ -165,7 +170,7 @@ def test_sample_prior_keeps_the_candidate_with_the_larger_dot_product(bank):
     torch.manual_seed(0)
     prior = DiffusionPrior(SMALL_PRIOR)
     text = text_of(bank, 3)
-    best, candidates, scores = sample_prior(prior, text, num_inference_steps=4, num_candidates=2,
+    best, candidates, scores = prior.sample(text, num_inference_steps=4, num_candidates=2, null=null_text(frozen_clip()),
                                             generator=torch.Generator().manual_seed(0), return_candidates=True)
     assert best.shape == (3, 64) and candidates.shape == (3, 2, 64) and scores.shape == (3, 2)
     assert torch.allclose(best.norm(dim=-1), torch.ones(3), atol=1e-5)
@@ -173,7 +178,9 @@ def test_sample_prior_keeps_the_candidate_with_the_larger_dot_product(bank):
     for b in range(3):
         assert torch.equal(best[b], candidates[b, scores[b].argmax()])
     with pytest.raises(ValueError, match="num_candidates"):
-        sample_prior(prior, text, num_candidates=0)
+        prior.sample(text, num_candidates=0, null=null_text(frozen_clip()))
+    with pytest.raises(ValueError, match="null_text"):
+        prior.sample(text, num_inference_steps=2)  # guidance needs the empty caption of the same CLIP
 
 
 # ----------------------------------------------------------------------------- autoregressive prior
@@ -215,12 +222,12 @@ def test_ar_prior_samples_unit_embeddings_and_keeps_the_best_candidate(bank):
     prior = ARPrior(SMALL_AR)
     prior.fit(bank.z_i)
     text = text_of(bank, 3)
-    best, candidates, scores = sample_ar_prior(prior, text, num_candidates=3, return_candidates=True,
+    best, candidates, scores = prior.sample(text, num_candidates=3, return_candidates=True,
                                                generator=torch.Generator().manual_seed(0))
     assert best.shape == (3, 64) and candidates.shape == (3, 3, 64)
     assert torch.allclose(best.norm(dim=-1), torch.ones(3), atol=1e-5)
     assert all(torch.equal(best[b], candidates[b, scores[b].argmax()]) for b in range(3))
-    again = sample_ar_prior(prior, text, num_candidates=3, generator=torch.Generator().manual_seed(0))
+    again = prior.sample(text, num_candidates=3, generator=torch.Generator().manual_seed(0))
     assert torch.equal(best, again)
 
 
@@ -270,7 +277,7 @@ def test_decoder_condition_dropout_rates(bank):
     torch.manual_seed(0)
     decoder = Recording(DecoderConfig(**{**SMALL_DECODER.__dict__, "p_drop_text": 1.0, "p_drop_image": 1.0}))
     batch = dict(batch_of(bank, 4), images=torch.rand(4, 3, 32, 32) * 2 - 1)
-    loss = decoder_loss(decoder, batch, torch.Generator().manual_seed(0))
+    loss = decoder_loss(decoder, batch, torch.Generator().manual_seed(0), null=null_text(frozen_clip()))
     assert loss.ndim == 0 and torch.isfinite(loss)
     null = null_text(frozen_clip())
     assert torch.equal(seen[0]["z_t"], null.z_t.expand(4, -1)) and not seen[0]["z_i"].any()
@@ -404,3 +411,36 @@ def test_the_cached_caption_prefix_gives_the_full_forward_pass(bank):
         cached = prior(x, t, dict(cond, cache=prior.caption_cache(cond)))
     assert torch.allclose(cached, full, atol=1e-5)
     assert len(prior.caption_cache(cond)) == SMALL_PRIOR.layers
+
+
+def test_the_pipelines_guide_against_the_empty_caption_of_their_own_clip():
+    """The unconditional side of guidance is "" through the pipeline's CLIP, not through the shelf's.
+
+    The prior and the decoder both see it: with another CLIP (here an untrained one) the empty
+    caption's z_t differs, and every unconditional row handed to the models must be that CLIP's.
+    """
+    from diffusion_notes.unclip.clip import CLIP, CLIPConfig
+
+    torch.manual_seed(1)
+    other = CLIP(CLIPConfig()).eval()
+    own, shelf = null_text(other).z_t[0], null_text(frozen_clip()).z_t[0]
+    assert not torch.allclose(own, shelf, atol=1e-3)
+    seen = {"prior": [], "decoder": []}
+
+    class RecordingPrior(DiffusionPrior):
+        def forward(self, z_i_t, t, cond, return_attention=False):
+            seen["prior"].append(cond["z_t"])
+            return super().forward(z_i_t, t, cond, return_attention)
+
+    class RecordingDecoder(Decoder):
+        def forward(self, x, t, cond, return_attention=False):
+            seen["decoder"].append(cond["z_t"])
+            return super().forward(x, t, cond, return_attention)
+
+    pipe = UnCLIPPipeline(RecordingPrior(SMALL_PRIOR), RecordingDecoder(SMALL_DECODER), Upsampler(SMALL_UPSAMPLER),
+                          other)
+    pipe("a red circle", prior_num_inference_steps=2, generator=torch.Generator().manual_seed(0), **FAST)
+    for part, calls in seen.items():
+        assert calls, part
+        for z_t in calls:  # guided calls stack [cond; uncond]: the last half is the empty caption
+            assert torch.allclose(z_t[len(z_t) // 2:], own.expand(len(z_t) - len(z_t) // 2, -1), atol=1e-6), part

@@ -9,8 +9,7 @@ from diffusers.models.autoencoders.vae import DiagonalGaussianDistribution
 from torch.distributions import Normal, kl_divergence
 
 from diffusion_notes.data.shapes import ShapesDataset
-from diffusion_notes.recipes import get_recipe
-from diffusion_notes.vae import (
+from diffusion_notes.stable_diffusion.vae import (
     AutoencoderKL,
     DiagonalGaussian,
     VAEConfig,
@@ -20,6 +19,7 @@ from diffusion_notes.vae import (
     vae_loss,
     vae_training_loss,
 )
+from diffusion_notes.training.recipes import get_recipe
 
 TINY = VAEConfig(channels=(8, 16, 16))
 

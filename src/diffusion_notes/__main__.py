@@ -26,15 +26,18 @@ def _add_train(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--lr-schedule", choices=("cosine", "constant"), help="after warm-up (default cosine)")
     p.add_argument("--max-seconds", type=float, help="stop (with a checkpoint) after this long; resume later")
-    p.add_argument("--device", default="cpu", help="cpu, cuda or mps (default cpu, which reproduces shipped runs)")
+    p.add_argument("--device", help="cpu, cuda or mps (default: CUDA, then MPS, then CPU; cpu reproduces shipped runs)")
     p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+# Each command imports what it needs when it runs, so `--help` and `list` answer without loading torch's models.
 
 
 def _run_train(args) -> int:
     import torch
 
-    from .train import train
+    from diffusion_notes.training.train import train
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -75,7 +78,7 @@ def _add_ship(p: argparse.ArgumentParser) -> None:
 
 
 def _run_ship(args) -> int:
-    from .pretrained import ship
+    from diffusion_notes.training.ship import ship
 
     entry = ship(args.run_dir, name=args.name, weights_dir=args.weights_dir, evaluate=not args.no_eval)
     print(f"{entry['file']}: sha256 {entry['sha256']}, {entry['size_bytes']} bytes, metrics {entry['metrics']}")
@@ -87,8 +90,8 @@ def _add_list(p: argparse.ArgumentParser) -> None:
 
 
 def _run_list(args) -> int:
-    from .pretrained import PIPELINES, available, info
-    from .recipes import recipe_names
+    from diffusion_notes.pretrained import PIPELINES, available, info
+    from diffusion_notes.training.recipes import recipe_names
 
     names = available(args.weights_dir)
     print(f"recipes: {', '.join(recipe_names())}")
@@ -110,7 +113,8 @@ def _add_generate(p: argparse.ArgumentParser) -> None:
     p.add_argument("--negative-prompt", help="used in place of the empty caption in guidance (stable_diffusion only)")
     p.add_argument("--steps", type=int, default=25, help="sampling steps (default 25)")
     p.add_argument("--guidance-scale", type=float, help="classifier-free guidance scale (default: the pipeline's)")
-    p.add_argument("--sampler", default="dpmpp_2m", help="ddpm, ddim, euler, euler_a, dpmpp_2m or a web-UI name")
+    p.add_argument("--sampler", help="ddpm, ddim, euler, euler_a, dpmpp_2m or a web-UI name "
+                                     "(default: the pipeline's, dpmpp_2m for stable_diffusion, euler_a for unclip and glide)")
     p.add_argument("--seed", type=int, default=0, help="seed of the noise (default 0)")
     p.add_argument("--num-images", type=int, default=1, help="images to draw; more than one are saved as a grid")
     p.add_argument("--init-image", help="a 32x32 RGB image file (or a k-times enlargement, such as an earlier --out): image-to-image from it")
@@ -122,11 +126,10 @@ def _add_generate(p: argparse.ArgumentParser) -> None:
 
 def _run_generate(args) -> int:
     import torch
-    from PIL import Image
+    from PIL import Image, UnidentifiedImageError
 
-    from . import pretrained
-    from .ldm import DEFAULT_GUIDANCE_SCALE
-    from .pipeline import to_pil
+    from diffusion_notes import pretrained
+    from diffusion_notes.data.images import to_pil
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -134,26 +137,28 @@ def _run_generate(args) -> int:
         raise ValueError(f"--scale must be a positive int, got {args.scale}")
     init = None
     if args.init_image:
-        with Image.open(args.init_image) as image:
-            init = image.convert("RGB")
+        try:
+            with Image.open(args.init_image) as image:
+                init = image.convert("RGB")
+        except (UnidentifiedImageError, OSError) as err:
+            detail = "it is not an image PIL can read" if isinstance(err, UnidentifiedImageError) else err.strerror or err
+            raise ValueError(f"--init-image {args.init_image}: {detail}") from None
         k = init.width // 32
         if init.width == init.height == 32 * k and k > 1:  # an enlarged 32x32 image, e.g. an earlier --out
             init = init.resize((32, 32), Image.BOX)
-    options = dict(num_inference_steps=args.steps, sampler=args.sampler, progress=True,
+    # Only what was given overrides the pipeline's own defaults (sampler, guidance scale).
+    options = dict(num_inference_steps=args.steps, progress=True,
                    generator=torch.Generator().manual_seed(args.seed), num_images_per_prompt=args.num_images)
+    options.update({k: v for k, v in (("sampler", args.sampler), ("guidance_scale", args.guidance_scale))
+                    if v is not None})
     if args.pipeline == "stable_diffusion":
         pipe = pretrained.load("stable_diffusion")
-        out = pipe(args.prompt, negative_prompt=args.negative_prompt, image=init, strength=args.strength,
-                   guidance_scale=DEFAULT_GUIDANCE_SCALE if args.guidance_scale is None else args.guidance_scale,
-                   **options)
+        out = pipe(args.prompt, negative_prompt=args.negative_prompt, image=init, strength=args.strength, **options)
     else:
-        from .unclip_pipeline import DEFAULT_GUIDANCE_SCALE as UNCLIP_SCALE
-
         if args.negative_prompt or init is not None:
             raise ValueError(f"--negative-prompt and --init-image apply to the stable_diffusion pipeline, not {args.pipeline}")
         pipe = pretrained.load(args.pipeline)
-        out = pipe(args.prompt, guidance_scale=UNCLIP_SCALE if args.guidance_scale is None else args.guidance_scale,
-                   **options)
+        out = pipe(args.prompt, **options)
     images = out.images  # (N, 3, 32, 32) in [0, 1]
     grid = torch.cat(list(images), dim=2)  # (3, 32, 32 N): a row
     picture = to_pil(grid[None])[0]

@@ -12,8 +12,10 @@ killed at any moment leaves either the old file or the new one, never half.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
+import typing
 import uuid
 from pathlib import Path
 
@@ -22,6 +24,9 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save
 
 METADATA_KEY = "diffusion_notes"
+# The files of a run directory (see training/train.py).
+CHECKPOINT_NAME = "checkpoint.safetensors"  # the latest state: model, EMA, optimiser, RNG, logs
+WEIGHTS_NAME = "model.safetensors"  # the final weights (EMA ones when there are any), what pretrained ships
 
 
 def atomic_write_bytes(path, data: bytes) -> Path:
@@ -123,3 +128,31 @@ def unflatten_optimizer_state(tensors: dict[str, torch.Tensor], meta: dict) -> d
         index, key = name.split(".", 1)
         state.setdefault(int(index), {})[key] = value
     return {"state": state, "param_groups": meta["param_groups"]}
+
+
+# ---------------------------------------------------------------------------
+# Model configs (frozen dataclasses) to and from JSON.
+
+
+def config_to_dict(config) -> dict:
+    """The config as a JSON-ready dict (tuples become lists)."""
+    return json.loads(json.dumps(dataclasses.asdict(config)))
+
+
+def config_from_dict(config_class: type, values: dict, *, source: str = "the config"):
+    """Build `config_class(**values)`; fields the dataclass lacks raise a ValueError."""
+    known = {f.name for f in dataclasses.fields(config_class)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise ValueError(
+            f"{source} has fields {config_class.__name__} does not know: {', '.join(unknown)} "
+            f"(its fields: {', '.join(sorted(known))})"
+        )
+    hints = typing.get_type_hints(config_class)
+    return config_class(**{k: _to_tuple_if_needed(v, hints.get(k)) for k, v in values.items()})
+
+
+def _to_tuple_if_needed(value, hint):
+    if isinstance(value, list) and (hint is tuple or typing.get_origin(hint) is tuple):
+        return tuple(value)
+    return value

@@ -106,3 +106,34 @@ def randn(
     draw_device = generator.device if generator is not None else torch.device("cpu")
     noise = torch.randn(shape, generator=generator, device=draw_device, dtype=dtype)
     return noise.to(device if device is not None else "cpu")
+
+
+# ---------------------------------------------------------------------------
+# Random numbers per training step: a seed that is a pure function of (seed, step), so a
+# resumed run draws exactly what an uninterrupted one would.
+
+_MASK64 = (1 << 64) - 1
+
+
+def _splitmix64(x: int) -> int:
+    x = (x + 0x9E3779B97F4A7C15) & _MASK64
+    x = ((x ^ (x >> 30)) * 0xBF58476D1CE4E5B9) & _MASK64
+    x = ((x ^ (x >> 27)) * 0x94D049BB133111EB) & _MASK64
+    return x ^ (x >> 31)
+
+
+def step_seed(seed: int, step: int, stream: int = 0) -> int:
+    """A 63-bit seed mixed from (seed, step, stream) without Python's salted `hash`.
+
+    Stream 0 is the data (`make_batch`), stream 1 the loss's generator.
+    Paper: Steele et al. 2014 (SplitMix64)
+    """
+    x = _splitmix64(int(seed) & _MASK64)
+    x = _splitmix64(x ^ (int(step) & _MASK64))
+    x = _splitmix64(x ^ (int(stream) & _MASK64))
+    return x >> 1
+
+
+def step_generator(seed: int, step: int, stream: int = 0) -> torch.Generator:
+    """A CPU generator seeded with `step_seed(seed, step, stream)`."""
+    return torch.Generator().manual_seed(step_seed(seed, step, stream))

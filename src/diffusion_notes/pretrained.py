@@ -1,11 +1,13 @@
-"""The models that ship with the package, and how they get there.
+"""The shelf: the models that ship with the package, verified and loaded, and the pipelines built from them.
 
 `weights/manifest.json` lists each shipped model: its recipe, file, sha256,
 config, how it was trained (steps, batch size, seed, data, wall time, machine)
 and its metrics, and the command that trains it again. `load(name)` checks the
-file's checksum and config against the manifest before it builds the model.
-`ship(run_dir)` copies a finished run's weights into the package and writes the
-manifest entry.
+file's checksum and config against the manifest before it builds the model;
+`load("stable_diffusion")`, `load("unclip")` and `load("glide")` assemble a
+pipeline from its shipped parts. Models and pipelines land on `default_device()`
+(CUDA, then MPS, then CPU) unless a device is given. Shipping a finished run is
+the training command's business (`training/ship.py`).
 
 The weights directory is the package's `weights/` folder, unless the
 environment variable DIFFUSION_NOTES_WEIGHTS or a `weights_dir=` argument
@@ -15,27 +17,38 @@ names another.
 from __future__ import annotations
 
 import hashlib
-import importlib
 import json
 import os
-import platform
-import shlex
-import sys
-from datetime import date
 from pathlib import Path
 
-import torch
-from torch import nn
-
-from .checkpoint import atomic_write_bytes, load_checkpoint, read_metadata
-from .recipes import config_from_dict, get_recipe
+from diffusion_notes.checkpoint import config_from_dict, load_checkpoint, read_metadata
+from diffusion_notes.device import default_device
+from diffusion_notes.evaluation.classifier import ClassifierConfig, ShapesClassifier
+from diffusion_notes.foundations.toy2d import ToyDenoiser, ToyDenoiserConfig
+from diffusion_notes.nn.unet import UNet, UNetConfig
+from diffusion_notes.stable_diffusion.pipeline import LatentDiffusionPipeline
+from diffusion_notes.stable_diffusion.vae import AutoencoderKL, VAEConfig
+from diffusion_notes.unclip.ar_prior import ARPrior, ARPriorConfig
+from diffusion_notes.unclip.clip import CLIP, CLIPConfig
+from diffusion_notes.unclip.decoder import Decoder, DecoderConfig, Upsampler, UpsamplerConfig
+from diffusion_notes.unclip.pipeline import GLIDEPipeline, UnCLIPPipeline
+from diffusion_notes.unclip.prior import DiffusionPrior, PriorConfig
 
 WEIGHTS_ENV_VAR = "DIFFUSION_NOTES_WEIGHTS"
 MANIFEST_NAME = "manifest.json"
-# Pipelines assembled from shipped models: name -> (module, class); the class has from_pretrained(device, weights_dir).
-PIPELINES = {"stable_diffusion": ("diffusion_notes.pipeline", "LatentDiffusionPipeline"),
-             "unclip": ("diffusion_notes.unclip_pipeline", "UnCLIPPipeline"),
-             "glide": ("diffusion_notes.unclip_pipeline", "GLIDEPipeline")}
+# What a manifest's "recipe" builds: name -> (model class, its config dataclass).
+ARCHITECTURES = {
+    "toy2d": (ToyDenoiser, ToyDenoiserConfig),
+    "clip": (CLIP, CLIPConfig),
+    "shapes_classifier": (ShapesClassifier, ClassifierConfig),
+    "vae": (AutoencoderKL, VAEConfig),
+    "ldm_unet": (UNet, UNetConfig),
+    "unclip_prior": (DiffusionPrior, PriorConfig),
+    "ar_prior": (ARPrior, ARPriorConfig),
+    "unclip_decoder": (Decoder, DecoderConfig),
+    "glide_decoder": (Decoder, DecoderConfig),
+    "unclip_upsampler": (Upsampler, UpsamplerConfig),
+}
 
 
 class WeightsError(ValueError):
@@ -112,9 +125,9 @@ def verify(name: str, weights_dir=None) -> Path:
             f"the weights file {path} is damaged or was replaced: its sha256 is {actual}, "
             f"the manifest expects {entry['sha256']}. Retrain it with: {retrain}"
         )
-    recipe = get_recipe(entry["recipe"])
+    _, config_class = _architecture(entry, name)
     try:
-        config_from_dict(type(recipe.config), entry["config"], source=f"the manifest's config for {name!r}")
+        config_from_dict(config_class, entry["config"], source=f"the manifest's config for {name!r}")
     except ValueError as err:
         raise WeightsError(f"{err}. The code changed since {path} was trained; retrain it with: {retrain}") from None
     stored = read_metadata(path)
@@ -126,18 +139,25 @@ def verify(name: str, weights_dir=None) -> Path:
     return path
 
 
-def load(name: str, device=None, weights_dir=None):
-    """The shipped model `name`, verified, in eval mode, float32, on `device` (default CPU).
+def _architecture(entry: dict, name: str) -> tuple:
+    if entry["recipe"] not in ARCHITECTURES:
+        raise WeightsError(f"the manifest says {name!r} is a {entry['recipe']!r} model, which this version of the "
+                           f"library cannot build (it builds {', '.join(ARCHITECTURES)})")
+    return ARCHITECTURES[entry["recipe"]]
 
-    A name in PIPELINES ("stable_diffusion") returns that pipeline, built from its shipped parts.
+
+def load(name: str, device=None, weights_dir=None):
+    """The shipped model `name`, verified, in eval mode, float32, on `device` (default: `default_device()`).
+
+    A name in PIPELINES ("stable_diffusion", "unclip", "glide") returns that pipeline, built from its shipped parts.
     """
+    device = device if device is not None else default_device()
     if name in PIPELINES:
-        module, cls = PIPELINES[name]
-        return getattr(importlib.import_module(module), cls).from_pretrained(device, weights_dir)
+        return PIPELINES[name](device, weights_dir)
     entry = info(name, weights_dir)
     path = verify(name, weights_dir)
-    recipe = get_recipe(entry["recipe"])
-    model = recipe.build(config_from_dict(type(recipe.config), entry["config"]))
+    model_class, config_class = _architecture(entry, name)
+    model = model_class(config_from_dict(config_class, entry["config"]))
     tensors, _ = load_checkpoint(path)
     try:
         model.load_state_dict(tensors)
@@ -145,107 +165,29 @@ def load(name: str, device=None, weights_dir=None):
         raise WeightsError(
             f"{path} does not fit the {entry['recipe']} model: {err}. Retrain it with: {retrain_command(entry)}"
         ) from None
-    return model.float().to(device if device is not None else "cpu").eval()
+    return model.float().to(device).eval()
 
 
 # ---------------------------------------------------------------------------
-# Shipping a finished run.
+# Pipelines assembled from their shipped parts.
 
 
-def machine_info(device: str = "cpu", threads: int | None = None) -> dict:
-    """Where a model was trained: platform, CPU model, cores, torch threads, torch version and device."""
-    cpu = platform.processor() or ""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    info_ = {"platform": platform.platform(), "cpu": cpu, "cores": os.cpu_count(), "torch": torch.__version__}
-    if threads is not None:
-        info_["threads"] = threads
-    on_cuda = device.startswith("cuda") and torch.cuda.is_available()
-    info_["device"] = torch.cuda.get_device_name(0) if on_cuda else device
-    return info_
+def stable_diffusion(device=None, weights_dir=None) -> LatentDiffusionPipeline:
+    """"ldm_unet", "vae" (with its measured latent scale factor) and "clip"'s text encoder."""
+    scale_factor = info("vae", weights_dir)["metrics"]["scale_factor"]
+    return LatentDiffusionPipeline(*(load(part, device, weights_dir) for part in ("ldm_unet", "vae", "clip")),
+                                   scale_factor)
 
 
-def _mean_of_last(values: list[float], k: int) -> float:
-    tail = values[-k:]
-    return float(sum(tail) / max(1, len(tail)))
+def unclip(device=None, weights_dir=None, prior: str = "unclip_prior") -> UnCLIPPipeline:
+    """A prior ("unclip_prior", or "ar_prior"), "unclip_decoder", "unclip_upsampler" and "clip"."""
+    return UnCLIPPipeline(*(load(part, device, weights_dir)
+                            for part in (prior, "unclip_decoder", "unclip_upsampler", "clip")))
 
 
-def loss_curve(losses: list[float], points: int = 60) -> list[list[float]]:
-    """The training loss averaged over `points` equal windows: [[last step of window, mean loss], ...].
-
-    Kept in the manifest so a chapter can draw a shipped model's training curve without its run folder.
-    """
-    n = len(losses)
-    edges = sorted({round(i * n / points) for i in range(points + 1)})
-    return [
-        [hi, round(sum(losses[lo:hi]) / (hi - lo), 6)] for lo, hi in zip(edges[:-1], edges[1:]) if hi > lo
-    ]
+def glide(device=None, weights_dir=None) -> GLIDEPipeline:
+    """The baseline's parts: "glide_decoder", "unclip_upsampler" and "clip"."""
+    return GLIDEPipeline(*(load(part, device, weights_dir) for part in ("glide_decoder", "unclip_upsampler", "clip")))
 
 
-def ship(run_dir, name: str | None = None, weights_dir=None, evaluate: bool = True) -> dict:
-    """Copy run_dir/model.safetensors into the weights directory as <name>.safetensors and record it.
-
-    Runs the recipe's `evaluate` on the shipped weights and writes the manifest
-    entry (atomically). Returns the entry.
-    """
-    from .train import CHECKPOINT_NAME, WEIGHTS_NAME
-
-    run_dir = Path(run_dir)
-    source, ckpt = run_dir / WEIGHTS_NAME, run_dir / CHECKPOINT_NAME
-    if not source.is_file() or not ckpt.is_file():
-        raise FileNotFoundError(
-            f"{run_dir} holds no finished run: {WEIGHTS_NAME} and {CHECKPOINT_NAME} must both exist"
-        )
-    run = read_metadata(ckpt)
-    if run["step"] != run["steps"]:
-        raise ValueError(
-            f"the run in {run_dir} stopped at step {run['step']} of {run['steps']}; finish it with --resume first"
-        )
-    name = name or run["recipe"]
-    if not name.replace("_", "").replace("-", "").isalnum():
-        raise ValueError(f"a shipped model's name may hold letters, digits, '_' and '-', got {name!r}")
-    target_dir = weights_path(weights_dir)
-    data = source.read_bytes()
-    target = atomic_write_bytes(target_dir / f"{name}.safetensors", data)
-
-    recipe = get_recipe(run["recipe"])
-    metrics = {}
-    if evaluate and recipe.evaluate is not None:
-        model = recipe.build(config_from_dict(type(recipe.config), run["config"]))
-        model.load_state_dict(load_checkpoint(target)[0])
-        metrics = recipe.evaluate(model.eval())
-    losses = load_checkpoint(ckpt)[0]["log.loss"].tolist()
-    ship_words = ["python -m diffusion_notes ship", shlex.quote(str(run_dir))]
-    ship_words += ["--name", name] if name != run["recipe"] else []
-    entry = {
-        "recipe": run["recipe"],
-        "file": target.name,
-        "sha256": hashlib.sha256(data).hexdigest(),
-        "size_bytes": len(data),
-        "config": run["config"],
-        "steps": run["steps"],
-        "batch_size": run["batch_size"],
-        "lr": run["lr"],
-        "lr_schedule": run["lr_schedule"],
-        "seed": run["seed"],
-        "dataset": run["dataset"],
-        "wall_time_s": round(run["elapsed_s"], 3),
-        "machine": machine_info(run["device"], run.get("threads")),
-        "train_command": run["train_command"],
-        "ship_command": " ".join(ship_words),
-        "trained_on": run["saved_at"][:10] if "saved_at" in run else date.today().isoformat(),
-        "metrics": {k: float(v) if isinstance(v, (int, float)) else v for k, v in metrics.items()},
-        "final_loss": _mean_of_last(losses, 100),
-        "loss_curve": loss_curve(losses),
-    }
-    manifest = read_manifest(weights_dir)
-    manifest["models"][name] = entry
-    manifest["models"] = dict(sorted(manifest["models"].items()))
-    atomic_write_bytes(target_dir / MANIFEST_NAME, (json.dumps(manifest, indent=2) + "\n").encode())
-    print(f"shipped {name}: {target} ({len(data) / 1e6:.2f} MB), metrics {entry['metrics']}", file=sys.stderr)
-    return entry
+PIPELINES = {"stable_diffusion": stable_diffusion, "unclip": unclip, "glide": glide}

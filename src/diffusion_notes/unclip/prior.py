@@ -29,13 +29,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .diffusion import eps_from_x0, q_sample
-from .device import randn
-from .guidance import check_guidance_scale
-from .nn.embeddings import timestep_embedding
-from .nn.transformer import Transformer
-from .schedules import make_schedule
-from .unclip_data import N_TOKENS, TextConditions, embed_scale, frozen_clip, null_text
+from diffusion_notes.device import randn
+from diffusion_notes.foundations.diffusion import eps_from_x0, q_sample
+from diffusion_notes.foundations.guidance import check_guidance_scale
+from diffusion_notes.foundations.samplers import sample
+from diffusion_notes.foundations.schedules import make_schedule
+from diffusion_notes.nn.embeddings import timestep_embedding
+from diffusion_notes.nn.transformer import Transformer
+from diffusion_notes.unclip.conditions import N_TOKENS, TextConditions, best_of_n, drop_text, embed_scale
 
 P_UNCOND = 0.1  # DALL-E 2 drops the text conditioning of the prior 10% of the time
 DEFAULT_STEPS = 32  # DALL-E 2 samples its prior with 64 strided steps; our embeddings are 64-wide, not 768
@@ -156,29 +157,45 @@ class DiffusionPrior(nn.Module):
         z_i = self.out(self.ln_final(h[:, -1]))  # (B, E): the query position's output
         return (z_i, maps) if return_attention else z_i
 
+    @torch.no_grad()
+    def sample(self, text: TextConditions, *, null: TextConditions | None = None, num_candidates: int = 2,
+               num_inference_steps: int = DEFAULT_STEPS, guidance_scale: float = DEFAULT_GUIDANCE_SCALE,
+               sampler: str = "ddim", generator: torch.Generator | None = None, return_candidates: bool = False):
+        """z_i (B, E), unit length, for each caption of `text`: the best of num_candidates by z_i . z_t.
 
-def drop_text(cond: dict, p: float, null: TextConditions, generator: torch.Generator | None = None) -> dict:
-    """Replace each caption's conditions (z_t, tokens, mask together) by the empty caption's with probability p.
+        `null` is the empty caption's conditions through the same CLIP (`null_text(clip)`), the
+        unconditional side of guidance; it is needed unless guidance_scale is 1. With return_candidates
+        also the (B, num_candidates, E) candidates and their (B, num_candidates) scores (`best_of_n`).
+        """
+        check_guidance_scale(guidance_scale)
+        if guidance_scale != 1 and null is None:
+            raise ValueError("guidance needs the empty caption's conditions: pass null=null_text(clip), with the "
+                             "CLIP the captions were encoded with (or guidance_scale=1)")
+        device, E = next(self.parameters()).device, self.config.embed_dim
+        schedule = prior_schedule()
 
-    One uniform number per row from `generator`, as `guidance.drop_condition` draws it.
-    Book: eq-cfg-dropout
-    """
-    if not 0 <= p <= 1:
-        raise ValueError(f"p must be a probability in [0, 1], got {p!r}")
-    B = cond["z_t"].shape[0]
-    draw_device = generator.device if generator is not None else "cpu"
-    drop = (torch.rand(B, generator=generator, device=draw_device) < p).to(cond["z_t"].device)  # (B,)
-    out = dict(cond)
-    for key in ("z_t", "tokens", "mask"):
-        value = cond[key]
-        null_row = getattr(null, key)[0].to(value.device)
-        out[key] = torch.where(drop.view(-1, *([1] * (value.ndim - 1))), null_row, value)
-    return out
+        def draw(cond: dict) -> torch.Tensor:  # (B k, E)
+            cond = {key: v.to(device) for key, v in cond.items()}
+            cond["cache"] = self.eval().caption_cache(cond)  # the caption's part of the sequence, once for all steps
+            uncond = None
+            if guidance_scale != 1:
+                n = len(cond["z_t"])
+                uncond = {key: v[:1].to(device).expand(n, *v.shape[1:]) for key, v in null.as_dict().items()}
+                uncond["cache"] = self.caption_cache(uncond)
+            x = sample(EpsFromX0(self, schedule), (len(cond["z_t"]), E), sampler=sampler,
+                       num_inference_steps=num_inference_steps, schedule=schedule, generator=generator,
+                       device=device, cond=cond, uncond=uncond, guidance_scale=float(guidance_scale))
+            return F.normalize(x, dim=-1)
+
+        return best_of_n(draw, text, num_candidates, return_candidates)
 
 
-def prior_loss(model: DiffusionPrior, batch: dict, generator: torch.Generator | None = None,
-               p_uncond: float = P_UNCOND) -> torch.Tensor:
+def prior_loss(model: DiffusionPrior, batch: dict, generator: torch.Generator | None = None, *,
+               null: TextConditions, p_uncond: float = P_UNCOND) -> torch.Tensor:
     r"""L_prior on one batch: noise the scaled z_i to a random t and ask for z_i back (not the noise).
+
+    A caption is dropped (replaced by `null`, the empty caption's conditions from the frozen CLIP)
+    with probability p_uncond.
 
     $$L_\text{prior} = \mathbb E_{t \sim [1, T],\, z_i^{(t)} \sim q_t}
         \left[\left\| f_\theta(z_i^{(t)}, t, y) - z_i \right\|^2\right]$$
@@ -189,8 +206,7 @@ def prior_loss(model: DiffusionPrior, batch: dict, generator: torch.Generator | 
     device = next(model.parameters()).device
     schedule = prior_schedule()
     x0 = batch["z_i"].to(device) * embed_scale(model.config.embed_dim)  # (B, E)
-    cond = drop_text({k: batch[k].to(device) for k in ("z_t", "tokens", "mask")}, p_uncond,
-                     null_text(frozen_clip()), generator)
+    cond = drop_text({k: batch[k].to(device) for k in ("z_t", "tokens", "mask")}, p_uncond, null, generator)
     B, T = x0.shape[0], schedule.num_train_timesteps
     draw_device = generator.device if generator is not None else "cpu"
     t = torch.randint(0, T, (B,), generator=generator, device=draw_device).to(device)  # (B,)
@@ -208,39 +224,3 @@ class EpsFromX0(nn.Module):
 
     def forward(self, x_t: torch.Tensor, t: torch.Tensor, cond) -> torch.Tensor:
         return eps_from_x0(x_t, t.long(), self.x0_model(x_t, t, cond), self.schedule)
-
-
-@torch.no_grad()
-def sample_prior(prior: DiffusionPrior, text: TextConditions, *, num_inference_steps: int = DEFAULT_STEPS,
-                 guidance_scale: float = DEFAULT_GUIDANCE_SCALE, num_candidates: int = 2,
-                 sampler: str = "ddim", generator: torch.Generator | None = None,
-                 null: TextConditions | None = None, return_candidates: bool = False):
-    """z_i (B, E), unit length, for each caption of `text`: draw num_candidates, keep the largest z_i . z_t.
-
-    `null` is the empty caption's conditions (default: the shipped CLIP's), the unconditional side of guidance.
-    With return_candidates also the (B, num_candidates, E) candidates and their (B, num_candidates) scores.
-    Book: eq-best-of-two
-    Paper: Ramesh et al. 2022, section 2.2 (two samples, the one with the higher dot product with z_t)
-    """
-    from .samplers import sample
-
-    check_guidance_scale(guidance_scale)
-    if isinstance(num_candidates, bool) or not isinstance(num_candidates, int) or num_candidates < 1:
-        raise ValueError(f"num_candidates must be a positive int, got {num_candidates!r}")
-    device = next(prior.parameters()).device
-    B, k, E = len(text), num_candidates, prior.config.embed_dim
-    cond = {key: v.to(device).repeat_interleave(k, 0) for key, v in text.as_dict().items()}  # (B k, ...)
-    cond["cache"] = prior.eval().caption_cache(cond)  # the caption's part of the sequence, once for all steps
-    uncond = None
-    if guidance_scale != 1:
-        null = null if null is not None else null_text(frozen_clip())
-        uncond = {key: v[:1].to(device).expand(B * k, *v.shape[1:]) for key, v in null.as_dict().items()}
-        uncond["cache"] = prior.caption_cache(uncond)
-    schedule = prior_schedule()
-    x = sample(EpsFromX0(prior.eval(), schedule), (B * k, E), sampler=sampler, num_inference_steps=num_inference_steps,
-               schedule=schedule, generator=generator, device=device, cond=cond, uncond=uncond,
-               guidance_scale=float(guidance_scale))  # (B k, E)
-    candidates = F.normalize(x, dim=-1).view(B, k, E)  # (B, k, E)
-    scores = (candidates * text.z_t.to(device)[:, None]).sum(-1)  # (B, k): z_i . z_t
-    best = candidates[torch.arange(B, device=device), scores.argmax(dim=1)]  # (B, E)
-    return (best, candidates, scores) if return_candidates else best

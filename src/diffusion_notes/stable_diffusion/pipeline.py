@@ -2,7 +2,7 @@
 
 `LatentDiffusionPipeline` mirrors diffusers' StableDiffusionPipeline call:
 
-    pipe = pretrained.load("stable_diffusion")
+    pipe = pretrained.load("stable_diffusion")      # or LatentDiffusionPipeline(unet, vae, clip, scale_factor)
     images = pipe("a small red circle on the left", num_inference_steps=25, guidance_scale=4,
                   generator=torch.Generator().manual_seed(0)).images   # (1, 3, 32, 32) in [0, 1]
 
@@ -16,14 +16,21 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-import numpy as np
 import torch
 
-from .guidance import check_guidance_scale
-from .ldm import DEFAULT_GUIDANCE_SCALE, ldm_schedule, null_context
-from .device import randn
-from .samplers import SAMPLER_ALIASES, SAMPLERS, make_grid, noise_to_grid_point, resolve_sampler, sample
-from .tokenizer import tokenize
+from diffusion_notes.data.images import check_image_input, prompt_list, to_pil
+from diffusion_notes.data.tokenizer import tokenize
+from diffusion_notes.device import randn
+from diffusion_notes.foundations.guidance import check_guidance_scale
+from diffusion_notes.foundations.samplers import (
+    SAMPLER_ALIASES,
+    SAMPLERS,
+    make_grid,
+    noise_to_grid_point,
+    resolve_sampler,
+    sample,
+)
+from diffusion_notes.stable_diffusion.ldm import DEFAULT_GUIDANCE_SCALE, ldm_schedule, null_context
 
 OUTPUT_TYPES = ("pt", "pil", "latent")
 DEFAULT_SAMPLER = "dpmpp_2m"
@@ -37,43 +44,6 @@ class PipelineOutput:
     latents: torch.Tensor
 
 
-def to_pil(images: torch.Tensor) -> list:
-    """(N, 3, H, W) in [0, 1] -> N PIL images."""
-    from PIL import Image
-
-    array = (images.clamp(0, 1).permute(0, 2, 3, 1).cpu().numpy() * 255).round().astype(np.uint8)  # (N, H, W, 3)
-    return [Image.fromarray(a) for a in array]
-
-
-def _prompt_list(prompt, name: str) -> list[str]:
-    if isinstance(prompt, str):
-        return [prompt]
-    if isinstance(prompt, (list, tuple)) and prompt and all(isinstance(p, str) for p in prompt):
-        return list(prompt)
-    raise ValueError(f"{name} must be a string or a non-empty list of strings, got {prompt!r}")
-
-
-def check_image_input(image, size: int = 32) -> torch.Tensor:
-    """A PIL image, or a tensor (3, H, W) / (B, 3, H, W) in [0, 1], -> (B, 3, size, size) in [-1, 1].
-
-    Raises a ValueError that says what is expected for anything else.
-    """
-    if hasattr(image, "convert") and hasattr(image, "size"):  # PIL
-        if tuple(image.size) != (size, size):
-            raise ValueError(f"the init image must be {size}x{size} pixels, got {image.size[0]}x{image.size[1]}")
-        image = torch.from_numpy(np.asarray(image.convert("RGB"), dtype=np.float32) / 255.0).permute(2, 0, 1)
-    if not isinstance(image, torch.Tensor) or not image.is_floating_point():
-        raise ValueError("the init image must be a PIL image or a float tensor (3, H, W) or (B, 3, H, W) in [0, 1]")
-    given = tuple(image.shape)
-    image = image[None] if image.ndim == 3 else image
-    if image.ndim != 4 or image.shape[1:] != (3, size, size):
-        raise ValueError(f"the init image must have shape (3, {size}, {size}) or (B, 3, {size}, {size}), "
-                         f"got {given}")
-    if not torch.isfinite(image).all() or image.min() < 0 or image.max() > 1:
-        raise ValueError(f"the init image's values must lie in [0, 1], got [{image.min():.3g}, {image.max():.3g}]")
-    return image * 2 - 1
-
-
 class LatentDiffusionPipeline:
     """Caption -> CLIP token states -> UNet denoising of an 8x8x4 latent -> decoder -> 32x32 image."""
 
@@ -82,16 +52,6 @@ class LatentDiffusionPipeline:
         self.scale_factor = float(scale_factor)
         self.schedule = schedule or ldm_schedule()
         self._null = None
-
-    @classmethod
-    def from_pretrained(cls, device=None, weights_dir=None) -> LatentDiffusionPipeline:
-        """The shipped parts: "ldm_unet", "vae" (with its measured scale factor) and "clip"."""
-        from . import pretrained
-
-        vae = pretrained.load("vae", device, weights_dir)
-        scale_factor = pretrained.info("vae", weights_dir)["metrics"]["scale_factor"]
-        return cls(pretrained.load("ldm_unet", device, weights_dir), vae,
-                   pretrained.load("clip", device, weights_dir), scale_factor)
 
     @property
     def device(self) -> torch.device:
@@ -151,8 +111,8 @@ class LatentDiffusionPipeline:
         if sampler not in SAMPLERS and sampler not in SAMPLER_ALIASES:
             known = ", ".join([*SAMPLERS, *SAMPLER_ALIASES])
             raise ValueError(f"sampler must be one of {known}, got {sampler!r}")
-        prompts = _prompt_list(prompt, "prompt")
-        negatives = [""] * len(prompts) if negative_prompt is None else _prompt_list(negative_prompt, "negative_prompt")
+        prompts = prompt_list(prompt, "prompt")
+        negatives = [""] * len(prompts) if negative_prompt is None else prompt_list(negative_prompt, "negative_prompt")
         if len(negatives) == 1 and len(prompts) > 1:
             negatives = negatives * len(prompts)
         if len(negatives) != len(prompts):

@@ -30,8 +30,14 @@ from typing import NamedTuple
 
 import torch
 
-from .diffusion import _check_data, _check_same_shape, check_timesteps, q_posterior, x0_from_eps
-from .schedules import Schedule, broadcast_at, expand_like
+from diffusion_notes.foundations.diffusion import (
+    _check_data,
+    _check_same_shape,
+    check_timesteps,
+    q_posterior,
+    x0_from_eps,
+)
+from diffusion_notes.foundations.schedules import Schedule, broadcast_at, expand_like
 
 
 class StepOutput(NamedTuple):

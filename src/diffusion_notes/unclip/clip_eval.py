@@ -27,8 +27,8 @@ import itertools
 import torch
 import torch.nn.functional as F
 
-from .data.captions import canonical_caption
-from .data.shapes import COLOURS, POSITIONS, SHAPES, SIZES, ShapesDataset, render
+from diffusion_notes.data.captions import canonical_caption
+from diffusion_notes.data.shapes import COLOURS, POSITIONS, SHAPES, SIZES, ShapesDataset, render
 
 ATTRIBUTE_VALUES = {"colour": COLOURS, "shape": SHAPES, "size": SIZES, "position": POSITIONS}
 

@@ -16,9 +16,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .clip import TextEncoding
-from .data.shapes import check_images
-from .tokenizer import tokenize
+from diffusion_notes.data.shapes import check_images
+from diffusion_notes.data.tokenizer import tokenize
+from diffusion_notes.unclip.clip import TextEncoding
 
 OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
 OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)

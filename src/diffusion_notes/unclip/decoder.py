@@ -28,13 +28,20 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from .device import randn
-from .diffusion import noise_prediction_loss
-from .guidance import drop_condition
-from .nn.unet import UNet, UNetConfig
-from .prior import drop_text
-from .schedules import make_schedule
-from .unclip_data import BASE_SIZE, N_TOKENS, downsample, embed_scale, frozen_clip, null_text, upsample
+from diffusion_notes.device import randn
+from diffusion_notes.foundations.diffusion import noise_prediction_loss
+from diffusion_notes.foundations.guidance import drop_condition
+from diffusion_notes.foundations.schedules import make_schedule
+from diffusion_notes.nn.unet import UNet, UNetConfig
+from diffusion_notes.unclip.conditions import (
+    BASE_SIZE,
+    N_TOKENS,
+    TextConditions,
+    downsample,
+    drop_text,
+    embed_scale,
+    upsample,
+)
 
 P_DROP_IMAGE = 0.1  # z_i zeroed (DALL-E 2)
 P_DROP_TEXT = 0.5  # caption dropped (DALL-E 2's decoder)
@@ -112,15 +119,17 @@ def drop_image_embedding(z_i: torch.Tensor, p: float, generator: torch.Generator
     return drop_condition(z_i, p, torch.zeros(z_i.shape[1:], dtype=z_i.dtype), generator)
 
 
-def decoder_loss(model: Decoder, batch: dict, generator: torch.Generator | None = None) -> torch.Tensor:
+def decoder_loss(model: Decoder, batch: dict, generator: torch.Generator | None = None, *,
+                 null: TextConditions) -> torch.Tensor:
     """The simple loss at 16x16 with the caption dropped (p_drop_text) and, for unCLIP, z_i zeroed (p_drop_image).
+
+    A dropped caption becomes `null`, the empty caption's conditions from the frozen CLIP.
 
     Book: eq-decoder-loss
     """
     device, c = next(model.parameters()).device, model.config
     x0 = downsample(batch["images"].to(device), c.sample_size)  # (B, 3, 16, 16) in [-1, 1]
-    cond = drop_text({k: batch[k].to(device) for k in ("z_t", "tokens", "mask")}, c.p_drop_text,
-                     null_text(frozen_clip()), generator)
+    cond = drop_text({k: batch[k].to(device) for k in ("z_t", "tokens", "mask")}, c.p_drop_text, null, generator)
     if c.image_embedding:
         cond["z_i"] = drop_image_embedding(batch["z_i"].to(device), c.p_drop_image, generator)
     return noise_prediction_loss(model, x0, decoder_schedule(), generator=generator, cond=cond)

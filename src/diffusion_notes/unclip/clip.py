@@ -25,9 +25,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .data.shapes import IMAGE_SIZE, ShapesDataset, check_images, render
-from .nn.transformer import Transformer
-from .tokenizer import CONTEXT_LENGTH, END_ID, caption_vocabulary, to_compact, tokenize
+from diffusion_notes.data.shapes import IMAGE_SIZE, ShapesDataset, check_images, render
+from diffusion_notes.data.tokenizer import CONTEXT_LENGTH, END_ID, caption_vocabulary, to_compact, tokenize
+from diffusion_notes.nn.transformer import Transformer
 
 OPEN_CLIP_VOCAB_SIZE = 49408
 

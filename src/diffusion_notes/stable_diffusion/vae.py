@@ -25,8 +25,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .data.shapes import ShapesDataset, check_images, render
-from .nn.resnet import Downsample, ResBlock, Upsample, group_norm
+from diffusion_notes.data.shapes import ShapesDataset, check_images, render
+from diffusion_notes.nn.resnet import Downsample, ResBlock, Upsample, group_norm
 
 
 @dataclass(frozen=True)

@@ -31,9 +31,9 @@ from dataclasses import replace
 
 import torch
 
-from .guidance import guided_eps
-from .nn.unet import UNet, UNetConfig
-from .vae import AutoencoderKL, VAEConfig
+from diffusion_notes.foundations.guidance import guided_eps
+from diffusion_notes.nn.unet import UNet, UNetConfig
+from diffusion_notes.stable_diffusion.vae import AutoencoderKL, VAEConfig
 
 
 def pixel_config(config: UNetConfig) -> UNetConfig:

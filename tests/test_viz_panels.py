@@ -7,7 +7,7 @@ matplotlib.use("Agg")
 import pytest
 from matplotlib import pyplot as plt
 
-from diffusion_notes import widgets
+from diffusion_notes import viz
 
 
 def _recording_render(calls):
@@ -24,7 +24,7 @@ def _recording_render(calls):
 def test_panel_draws_the_initial_setting_immediately():
     calls = []
     open_before = set(plt.get_fignums())  # other tests may leave figures open
-    panel = widgets.sampler_panel(_recording_render(calls), samplers=["DDIM", "Euler a"], steps=[5, 20, 50],
+    panel = viz.sampler_panel(_recording_render(calls), samplers=["DDIM", "Euler a"], steps=[5, 20, 50],
                                   guidance=(0.0, 10.0, 0.5), guidance_value=7.5, seed=3)
     assert calls == [("DDIM", 5, 7.5, 3)]
     assert panel.image.value[:8] == b"\x89PNG\r\n\x1a\n"
@@ -35,7 +35,7 @@ def test_panel_draws_the_initial_setting_immediately():
 
 def test_panel_rerenders_when_a_control_changes():
     calls = []
-    panel = widgets.sampler_panel(_recording_render(calls), samplers=["DDIM", "Euler a"], steps=[5, 20, 50],
+    panel = viz.sampler_panel(_recording_render(calls), samplers=["DDIM", "Euler a"], steps=[5, 20, 50],
                                   guidance=(0.0, 10.0, 0.5))
     first = panel.image.value
     panel.controls["steps"].value = 50
@@ -49,7 +49,7 @@ def test_panel_rerenders_when_a_control_changes():
 
 def test_left_out_controls_pass_their_fixed_values():
     calls = []
-    panel = widgets.sampler_panel(_recording_render(calls), samplers=None, steps=None, seed=None,
+    panel = viz.sampler_panel(_recording_render(calls), samplers=None, steps=None, seed=None,
                                   guidance=(0.0, 5.0, 0.25), sampler_value="ddim", steps_value=25, guidance_value=2.0)
     assert set(panel.controls) == {"guidance"}
     panel.controls["guidance"].value = 4.0
@@ -58,26 +58,26 @@ def test_left_out_controls_pass_their_fixed_values():
 
 def test_companions_render_every_setting():
     calls = []
-    settings = [("DDIM", 5), ("DDIM", 50, 1.0, 1), widgets.Setting("Euler a", 20, 3.0, 2)]
-    fig = widgets.companion_grid(_recording_render(calls), settings, ncols=2)
+    settings = [("DDIM", 5), ("DDIM", 50, 1.0, 1), viz.Setting("Euler a", 20, 3.0, 2)]
+    fig = viz.companion_grid(_recording_render(calls), settings, ncols=2)
     assert len(fig.axes) == 4 and calls == [("DDIM", 5, 1.0, 0), ("DDIM", 50, 1.0, 1), ("Euler a", 20, 3.0, 2)]
     plt.close(fig)
-    html = widgets.companion_animation(_recording_render(calls), settings[:2])
+    html = viz.companion_animation(_recording_render(calls), settings[:2])
     assert "<script" in html.data and len(calls) == 5
 
 
 def test_bad_panel_input():
     render = _recording_render([])
     with pytest.raises(ValueError, match="not one of the step counts"):
-        widgets.sampler_panel(render, steps=[5, 10], steps_value=7)
+        viz.sampler_panel(render, steps=[5, 10], steps_value=7)
     with pytest.raises(ValueError, match="outside the slider's range"):
-        widgets.sampler_panel(render, guidance=(0.0, 5.0, 0.5), guidance_value=7.5)
+        viz.sampler_panel(render, guidance=(0.0, 5.0, 0.5), guidance_value=7.5)
     with pytest.raises(ValueError, match="pass sampler_value and steps_value"):
-        widgets.sampler_panel(render, samplers=None)
+        viz.sampler_panel(render, samplers=None)
     with pytest.raises(ValueError, match="must return a matplotlib Figure"):
-        widgets.sampler_panel(lambda *args: None)
+        viz.sampler_panel(lambda *args: None)
     with pytest.raises(ValueError, match="at least one setting"):
-        widgets.companion_grid(render, [])
+        viz.companion_grid(render, [])
 
 
 def test_extra_controls_redraw_and_a_pil_render_skips_matplotlib():
@@ -91,7 +91,7 @@ def test_extra_controls_redraw_and_a_pil_render_skips_matplotlib():
         calls.append(box.value)
         return Image.new("RGB", (8, 8), box.value)
 
-    panel = widgets.sampler_panel(render, samplers=None, sampler_value="ddim", steps=None, steps_value=5,
+    panel = viz.sampler_panel(render, samplers=None, sampler_value="ddim", steps=None, steps_value=5,
                                   seed=None, extra_controls={"prompt": box})
     first = panel.image.value
     assert first[:8] == b"\x89PNG\r\n\x1a\n" and panel.controls["prompt"] is box
@@ -102,5 +102,5 @@ def test_extra_controls_redraw_and_a_pil_render_skips_matplotlib():
 
 def test_render_must_return_a_figure_or_a_pil_image():
     with pytest.raises(ValueError, match="Figure or a PIL image"):
-        widgets.sampler_panel(lambda *a: "not a picture", samplers=None, sampler_value="ddim",
+        viz.sampler_panel(lambda *a: "not a picture", samplers=None, sampler_value="ddim",
                               steps=None, steps_value=5)

@@ -13,9 +13,9 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from .diffusion import noise_prediction_loss
-from .nn.embeddings import timestep_embedding
-from .schedules import Schedule
+from diffusion_notes.foundations.diffusion import noise_prediction_loss
+from diffusion_notes.foundations.schedules import Schedule
+from diffusion_notes.nn.embeddings import timestep_embedding
 
 # ---------------------------------------------------------------------------
 # Data sets. Each returns (N, 2) points with roughly unit spread, and an integer

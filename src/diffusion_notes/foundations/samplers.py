@@ -20,9 +20,9 @@ from typing import NamedTuple
 import numpy as np
 import torch
 
-from .device import randn
-from .guidance import check_guidance_scale, guided_eps
-from .sampler_steps import (  # noqa: F401  (re-exported: the chapters import them from here)
+from diffusion_notes.device import randn
+from diffusion_notes.foundations.guidance import check_guidance_scale, guided_eps
+from diffusion_notes.foundations.sampler_steps import (  # noqa: F401  (re-exported: the chapters import them from here)
     StepOutput,
     ddim_step,
     ddpm_step,
@@ -32,7 +32,7 @@ from .sampler_steps import (  # noqa: F401  (re-exported: the chapters import th
     karras_sigmas,
     sigma_at,
 )
-from .schedules import Schedule, make_schedule
+from diffusion_notes.foundations.schedules import Schedule, make_schedule
 
 TIMESTEP_SPACINGS = ("leading", "trailing", "linspace")
 

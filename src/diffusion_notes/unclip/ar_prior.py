@@ -25,8 +25,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .nn.transformer import Transformer
-from .unclip_data import N_TOKENS, TextConditions, embed_scale
+from diffusion_notes.nn.transformer import Transformer
+from diffusion_notes.unclip.conditions import N_TOKENS, TextConditions, best_of_n, embed_scale
 
 
 @dataclass(frozen=True)
@@ -123,43 +123,38 @@ class ARPrior(nn.Module):
         h = self.transformer(x, (causal[None] & keys[:, None, :])[:, None])  # (B, L, W)
         return self.head(self.ln_final(h[:, c.n_tokens:]))  # (B, L - N, V)
 
+    @torch.no_grad()
+    def sample(self, text: TextConditions, *, num_candidates: int = 2, temperature: float = 1.0,
+               generator: torch.Generator | None = None, return_candidates: bool = False):
+        """z_i (B, E) for each caption: sample K codes left to right, decode, keep the best of num_candidates by z_i . z_t."""
+        if not temperature > 0:
+            raise ValueError(f"temperature must be > 0, got {temperature!r}")
+        device, K = next(self.parameters()).device, self.config.n_components
+        self.eval()
+
+        def draw(cond: dict) -> torch.Tensor:  # (B k, E)
+            cond = {key: v.to(device) for key, v in cond.items()}
+            codes = torch.zeros(len(cond["z_t"]), 0, dtype=torch.long, device=device)
+            for _ in range(K):
+                logits = self(codes, cond)[:, -1] / temperature  # (B k, V)
+                nxt = torch.multinomial(logits.softmax(-1).cpu(), 1, generator=generator).to(device)  # (B k, 1)
+                codes = torch.cat([codes, nxt], dim=1)
+            return self.decode(codes)
+
+        return best_of_n(draw, text, num_candidates, return_candidates)
+
 
 def ar_prior_loss(model: ARPrior, batch: dict, generator: torch.Generator | None = None) -> torch.Tensor:
-    """Cross-entropy of each code given the caption and the codes before it (the PCA is fitted on first use).
+    """Cross-entropy of each code given the caption and the codes before it.
+
+    The model's PCA basis and buckets must be fitted first (`model.fit`, on the run's own training
+    embeddings; the recipe does it before step 0).
 
     $$L_\\text{AR} = -\\sum_{k=1}^{K} \\log P_\\theta(c_k \\mid c_{<k}, y)$$
     averaged over codes. Book: eq-ar-prior-loss
     """
     device = next(model.parameters()).device
-    if not bool(model.fitted):
-        from .unclip_data import training_bank
-
-        model.fit(training_bank().z_i.to(device))
     codes = model.encode(batch["z_i"].to(device))  # (B, K)
     cond = {k: batch[k].to(device) for k in ("z_t", "tokens", "mask")}
     logits = model(codes, cond)  # (B, K, V)
     return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), codes.reshape(-1))
-
-
-@torch.no_grad()
-def sample_ar_prior(prior: ARPrior, text: TextConditions, *, num_candidates: int = 2, temperature: float = 1.0,
-                    generator: torch.Generator | None = None, return_candidates: bool = False):
-    """z_i (B, E) for each caption: sample K codes left to right, decode, keep the best of num_candidates by z_i . z_t."""
-    if isinstance(num_candidates, bool) or not isinstance(num_candidates, int) or num_candidates < 1:
-        raise ValueError(f"num_candidates must be a positive int, got {num_candidates!r}")
-    if not temperature > 0:
-        raise ValueError(f"temperature must be > 0, got {temperature!r}")
-    device = next(prior.parameters()).device
-    prior.eval()
-    B, k, K = len(text), num_candidates, prior.config.n_components
-    cond = {key: v.to(device).repeat_interleave(k, 0) for key, v in text.as_dict().items()}
-    codes = torch.zeros(B * k, 0, dtype=torch.long, device=device)
-    for _ in range(K):
-        logits = prior(codes, cond)[:, -1] / temperature  # (B k, V)
-        probs = logits.softmax(-1).cpu()
-        nxt = torch.multinomial(probs, 1, generator=generator).to(device)  # (B k, 1)
-        codes = torch.cat([codes, nxt], dim=1)
-    candidates = prior.decode(codes).view(B, k, -1)  # (B, k, E)
-    scores = (candidates * text.z_t.to(device)[:, None]).sum(-1)  # (B, k)
-    best = candidates[torch.arange(B, device=device), scores.argmax(dim=1)]
-    return (best, candidates, scores) if return_candidates else best

@@ -18,11 +18,13 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from .guidance import check_guidance_scale
-from .pipeline import _prompt_list, check_image_input, to_pil
-from .samplers import SAMPLER_ALIASES, SAMPLERS, sample
-from .unclip import UPSAMPLER_AUG, augment_low_res, decoder_schedule, slerp
-from .unclip_data import TextConditions, encode_text, null_text
+from diffusion_notes.data.images import check_image_input, prompt_list, to_pil
+from diffusion_notes.device import randn
+from diffusion_notes.foundations.guidance import check_guidance_scale
+from diffusion_notes.foundations.samplers import SAMPLER_ALIASES, SAMPLERS, sample
+from diffusion_notes.unclip.conditions import TextConditions, encode_text, null_text, repeat_text, upsample
+from diffusion_notes.unclip.decoder import UPSAMPLER_AUG, augment_low_res, decoder_schedule, slerp
+from diffusion_notes.unclip.prior import DiffusionPrior
 
 OUTPUT_TYPES = ("pt", "pil")
 # Euler ancestral: under the cosine schedule the deterministic multistep solvers (DPM++ 2M, DDIM) left grain
@@ -37,13 +39,15 @@ def _text_dict(text: TextConditions, device) -> dict:
 
 
 @torch.no_grad()
-def decode_base(decoder, text: TextConditions, z_i: torch.Tensor | None, *, num_inference_steps: int = 25,
+def decode_base(decoder, text: TextConditions, z_i: torch.Tensor | None, *, null: TextConditions,
+                num_inference_steps: int = 25,
                 guidance_scale: float = DEFAULT_GUIDANCE_SCALE, sampler: str = DEFAULT_SAMPLER,
                 generator: torch.Generator | None = None, x_T: torch.Tensor | None = None,
                 callback=None, progress: bool = False) -> torch.Tensor:
     """The base decoder's 16x16 samples (B, 3, 16, 16) in [-1, 1] for captions `text` and embeddings z_i (B, E).
 
     Guidance compares (z_i, caption) with (zero z_i, empty caption): the decoder was trained with both dropped.
+    `null` is the empty caption's conditions (`null_text(clip)`, the CLIP that encoded `text`).
     Each step clips the predicted x_0 to the pixel range [-1, 1], as GLIDE does (and diffusers' DDIM by
     default): under the cosine schedule sqrt(alpha_bar) is 5e-5 at t = 999, so without the clip a small
     error in the predicted noise becomes an enormous x_0 at the first steps.
@@ -52,8 +56,7 @@ def decode_base(decoder, text: TextConditions, z_i: torch.Tensor | None, *, num_
     c, device = decoder.config, next(decoder.parameters()).device
     B = len(text)
     cond = _text_dict(text, device)
-    null = null_text_like(B)
-    uncond = _text_dict(null, device)
+    uncond = {k: v[:1].to(device).expand(B, *v.shape[1:]) for k, v in null.as_dict().items()}
     if c.image_embedding:
         if z_i is None or z_i.shape != (B, c.embed_dim):
             raise ValueError(f"the unCLIP decoder needs z_i of shape ({B}, {c.embed_dim}), got "
@@ -70,13 +73,6 @@ def decode_base(decoder, text: TextConditions, z_i: torch.Tensor | None, *, num_
     return x.clamp(-1, 1)
 
 
-def null_text_like(batch_size: int) -> TextConditions:
-    """The empty caption's conditions, batch_size rows, from the shipped CLIP (the one the decoders trained with)."""
-    from .unclip_data import frozen_clip
-
-    return null_text(frozen_clip(), batch_size)
-
-
 @torch.no_grad()
 def upsample_images(upsampler, low: torch.Tensor, *, num_inference_steps: int = 15, sampler: str = DEFAULT_SAMPLER,
                     aug: float = UPSAMPLER_AUG, generator: torch.Generator | None = None,
@@ -86,8 +82,6 @@ def upsample_images(upsampler, low: torch.Tensor, *, num_inference_steps: int = 
     The upsampler reads the low-res image with noise of std `aug` added, and denoises the residual
     x - up(low) at 32x32.
     """
-    from .unclip_data import upsample
-
     device = next(upsampler.parameters()).device
     low = low.to(device)
     cond = augment_low_res(low, aug, generator)  # (B, 3, 32, 32)
@@ -133,6 +127,10 @@ class _Cascade:
         """Captions -> TextConditions (z_t, token states, mask); "" is the empty caption."""
         return encode_text(self.clip, prompts)
 
+    def null_text(self, batch_size: int = 1) -> TextConditions:
+        """The empty caption through this pipeline's own CLIP: the unconditional side of guidance."""
+        return null_text(self.clip, batch_size)
+
     def _check(self, num_inference_steps, guidance_scale, num_images_per_prompt, output_type, sampler,
                upsampler_num_inference_steps) -> None:
         T = decoder_schedule().num_train_timesteps
@@ -162,14 +160,6 @@ class UnCLIPPipeline(_Cascade):
         super().__init__(decoder, upsampler, clip)
         self.prior = prior.eval()
 
-    @classmethod
-    def from_pretrained(cls, device=None, weights_dir=None, prior: str = "unclip_prior") -> UnCLIPPipeline:
-        """The shipped parts: a prior ("unclip_prior", or "ar_prior"), "unclip_decoder", "unclip_upsampler", "clip"."""
-        from . import pretrained
-
-        return cls(*(pretrained.load(name, device, weights_dir)
-                     for name in (prior, "unclip_decoder", "unclip_upsampler", "clip")))
-
     @torch.no_grad()
     def __call__(self, prompt, num_inference_steps: int = 25, guidance_scale: float = DEFAULT_GUIDANCE_SCALE,
                  prior_num_inference_steps: int = 32, prior_guidance_scale: float = DEFAULT_PRIOR_GUIDANCE_SCALE,
@@ -193,17 +183,16 @@ class UnCLIPPipeline(_Cascade):
         except ValueError as err:
             raise ValueError(f"prior_{err}") from None
         _check_int(num_candidates, "num_candidates", 1)
-        prompts = _prompt_list(prompt, "prompt")
+        prompts = prompt_list(prompt, "prompt")
         k = num_images_per_prompt
         text = self.encode_prompt(prompts)
-        text = TextConditions(*(x.repeat_interleave(k, 0) for x in (text.z_t, text.tokens, text.mask)))
+        text = repeat_text(text, k)
         if image_embeddings is None:
-            from .unclip_eval import sample_any_prior
-
-            options = {"num_candidates": num_candidates}
-            if not hasattr(self.prior, "pca_mean"):  # the diffusion prior
-                options.update(num_inference_steps=prior_num_inference_steps, guidance_scale=prior_guidance_scale)
-            z_i = sample_any_prior(self.prior, text, generator=generator, **options)  # (N, E)
+            options = {"num_candidates": num_candidates, "generator": generator}
+            if isinstance(self.prior, DiffusionPrior):  # the autoregressive prior has no guidance and no steps
+                options.update(null=self.null_text(), num_inference_steps=prior_num_inference_steps,
+                               guidance_scale=prior_guidance_scale)
+            z_i = self.prior.sample(text, **options)  # (N, E)
         else:
             z_i = self._check_embeddings(image_embeddings, len(text))
         return self.decode(z_i, text, num_inference_steps=num_inference_steps, guidance_scale=guidance_scale,
@@ -226,8 +215,8 @@ class UnCLIPPipeline(_Cascade):
         """P(x | z_i, y): decode embeddings z_i (N, E) with captions `text` (None: the empty caption) to images."""
         self._check(num_inference_steps, guidance_scale, 1, output_type, sampler, upsampler_num_inference_steps)
         z_i = self._check_embeddings(z_i, len(z_i))
-        text = text if text is not None else null_text_like(len(z_i))
-        low = decode_base(self.decoder, text, z_i, num_inference_steps=num_inference_steps,
+        text = text if text is not None else self.null_text(len(z_i))
+        low = decode_base(self.decoder, text, z_i, null=self.null_text(), num_inference_steps=num_inference_steps,
                           guidance_scale=guidance_scale, sampler=sampler, generator=generator, x_T=x_T,
                           callback=callback, progress=progress)
         return self._finish(low, z_i, output_type, upsampler_num_inference_steps, sampler, generator, progress)
@@ -238,8 +227,6 @@ class UnCLIPPipeline(_Cascade):
         return self.clip.encode_image(check_image_input(image).to(self.device))
 
     def _shared_noise(self, n: int, generator) -> torch.Tensor:
-        from .device import randn
-
         s = self.decoder.config.sample_size
         return randn((1, 3, s, s), generator, device=self.device).expand(n, -1, -1, -1)  # the same x_T for every frame
 
@@ -292,13 +279,6 @@ class UnCLIPPipeline(_Cascade):
 class GLIDEPipeline(_Cascade):
     """The baseline: the same cascade with a text-only decoder (no prior, no z_i)."""
 
-    @classmethod
-    def from_pretrained(cls, device=None, weights_dir=None) -> GLIDEPipeline:
-        """The shipped parts: "glide_decoder", "unclip_upsampler", "clip"."""
-        from . import pretrained
-
-        return cls(*(pretrained.load(name, device, weights_dir) for name in ("glide_decoder", "unclip_upsampler", "clip")))
-
     @torch.no_grad()
     def __call__(self, prompt, num_inference_steps: int = 25, guidance_scale: float = DEFAULT_GUIDANCE_SCALE,
                  sampler: str = DEFAULT_SAMPLER, upsampler_num_inference_steps: int = 15,
@@ -307,11 +287,11 @@ class GLIDEPipeline(_Cascade):
         """Images for `prompt`, with the Stable Diffusion and unCLIP pipelines' conventions."""
         self._check(num_inference_steps, guidance_scale, num_images_per_prompt, output_type, sampler,
                     upsampler_num_inference_steps)
-        prompts = _prompt_list(prompt, "prompt")
+        prompts = prompt_list(prompt, "prompt")
         text = self.encode_prompt(prompts)
         k = num_images_per_prompt
-        text = TextConditions(*(x.repeat_interleave(k, 0) for x in (text.z_t, text.tokens, text.mask)))
-        low = decode_base(self.decoder, text, None, num_inference_steps=num_inference_steps,
+        text = repeat_text(text, k)
+        low = decode_base(self.decoder, text, None, null=self.null_text(), num_inference_steps=num_inference_steps,
                           guidance_scale=guidance_scale, sampler=sampler, generator=generator,
                           callback=callback, progress=progress)
         return self._finish(low, None, output_type, upsampler_num_inference_steps, sampler, generator, progress)

@@ -213,7 +213,7 @@ def clip_score(clip_model, images: torch.Tensor, captions: list[str]) -> float:
     z_i = clip_model.encode_image(images)  # (B, E)
     text = clip_model.encode_text(list(captions))
     z_t = getattr(text, "z_t", text)  # (B, E)
-    cos = torch.nn.functional.cosine_similarity(z_i.double(), z_t.to(z_i.device).double(), dim=-1)  # (B,)
+    cos = torch.nn.functional.cosine_similarity(z_i.cpu().double(), z_t.cpu().double(), dim=-1)  # (B,), float64 on the CPU (MPS has none)
     return float(100 * cos.clamp(min=0).mean())
 
 

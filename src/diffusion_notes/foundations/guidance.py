@@ -36,29 +36,46 @@ def check_guidance_scale(guidance_scale) -> float:
     return float(guidance_scale)
 
 
-def drop_condition(cond: torch.Tensor, p: float, null, generator: torch.Generator | None = None) -> torch.Tensor:
+def drop_condition(cond, p: float, null, generator: torch.Generator | None = None):
     """Replace each row of `cond` by `null` with probability p: condition dropout for guidance training.
 
-    `cond` is (B,) labels or (B, ...) embeddings; `null` is the null label (an
-    int) or a null embedding shaped like one row, cond[0]. One uniform number
+    `cond` is (B,) labels, (B, ...) embeddings, or a dict of such tensors that are dropped together
+    (a caption's pooled embedding, token states and mask); `null` is the null label (an int), a null
+    embedding shaped like one row, cond[0], or a dict with one such row per key. One uniform number
     per row is drawn from `generator` (on its device, then moved), as
-    `torch.rand(B, generator=generator) < p`. Returns a new tensor; `cond` is unchanged.
+    `torch.rand(B, generator=generator) < p`. Returns a new tensor (or dict); `cond` is unchanged.
     DALL-E 2 drops the text 10% (prior) or 50% (decoder) of the time; GLIDE and SD about 10%.
 
     Book: eq-cfg-dropout
     Paper: Ho & Salimans 2022 (Classifier-Free Diffusion Guidance), Algorithm 1
     """
-    if not isinstance(cond, torch.Tensor) or cond.ndim < 1:
-        raise ValueError("cond must be a tensor with a batch dimension, (B,) labels or (B, ...) embeddings")
     if isinstance(p, bool) or not isinstance(p, (int, float)) or not 0 <= p <= 1:
         raise ValueError(f"p must be a probability in [0, 1], got {p!r}")
+    if isinstance(cond, dict):
+        if not isinstance(null, dict) or set(null) != set(cond):
+            raise ValueError(f"null must be a dict with the keys of cond, {sorted(cond)}, got "
+                             f"{sorted(null) if isinstance(null, dict) else type(null).__name__}")
+        sizes = {v.shape[0] for v in cond.values() if isinstance(v, torch.Tensor) and v.ndim}
+        if len(sizes) != 1:
+            raise ValueError(f"every tensor of cond must have the same batch size, got {sorted(sizes)}")
+        drop = _drop_rows(sizes.pop(), p, generator)  # (B,)
+        return {key: _replace_rows(value, drop, null[key]) for key, value in cond.items()}
+    if not isinstance(cond, torch.Tensor) or cond.ndim < 1:
+        raise ValueError("cond must be a tensor with a batch dimension, (B,) labels or (B, ...) embeddings")
+    return _replace_rows(cond, _drop_rows(cond.shape[0], p, generator), null)
+
+
+def _drop_rows(batch_size: int, p: float, generator) -> torch.Tensor:
+    draw_device = generator.device if generator is not None else "cpu"
+    return torch.rand(batch_size, generator=generator, device=draw_device) < p  # (B,)
+
+
+def _replace_rows(cond: torch.Tensor, drop: torch.Tensor, null) -> torch.Tensor:
     null = torch.as_tensor(null, dtype=cond.dtype, device=cond.device)
     if null.shape != cond.shape[1:]:
         raise ValueError(
             f"null must be shaped like one row of cond, {tuple(cond.shape[1:])}, got {tuple(null.shape)}"
         )
-    draw_device = generator.device if generator is not None else "cpu"
-    drop = torch.rand(cond.shape[0], generator=generator, device=draw_device) < p  # (B,)
     drop = drop.to(cond.device).view(-1, *([1] * (cond.ndim - 1)))  # (B, 1, ...)
     return torch.where(drop, null, cond)
 

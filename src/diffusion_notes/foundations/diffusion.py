@@ -21,8 +21,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .device import randn
-from .schedules import Schedule, broadcast_at, check_timestep_tensor, expand_like
+from diffusion_notes.device import randn
+from diffusion_notes.foundations.schedules import Schedule, broadcast_at, check_timestep_tensor, expand_like
 
 
 def check_timesteps(t, num_train_timesteps: int) -> torch.Tensor:

@@ -25,10 +25,15 @@ from pathlib import Path
 
 import torch
 from torch import nn
+from tqdm.auto import tqdm
 
-from . import __version__
-from .checkpoint import (
+from diffusion_notes import __version__
+from diffusion_notes.checkpoint import (
+    CHECKPOINT_NAME,
+    WEIGHTS_NAME,
     atomic_write_bytes,
+    config_from_dict,
+    config_to_dict,
     flatten_optimizer_state,
     load_checkpoint,
     remove_stale_temporaries,
@@ -37,18 +42,10 @@ from .checkpoint import (
     unflatten_optimizer_state,
     with_prefix,
 )
-from .recipes import (
-    Recipe,
-    apply_overrides,
-    config_diff,
-    config_from_dict,
-    config_to_dict,
-    get_recipe,
-    step_generator,
-)
+from diffusion_notes.device import default_device, step_generator
+from diffusion_notes.training.overrides import apply_overrides, config_diff
+from diffusion_notes.training.recipes import Recipe, get_recipe
 
-CHECKPOINT_NAME = "checkpoint.safetensors"
-WEIGHTS_NAME = "model.safetensors"
 LR_SCHEDULES = ("cosine", "constant")
 PLOT_EVERY_S = 30.0  # redraw loss.png at a checkpoint at most this often (always at the end)
 
@@ -279,16 +276,17 @@ def train(
     config. With `resume` the run continues from out_dir/checkpoint.safetensors
     with the saved settings (the optimiser's numbers too, even if the recipe
     changed since). `max_seconds` stops early (after a checkpoint);
-    resume later to go on. Runs on `device` (default CPU).
+    resume later to go on. Runs on `device` (default: `default_device()`, CUDA, then MPS, then CPU);
+    the recipe's frozen parts are bound on the same device.
     """
-    recipe = get_recipe(recipe) if isinstance(recipe, str) else recipe
+    device = torch.device(device) if device is not None else default_device()
+    recipe = get_recipe(recipe, device) if isinstance(recipe, str) else recipe
     run_dir = Path(out_dir if out_dir is not None else Path("runs") / recipe.name)
     ckpt_path = run_dir / CHECKPOINT_NAME
     if lr_schedule is not None and lr_schedule not in LR_SCHEDULES:
         raise ValueError(f"lr_schedule must be one of {', '.join(LR_SCHEDULES)}, got {lr_schedule!r}")
     if checkpoint_every < 1:
         raise ValueError(f"checkpoint_every must be a positive number of steps, got {checkpoint_every}")
-    device = torch.device(device if device is not None else "cpu")
     if resume:
         if not ckpt_path.is_file():
             raise FileNotFoundError(f"cannot resume: no checkpoint at {ckpt_path}; start the run without --resume")
@@ -317,6 +315,10 @@ def train(
         losses, seconds = _restore(tensors, saved, model, ema, opt)
         start, elapsed = saved["step"], saved["elapsed_s"]
         del tensors
+    elif recipe.prepare is not None:
+        recipe.prepare(model, seed)  # statistics of the run's own data (the AR prior's PCA and buckets)
+        if ema is not None:
+            ema.update({k: v.detach().clone() for k, v in model.state_dict().items()})
 
     run_dir.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
@@ -332,8 +334,6 @@ def train(
         last_plot = time.perf_counter() if plot else last_plot
 
     step = start
-    from tqdm.auto import tqdm
-
     bar = tqdm(total=steps, initial=start, disable=not progress, desc=recipe.name, unit="step", dynamic_ncols=True)
     with _StopFlag() as stop, bar:
         while step < steps:

@@ -1,4 +1,4 @@
-"""What every unCLIP model trains on: Shapes images with their CLIP embeddings, computed once.
+"""What the unCLIP models read: captions and pictures as the frozen CLIP embeds them.
 
 DALL-E 2's prior and decoder never see raw text: they see what the frozen CLIP
 makes of it. For each training item we keep
@@ -11,7 +11,13 @@ makes of it. For each training item we keep
 Tokenising and encoding a caption costs far more than drawing its image, so a
 training run builds one bank of `BANK_SIZE` items and walks through shuffled
 copies of it; the images are redrawn from the stored attributes when a batch
-asks for them. A batch is a pure function of (step, batch size, seed).
+asks for them. A batch is a pure function of (bank, step, batch size, seed).
+The CLIP is always an argument: the training command builds its bank from the
+shipped one (`training/frozen.py`), and a pipeline encodes with its own.
+
+The empty caption's conditions (`null_text`) are the unconditional side of
+guidance and what a dropped caption becomes (`drop_text`); `best_of_n` is the
+choice among prior samples that both priors share.
 
 Notation: N items, B batch, E = 64 embedding width, D = 128 text width.
 """
@@ -24,10 +30,12 @@ from functools import lru_cache
 
 import torch
 import torch.nn.functional as F
+from tqdm.auto import tqdm
 
-from .data.shapes import ShapesDataset, render
-from .recipes import step_generator
-from .tokenizer import tokenize
+from diffusion_notes.data.shapes import ShapesDataset, render
+from diffusion_notes.data.tokenizer import tokenize
+from diffusion_notes.device import step_generator
+from diffusion_notes.foundations.guidance import drop_condition
 
 N_TOKENS = 40  # token states kept per caption: the longest Shapes caption has 40 tokens, start and end included
 BANK_SIZE = 24576
@@ -72,9 +80,42 @@ def _null_text(clip) -> TextConditions:
 
 
 def null_text(clip, batch_size: int = 1) -> TextConditions:
-    """The empty caption's conditions repeated batch_size times: what a dropped caption becomes."""
+    """The empty caption's conditions through `clip`, repeated batch_size times: what a dropped caption becomes."""
     null = _null_text(clip)
     return TextConditions(*(x.expand(batch_size, *x.shape[1:]) for x in (null.z_t, null.tokens, null.mask)))
+
+
+def drop_text(cond: dict, p: float, null: TextConditions, generator: torch.Generator | None = None) -> dict:
+    """Replace each caption's conditions (z_t, tokens, mask together) by the empty caption's with probability p.
+
+    `guidance.drop_condition` on the three tensors at once (one uniform number per row).
+    Book: eq-cfg-dropout
+    """
+    return drop_condition(cond, p, {key: getattr(null, key)[0] for key in ("z_t", "tokens", "mask")}, generator)
+
+
+def repeat_text(text: TextConditions, k: int) -> TextConditions:
+    """Each caption's conditions k times in a row: (B, ...) -> (B k, ...)."""
+    return TextConditions(*(x.repeat_interleave(k, 0) for x in (text.z_t, text.tokens, text.mask)))
+
+
+def best_of_n(draw, text: TextConditions, num_candidates: int, return_candidates: bool = False):
+    """DALL-E 2's choice among prior samples: draw num_candidates z_i per caption, keep the largest z_i . z_t.
+
+    `draw(cond)` gets the captions' conditions repeated num_candidates times (a dict of (B k, ...) tensors
+    on the prior's device) and returns (B k, E) unit-length candidates. Returns the best (B, E), and with
+    return_candidates also the (B, k, E) candidates and their (B, k) scores.
+    Book: eq-best-of-two
+    Paper: Ramesh et al. 2022, section 2.2 (two samples, the one with the higher dot product with z_t)
+    """
+    if isinstance(num_candidates, bool) or not isinstance(num_candidates, int) or num_candidates < 1:
+        raise ValueError(f"num_candidates must be a positive int, got {num_candidates!r}")
+    B, k = len(text), num_candidates
+    candidates = draw(repeat_text(text, k).as_dict())  # (B k, E)
+    candidates = candidates.view(B, k, -1)  # (B, k, E)
+    scores = (candidates * text.z_t.to(candidates.device)[:, None]).sum(-1)  # (B, k): z_i . z_t
+    best = candidates[torch.arange(B, device=candidates.device), scores.argmax(dim=1)]  # (B, E)
+    return (best, candidates, scores) if return_candidates else best
 
 
 @dataclass
@@ -95,8 +136,6 @@ def build_bank(clip, n: int, seed: int = 0, split: str = "train", p_two_objects:
     z_i, texts = [], []
     starts = range(0, n, chunk)
     if progress and n > chunk:
-        from tqdm.auto import tqdm
-
         starts = tqdm(starts, desc=f"CLIP-encoding {n} {split} items", leave=False)
     for s in starts:
         z_i.append(clip.encode_image(render(attributes[s:s + chunk])).cpu())
@@ -104,48 +143,6 @@ def build_bank(clip, n: int, seed: int = 0, split: str = "train", p_two_objects:
     text = TextConditions(torch.cat([t.z_t for t in texts]).cpu(), torch.cat([t.tokens for t in texts]).cpu(),
                           torch.cat([t.mask for t in texts]).cpu())
     return Bank(attributes, captions, torch.cat(z_i), text)
-
-
-@lru_cache(maxsize=1)
-def frozen_clip():
-    """The shipped CLIP, frozen: every unCLIP model is trained against it."""
-    from . import pretrained
-
-    clip = pretrained.load("clip", "cpu")
-    clip.requires_grad_(False)
-    return clip
-
-
-CACHE_ENV_VAR = "DIFFUSION_NOTES_CACHE"
-
-
-@lru_cache(maxsize=2)
-def training_bank(seed: int = 0, n: int = BANK_SIZE) -> Bank:
-    """The bank the unCLIP recipes train on (built once per process, about two minutes on 2 cores).
-
-    If $DIFFUSION_NOTES_CACHE names a folder, the bank is kept there between runs,
-    under a name that includes the shipped CLIP's checksum.
-    """
-    import os
-
-    cache = os.environ.get(CACHE_ENV_VAR)
-    if not cache:
-        return build_bank(frozen_clip(), n, seed=seed, split="train")
-    from pathlib import Path
-
-    from . import pretrained
-
-    path = Path(cache) / f"unclip_bank_{seed}_{n}_{pretrained.info('clip')['sha256'][:12]}.pt"
-    if path.is_file():
-        saved = torch.load(path, weights_only=False)
-        return Bank(saved["attributes"], saved["captions"], saved["z_i"], TextConditions(**saved["text"]))
-    bank = build_bank(frozen_clip(), n, seed=seed, split="train")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    torch.save({"attributes": bank.attributes, "captions": bank.captions, "z_i": bank.z_i,
-                "text": bank.text.as_dict()}, tmp)
-    tmp.replace(path)
-    return bank
 
 
 def bank_indices(step: int, batch_size: int, seed: int, n: int) -> torch.Tensor:
@@ -172,9 +169,8 @@ def upsample(images: torch.Tensor, size: int = 32) -> torch.Tensor:
     return F.interpolate(images, size=(size, size), mode="bilinear", align_corners=False)
 
 
-def unclip_batch(step: int, batch_size: int, seed: int = 0) -> dict:
-    """Training batch `step`: images (B, 3, 32, 32) in [-1, 1], z_i (B, E), z_t (B, E), tokens, mask."""
-    bank = training_bank(seed)
+def unclip_batch(bank: Bank, step: int, batch_size: int, seed: int = 0) -> dict:
+    """Training batch `step` of `bank`: images (B, 3, 32, 32) in [-1, 1], z_i (B, E), z_t (B, E), tokens, mask."""
     rows = bank_indices(step, batch_size, seed, len(bank.z_i))
     return {"images": render([bank.attributes[r] for r in rows.tolist()]),
             "z_i": bank.z_i[rows], "z_t": bank.text.z_t[rows],

@@ -16,16 +16,14 @@ Notation: B batch, z latent (B, 4, 8, 8) times the scale factor, context (B, 77,
 
 from __future__ import annotations
 
-from functools import lru_cache
-
 import torch
 
-from .data.shapes import ShapesDataset, render
-from .diffusion import noise_prediction_loss
-from .guidance import drop_condition
-from .recipes import step_generator
-from .schedules import make_schedule
-from .tokenizer import tokenize
+from diffusion_notes.data.shapes import ShapesDataset, render
+from diffusion_notes.data.tokenizer import tokenize
+from diffusion_notes.device import step_generator
+from diffusion_notes.foundations.diffusion import noise_prediction_loss
+from diffusion_notes.foundations.guidance import drop_condition
+from diffusion_notes.foundations.schedules import make_schedule
 
 P_UNCOND = 0.1  # caption dropout: SD v1 (and GLIDE) drop the text about 10% of the time
 DEFAULT_GUIDANCE_SCALE = 4.0
@@ -37,17 +35,6 @@ P_TWO_OBJECTS_TRAIN = 0.5
 def ldm_schedule():
     """Stable Diffusion v1's noise schedule: scaled_linear from 0.00085 to 0.012 over T = 1000 steps."""
     return make_schedule("scaled_linear", 1000, beta_start=0.00085, beta_end=0.012)
-
-
-@lru_cache(maxsize=1)
-def frozen_parts() -> tuple:
-    """(vae, clip, scale_factor) from the shipped weights: the parts the UNet is trained against."""
-    from . import pretrained
-
-    vae, clip = pretrained.load("vae"), pretrained.load("clip")
-    for part in (vae, clip):
-        part.requires_grad_(False)
-    return vae, clip, float(pretrained.info("vae")["metrics"]["scale_factor"])
 
 
 @torch.no_grad()
@@ -64,23 +51,24 @@ def encode_latents(vae, images: torch.Tensor, scale_factor: float,
 
 
 @torch.no_grad()
-def ldm_batch(step: int, batch_size: int, seed: int = 0) -> dict:
-    """Training batch `step`: latents z0 (B, 4, 8, 8) and caption token states (B, 77, D_c).
+def ldm_batch(step: int, batch_size: int, seed: int = 0, *, vae, clip, scale_factor: float) -> dict:
+    """Training batch `step`: latents z0 (B, 4, 8, 8) and caption token states (B, 77, D_c), on the vae's device.
 
-    A pure function of its arguments (the frozen parts are fixed, and the
-    latent's sample is drawn from a generator seeded by (seed, step)).
+    The frozen autoencoder and CLIP encode the batch where they are; it is a pure
+    function of its arguments (the latent's sample is drawn from a generator seeded by (seed, step)).
     """
-    vae, clip, scale_factor = frozen_parts()
+    device = next(vae.parameters()).device
     dataset = ShapesDataset("train", length=10**9, seed=seed, p_two_objects=P_TWO_OBJECTS_TRAIN)
     start = step * batch_size
     attributes = [dataset.attributes(i) for i in range(start, start + batch_size)]
     captions = [dataset.caption(start + k, a) for k, a in enumerate(attributes)]
-    z0 = encode_latents(vae, render(attributes), scale_factor, step_generator(seed, step, stream=2))
+    z0 = encode_latents(vae, render(attributes).to(device), scale_factor, step_generator(seed, step, stream=2))
     return {"z0": z0, "context": clip.encode_text(tokenize(captions)).token_states}
 
 
-def ldm_loss(model, batch: dict, generator: torch.Generator | None = None, p_uncond: float = P_UNCOND) -> torch.Tensor:
-    r"""L_LDM on one batch, with the caption dropped (set to tau("")) with probability p_uncond.
+def ldm_loss(model, batch: dict, generator: torch.Generator | None = None, *, null: torch.Tensor,
+             p_uncond: float = P_UNCOND) -> torch.Tensor:
+    r"""L_LDM on one batch, with the caption dropped (set to null = tau(""), `null_context(clip)`) with probability p_uncond.
 
     $$L_\text{LDM} = \mathbb E_{\mathcal E(x), y, \epsilon, t}\left[\left\|\epsilon
       - \epsilon_\theta(z_t, t, \tau_\theta(y))\right\|^2\right]$$
@@ -90,8 +78,7 @@ def ldm_loss(model, batch: dict, generator: torch.Generator | None = None, p_unc
     """
     device = next(model.parameters()).device
     context = batch["context"].to(device)  # (B, 77, D_c)
-    _, clip, _ = frozen_parts()
-    context = drop_condition(context, p_uncond, null_context(clip).to(device), generator)
+    context = drop_condition(context, p_uncond, null.to(device), generator)
     return noise_prediction_loss(model, batch["z0"].to(device), ldm_schedule(), generator=generator, cond=context)
 
 
@@ -100,24 +87,3 @@ def eval_prompts(split: str, n: int, seed: int = 0) -> tuple[list[str], list[dic
     dataset = ShapesDataset(split, n, seed=1 if split == "train" else seed)
     attributes = [dataset.attributes(i) for i in range(n)]
     return [dataset.caption(i, a) for i, a in enumerate(attributes)], attributes
-
-
-@torch.no_grad()
-def evaluate_ldm(unet, n: int = 200, guidance_scale: float = DEFAULT_GUIDANCE_SCALE, steps: int = 25) -> dict:
-    """Prompt fidelity of 25-step DPM++ 2M samples on n seen and n held-out combinations (written to the manifest)."""
-    from . import pretrained
-    from .metrics import prompt_fidelity
-    from .pipeline import LatentDiffusionPipeline
-
-    vae, clip, scale_factor = frozen_parts()
-    pipe = LatentDiffusionPipeline(unet.eval(), vae, clip, scale_factor)
-    classifier = pretrained.load("shapes_classifier")
-    out = {}
-    for split, name in (("train", "seen"), ("heldout", "heldout")):
-        prompts, attributes = eval_prompts(split, n)
-        images = pipe(prompts, num_inference_steps=steps, guidance_scale=guidance_scale,
-                      generator=torch.Generator().manual_seed(0)).images  # (n, 3, 32, 32) in [0, 1]
-        fidelity = prompt_fidelity(images * 2 - 1, attributes, classifier)
-        out.update({f"{name}/{k}": round(v, 4) for k, v in fidelity.items() if k in ("colour", "shape", "colour_shape", "all")})
-    out["guidance_scale"] = guidance_scale
-    return out

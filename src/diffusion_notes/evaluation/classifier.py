@@ -43,7 +43,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .data.shapes import COLOURS, POSITIONS, SHAPES, SIZES, ShapesDataset, check_images, render
+from diffusion_notes.data.shapes import COLOURS, POSITIONS, SHAPES, SIZES, ShapesDataset, check_images, render
 
 N_CELLS = 9
 EMPTY = 0  # shape class of an empty cell; shape k is class k + 1
@@ -114,9 +114,10 @@ class ShapesClassifier(nn.Module):
     def predict_attributes(self, images: torch.Tensor) -> list[dict]:
         """Read each image: [{"n_objects": k, "objects": [{"shape", "colour", "size", "position"}, ...]}].
 
-        Objects are the cells predicted non-empty, in cell order (top left first).
+        Objects are the cells predicted non-empty, in cell order (top left first). The images are
+        moved to the classifier's device (a pipeline hands them back on the CPU).
         """
-        logits = self(images)
+        logits = self(images.to(next(self.parameters()).device))
         return decode_predictions({k: v.argmax(-1) for k, v in logits.items()})
 
 

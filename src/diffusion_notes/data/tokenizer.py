@@ -24,6 +24,8 @@ import warnings
 
 import torch
 
+from diffusion_notes.data import captions
+
 CONTEXT_LENGTH = 77
 PAD_ID, START_ID, END_ID = 0, 49406, 49407
 
@@ -85,8 +87,6 @@ def decode(ids: torch.Tensor) -> list[str]:
 
 def _caption_texts() -> list[str]:
     """Every word and fixed piece of text the caption generator can produce."""
-    from .data import captions
-
     texts = []
     for table in (captions.SHAPE_WORDS, captions.COLOUR_WORDS, captions.SIZE_WORDS,
                   captions.POSITION_WORDS, captions.RELATION_WORDS):

@@ -1,0 +1,127 @@
+"""Shipping a finished run: copy its weights into the package and write the manifest entry.
+
+`ship(run_dir)` runs the recipe's evaluation on the shipped weights (with the
+frozen parts it binds), records how the model was trained (steps, batch size,
+seed, data, wall time, machine) and the commands that train it again.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import platform
+import shlex
+import sys
+from datetime import date
+from pathlib import Path
+
+import torch
+
+from diffusion_notes.checkpoint import (
+    CHECKPOINT_NAME,
+    WEIGHTS_NAME,
+    atomic_write_bytes,
+    config_from_dict,
+    load_checkpoint,
+    read_metadata,
+)
+from diffusion_notes.pretrained import MANIFEST_NAME, read_manifest, weights_path
+from diffusion_notes.training.recipes import get_recipe
+
+
+def machine_info(device: str = "cpu", threads: int | None = None) -> dict:
+    """Where a model was trained: platform, CPU model, cores, torch threads, torch version and device."""
+    cpu = platform.processor() or ""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    info_ = {"platform": platform.platform(), "cpu": cpu, "cores": os.cpu_count(), "torch": torch.__version__}
+    if threads is not None:
+        info_["threads"] = threads
+    on_cuda = device.startswith("cuda") and torch.cuda.is_available()
+    info_["device"] = torch.cuda.get_device_name(0) if on_cuda else device
+    return info_
+
+
+def _mean_of_last(values: list[float], k: int) -> float:
+    tail = values[-k:]
+    return float(sum(tail) / max(1, len(tail)))
+
+
+def loss_curve(losses: list[float], points: int = 60) -> list[list[float]]:
+    """The training loss averaged over `points` equal windows: [[last step of window, mean loss], ...].
+
+    Kept in the manifest so a chapter can draw a shipped model's training curve without its run folder.
+    """
+    n = len(losses)
+    edges = sorted({round(i * n / points) for i in range(points + 1)})
+    return [
+        [hi, round(sum(losses[lo:hi]) / (hi - lo), 6)] for lo, hi in zip(edges[:-1], edges[1:]) if hi > lo
+    ]
+
+
+def ship(run_dir, name: str | None = None, weights_dir=None, evaluate: bool = True) -> dict:
+    """Copy run_dir/model.safetensors into the weights directory as <name>.safetensors and record it.
+
+    Runs the recipe's `evaluate` on the shipped weights and writes the manifest
+    entry (atomically). Returns the entry.
+    """
+    run_dir = Path(run_dir)
+    source, ckpt = run_dir / WEIGHTS_NAME, run_dir / CHECKPOINT_NAME
+    if not source.is_file() or not ckpt.is_file():
+        raise FileNotFoundError(
+            f"{run_dir} holds no finished run: {WEIGHTS_NAME} and {CHECKPOINT_NAME} must both exist"
+        )
+    run = read_metadata(ckpt)
+    if run["step"] != run["steps"]:
+        raise ValueError(
+            f"the run in {run_dir} stopped at step {run['step']} of {run['steps']}; finish it with --resume first"
+        )
+    name = name or run["recipe"]
+    if not name.replace("_", "").replace("-", "").isalnum():
+        raise ValueError(f"a shipped model's name may hold letters, digits, '_' and '-', got {name!r}")
+    target_dir = weights_path(weights_dir)
+    data = source.read_bytes()
+    target = atomic_write_bytes(target_dir / f"{name}.safetensors", data)
+
+    recipe = get_recipe(run["recipe"])
+    metrics = {}
+    if evaluate and recipe.evaluate is not None:
+        model = recipe.build(config_from_dict(type(recipe.config), run["config"]))
+        model.load_state_dict(load_checkpoint(target)[0])
+        metrics = recipe.evaluate(model.eval())
+    losses = load_checkpoint(ckpt)[0]["log.loss"].tolist()
+    ship_words = ["python -m diffusion_notes ship", shlex.quote(str(run_dir))]
+    ship_words += ["--name", name] if name != run["recipe"] else []
+    entry = {
+        "recipe": run["recipe"],
+        "file": target.name,
+        "sha256": hashlib.sha256(data).hexdigest(),
+        "size_bytes": len(data),
+        "config": run["config"],
+        "steps": run["steps"],
+        "batch_size": run["batch_size"],
+        "lr": run["lr"],
+        "lr_schedule": run["lr_schedule"],
+        "seed": run["seed"],
+        "dataset": run["dataset"],
+        "wall_time_s": round(run["elapsed_s"], 3),
+        "machine": machine_info(run["device"], run.get("threads")),
+        "train_command": run["train_command"],
+        "ship_command": " ".join(ship_words),
+        "trained_on": run["saved_at"][:10] if "saved_at" in run else date.today().isoformat(),
+        "metrics": {k: float(v) if isinstance(v, (int, float)) else v for k, v in metrics.items()},
+        "final_loss": _mean_of_last(losses, 100),
+        "loss_curve": loss_curve(losses),
+    }
+    manifest = read_manifest(weights_dir)
+    manifest["models"][name] = entry
+    manifest["models"] = dict(sorted(manifest["models"].items()))
+    atomic_write_bytes(target_dir / MANIFEST_NAME, (json.dumps(manifest, indent=2) + "\n").encode())
+    print(f"shipped {name}: {target} ({len(data) / 1e6:.2f} MB), metrics {entry['metrics']}", file=sys.stderr)
+    return entry

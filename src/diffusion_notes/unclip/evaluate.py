@@ -1,0 +1,66 @@
+"""Numbers for the unCLIP models, written to the manifest when they ship and reused by the chapters.
+
+Each evaluation draws items the models never trained on (seed 1 of the training
+split: seen attribute combinations, new images and captions), embedded by the
+frozen CLIP it is given; the decoder's is read by the classifier it is given.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+import torch
+import torch.nn.functional as F
+
+from diffusion_notes.data.shapes import render
+from diffusion_notes.evaluation.metrics import prompt_fidelity
+from diffusion_notes.unclip.conditions import Bank, build_bank, downsample, null_text, upsample
+from diffusion_notes.unclip.pipeline import decode_base, upsample_images
+from diffusion_notes.unclip.prior import DiffusionPrior
+
+
+@lru_cache(maxsize=4)
+def eval_bank(clip, n: int = 256, split: str = "train") -> Bank:
+    """n items the models did not train on, embedded by `clip`: seed 1 of `split` ("train": seen combinations; "heldout")."""
+    return build_bank(clip, n, seed=1, split=split, p_two_objects=0.3, progress=False)
+
+
+@torch.no_grad()
+def evaluate_prior(prior, clip, n: int = 256) -> dict:
+    """Cosine of the sampled z_i with the caption's true z_i, and with z_t (higher is better)."""
+    bank = eval_bank(clip, n)
+    options = {"null": null_text(clip)} if isinstance(prior, DiffusionPrior) else {}
+    z_i = prior.eval().sample(bank.text, generator=torch.Generator().manual_seed(0), **options).cpu()  # (n, E)
+    return {"cos_true_z_i": round(float((z_i * bank.z_i).sum(-1).mean()), 4),
+            "cos_z_t": round(float((z_i * bank.text.z_t).sum(-1).mean()), 4),
+            "true_cos_z_t": round(float((bank.z_i * bank.text.z_t).sum(-1).mean()), 4)}
+
+
+@torch.no_grad()
+def evaluate_decoder(decoder, clip, classifier, n: int = 64, steps: int = 25, guidance_scale: float = 3.0) -> dict:
+    """Decode n held-back items from their true z_i (and caption); CLIP cosine of the result with z_i, and fidelity."""
+    bank = eval_bank(clip, n)
+    z_i = bank.z_i if decoder.config.image_embedding else None
+    low = decode_base(decoder.eval(), bank.text, z_i, null=null_text(clip), num_inference_steps=steps,
+                      guidance_scale=guidance_scale, generator=torch.Generator().manual_seed(0))  # (n, 3, 16, 16)
+    images = upsample(low).clamp(-1, 1)  # (n, 3, 32, 32): bilinear, to read with CLIP and the classifier
+    cos = (clip.encode_image(images) * bank.z_i.to(images.device)).sum(-1)  # (n,)
+    fidelity = prompt_fidelity(images, bank.attributes, classifier)
+    return {"clip_cos_z_i": round(float(cos.mean()), 4), "colour_shape": round(fidelity["colour_shape"], 4),
+            "guidance_scale": guidance_scale, "note": "16x16 samples upsampled bilinearly"}
+
+
+@torch.no_grad()
+def evaluate_upsampler(upsampler, clip, n: int = 64, steps: int = 15) -> dict:
+    """PSNR of the upsampler's 32x32 output from the true 16x16 image, against bilinear upsampling."""
+    bank = eval_bank(clip, n)
+    real = render(bank.attributes)  # (n, 3, 32, 32) in [-1, 1]
+    low = downsample(real)
+    out = upsample_images(upsampler.eval(), low, num_inference_steps=steps,
+                          generator=torch.Generator().manual_seed(0)).cpu()
+
+    def psnr(x):
+        mse = F.mse_loss((x.clamp(-1, 1) + 1) / 2, (real + 1) / 2, reduction="none").mean((1, 2, 3))
+        return round(float((10 * torch.log10(1 / mse)).mean()), 2)
+
+    return {"psnr_db": psnr(out), "bilinear_psnr_db": psnr(upsample(low)), "steps": steps}

@@ -6,7 +6,14 @@ import pytest
 import torch
 
 from diffusion_notes.device import make_generator, randn
-from diffusion_notes.foundations.guidance import cfg_combine, concat_conditions, drop_condition, guided_eps
+from diffusion_notes.foundations.guidance import (
+    MAX_GUIDED_BATCH,
+    CFGDenoiser,
+    cfg_combine,
+    concat_conditions,
+    drop_condition,
+    guided_eps,
+)
 from diffusion_notes.foundations.samplers import sample
 from diffusion_notes.foundations.schedules import make_schedule
 from diffusion_notes.foundations.toy2d import ToyDenoiser, ToyDenoiserConfig
@@ -82,6 +89,41 @@ def test_guided_eps_with_a_toy_denoiser_and_structured_conditions():
         concat_conditions({"text": a}, b)
     with pytest.raises(ValueError, match="same shape"):
         concat_conditions(a, b[:1])
+
+
+def test_cfg_denoiser_picks_one_2b_call_or_two_b_calls_by_batch_size():
+    model = CountingModel()
+    rows = MAX_GUIDED_BATCH // 2  # 2B exactly at the limit: one call; one more row: two calls
+    for B, calls in ((rows, [2 * rows]), (rows + 1, [rows + 1, rows + 1])):
+        model.batch_sizes.clear()
+        cond, uncond = torch.full((B,), 2), torch.zeros(B, dtype=torch.long)
+        CFGDenoiser(model, cond, uncond, 3.0)(torch.zeros(B, 2), torch.full((B,), 10))
+        assert model.batch_sizes == calls
+    model.batch_sizes.clear()
+    CFGDenoiser(model, torch.full((3,), 2), None, 1.0)(torch.zeros(3, 2), torch.full((3,), 10))
+    assert model.batch_sizes == [3]  # scale 1: the conditional call alone
+
+
+@pytest.mark.parametrize("B", [5, 1500])
+def test_cfg_denoiser_one_call_and_two_calls_agree(B):
+    torch.manual_seed(0)
+    model = ToyDenoiser(ToyDenoiserConfig(hidden=32, num_blocks=2, num_classes=3)).eval()
+    g = make_generator(3)
+    x, t = randn((B, 2), g), torch.randint(0, 1000, (B,), generator=g)
+    cond, uncond = torch.randint(0, 3, (B,), generator=g), torch.full((B,), model.null_label)
+    with torch.no_grad():
+        one = CFGDenoiser(model, cond, uncond, 4.0, max_batch=None)(x, t)
+        two = CFGDenoiser(model, cond, uncond, 4.0, max_batch=0)(x, t)
+        by_rule = CFGDenoiser(model, cond, uncond, 4.0)(x, t)
+    torch.testing.assert_close(one, two, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(by_rule, one, rtol=1e-5, atol=1e-5)
+
+
+def test_cfg_denoiser_needs_uncond_to_guide():
+    with pytest.raises(ValueError, match="needs both a condition `cond` and an unconditional"):
+        CFGDenoiser(CountingModel(), torch.zeros(3), None, 2.0)
+    with pytest.raises(ValueError, match="guidance_scale must be a finite number >= 0"):
+        CFGDenoiser(CountingModel(), torch.zeros(3), torch.zeros(3), -1.0)
 
 
 def test_drop_condition_frequency_and_values():

@@ -1,4 +1,4 @@
-r"""The sampler step functions: one noise prediction in, one slightly cleaner sample out.
+r"""The step functions: one noise prediction in, one slightly cleaner sample out.
 
 Every step has the same signature,
 
@@ -7,6 +7,16 @@ Every step has the same signature,
 and a step may add keyword-only options of its own after these (DDIM's `eta`),
 each with a default, so any step can be called the same way. x_t is always in
 the DDPM (variance-preserving) scale, x_t = sqrt(alpha_bar) x0 + sqrt(1 - alpha_bar) eps.
+
+Each step is two halves. `*_coefficients` does the schedule's part: scalars that
+depend on (t, t_prev) only, computed elementwise, for a batch's (B, 1, ...) tensors
+or a whole grid's (n,) tensors at once. `*_update(x_t, eps, c, *, noise, clip_x0, state)`
+does the tensors' part with those coefficients, (B, 1, ...) tensors or plain floats.
+A step checks its inputs, computes its coefficients and calls its update; the
+sampling loop (`samplers.loop`) computes every grid point's coefficients once,
+before the loop, and calls the updates alone. DDPM's and DDIM's coefficients are
+computed in x_t's dtype from alpha_bar (float32, as diffusers does: 1 / sqrt(alpha_bar)
+amplifies any other rounding at large t); the sigma-based ones in float64, then rounded.
 
 Notation (code name -> paper symbol):
 
@@ -18,9 +28,9 @@ Notation (code name -> paper symbol):
     x0_hat      \hat x_0          the step's prediction of the clean data
 
 Euler, Euler ancestral and DPM-Solver++ work with sigma. Their steps read it from
-the sampler's sigma grid when `sample` passes one in `state` (`state["sigmas"]`,
-(n + 1,) with a final 0, and `state["step_index"]`), and otherwise from the
-schedule at t and t_prev (interpolated for fractional t; sigma = 0 at t_prev = -1).
+the sampler's sigma grid when `state` holds one (`state["sigmas"]`, (n + 1,)
+with a final 0, and `state["step_index"]`), and otherwise from the schedule at
+t and t_prev (interpolated for fractional t; sigma = 0 at t_prev = -1).
 """
 
 from __future__ import annotations
@@ -30,14 +40,8 @@ from typing import NamedTuple
 
 import torch
 
-from diffusion_notes.foundations.diffusion import (
-    _check_data,
-    _check_same_shape,
-    check_timesteps,
-    q_posterior,
-    x0_from_eps,
-)
-from diffusion_notes.foundations.schedules import Schedule, broadcast_at, expand_like
+from diffusion_notes.foundations.diffusion import _check_data, _check_same_shape, check_timesteps
+from diffusion_notes.foundations.schedules import Schedule, expand_like
 
 
 class StepOutput(NamedTuple):
@@ -54,7 +58,59 @@ def _clip(x0_hat, clip_x0):
     return x0_hat if clip_x0 is None else x0_hat.clamp(-clip_x0, clip_x0)
 
 
+def _per_example(c, like):
+    """A tuple of (B,) or () float64 tensors -> (B, 1, ...) tensors in `like`'s dtype and device."""
+    return type(c)(*(expand_like(v, like) if v.is_floating_point() else v for v in c))
+
+
+def _noise(noise, x_t):
+    if noise is None:
+        return torch.randn_like(x_t)  # pass `noise` for reproducible samples
+    _check_same_shape(x_t, noise, "x_t", "noise")
+    return noise
+
+
 # --- DDPM and DDIM: integer timesteps, alpha_bar from the schedule ----------------
+
+
+def alpha_bar_pair(t, t_prev, schedule: Schedule, final: float = 1.0):
+    """alpha_bar at t and t_prev as (B,) float64 tensors; alpha_bar_{-1} = `final` (1: "the data")."""
+    t = check_timesteps(t, schedule.num_train_timesteps).reshape(-1)  # (B,)
+    t_prev = torch.as_tensor(t_prev).to("cpu", torch.long).reshape(-1)  # (B,)
+    if (t_prev < -1).any() or (t_prev >= t).any():
+        raise ValueError(f"t_prev must be in [-1, t - 1], got t={t.tolist()}, t_prev={t_prev.tolist()}")
+    alpha_bar = schedule.alphas_cumprod  # (T,)
+    return alpha_bar[t], torch.where(t_prev >= 0, alpha_bar[t_prev.clamp(min=0)], final)
+
+
+def _x0_from_eps(x_t, eps, c, clip_x0):
+    """x0_hat = (x_t - sqrt(1 - alpha_bar) eps) / sqrt(alpha_bar), clipped (`diffusion.x0_from_eps`)."""
+    return _clip((x_t - c.sqrt_one_minus_alpha_bar * eps) / c.sqrt_alpha_bar, clip_x0)
+
+
+class DDPMCoefficients(NamedTuple):
+    sqrt_alpha_bar: torch.Tensor  # sqrt(alpha_bar_t)
+    sqrt_one_minus_alpha_bar: torch.Tensor
+    coef_x0: torch.Tensor  # the posterior mean's weight on x0_hat ...
+    coef_xt: torch.Tensor  # ... and on x_t
+    std: torch.Tensor  # sqrt(beta_tilde), the posterior's standard deviation
+
+
+def ddpm_coefficients(alpha_bar, alpha_bar_prev) -> DDPMCoefficients:
+    """`diffusion.q_posterior`'s coefficients for the jump t -> t_prev, elementwise, in alpha_bar's dtype."""
+    alpha_t = alpha_bar / alpha_bar_prev
+    beta_t = 1 - alpha_t
+    coef_x0 = alpha_bar_prev.sqrt() * beta_t / (1 - alpha_bar)
+    coef_xt = alpha_t.sqrt() * (1 - alpha_bar_prev) / (1 - alpha_bar)
+    variance = (1 - alpha_bar_prev) / (1 - alpha_bar) * beta_t
+    return DDPMCoefficients(alpha_bar.sqrt(), (1 - alpha_bar).sqrt(), coef_x0, coef_xt, variance.sqrt())
+
+
+def ddpm_update(x_t, eps, c: DDPMCoefficients, *, noise=None, clip_x0=None, state=None) -> StepOutput:
+    """`ddpm_step` given its coefficients; no noise is added when `noise` is None."""
+    x0_hat = _x0_from_eps(x_t, eps, c, clip_x0)  # (B, ...)
+    x_prev = c.coef_x0 * x0_hat + c.coef_xt * x_t
+    return StepOutput(x_prev if noise is None else x_prev + c.std * noise, x0_hat)
 
 
 def ddpm_step(
@@ -84,16 +140,36 @@ def ddpm_step(
     Paper: Ho et al. 2020, Algorithm 2 and eq. 11
     """
     _check_inputs(x_t, eps)
-    t_cpu = check_timesteps(t, schedule.num_train_timesteps).reshape(-1)  # (B,) or (1,)
-    x0_hat = _clip(x0_from_eps(x_t, t, eps, schedule), clip_x0)  # (B, ...)
-    mean, variance = q_posterior(x0_hat, x_t, t, schedule, t_prev=t_prev)  # (B, ...), (B, 1, ...)
-    if not (t_cpu > 0).any():
-        return StepOutput(mean, x0_hat)
-    if noise is None:
-        noise = torch.randn_like(x_t)  # pass `noise` for reproducible samples
-    _check_same_shape(x_t, noise, "x_t", "noise")
-    has_noise = expand_like((t_cpu > 0).double(), x_t)  # (B, 1, ...): no noise where t = 0
-    return StepOutput(mean + has_noise * variance.sqrt() * noise, x0_hat)
+    alpha_bar, alpha_bar_prev = (expand_like(a, x_t) for a in alpha_bar_pair(t, t_prev, schedule))  # (B, 1, ...)
+    c = ddpm_coefficients(alpha_bar, alpha_bar_prev)  # (B, 1, ...) each
+    has_noise = check_timesteps(t, schedule.num_train_timesteps).reshape(-1) > 0  # (B,): none where t = 0
+    if not has_noise.any():
+        return ddpm_update(x_t, eps, c, clip_x0=clip_x0)
+    c = c._replace(std=c.std * expand_like(has_noise.double(), x_t))
+    return ddpm_update(x_t, eps, c, noise=_noise(noise, x_t), clip_x0=clip_x0)
+
+
+class DDIMCoefficients(NamedTuple):
+    sqrt_alpha_bar: torch.Tensor
+    sqrt_one_minus_alpha_bar: torch.Tensor
+    sqrt_alpha_bar_prev: torch.Tensor  # the weight on x0_hat
+    coef_eps: torch.Tensor  # sqrt(1 - alpha_bar_prev - sigma_t^2), the weight on eps
+    std: torch.Tensor  # sigma_t = eta * sqrt(variance)
+
+
+def ddim_coefficients(alpha_bar, alpha_bar_prev, eta: float = 0.0) -> DDIMCoefficients:
+    """`ddim_step`'s coefficients, elementwise, in alpha_bar's dtype."""
+    variance = (1 - alpha_bar_prev) / (1 - alpha_bar) * (1 - alpha_bar / alpha_bar_prev)
+    std = eta * variance.sqrt()
+    coef_eps = (1 - alpha_bar_prev - std**2).sqrt()
+    return DDIMCoefficients(alpha_bar.sqrt(), (1 - alpha_bar).sqrt(), alpha_bar_prev.sqrt(), coef_eps, std)
+
+
+def ddim_update(x_t, eps, c: DDIMCoefficients, *, noise=None, clip_x0=None, state=None) -> StepOutput:
+    """`ddim_step` given its coefficients; `noise` (used for eta > 0) may be None when eta = 0."""
+    x0_hat = _x0_from_eps(x_t, eps, c, clip_x0)  # (B, ...)
+    x_prev = c.sqrt_alpha_bar_prev * x0_hat + c.coef_eps * eps
+    return StepOutput(x_prev if noise is None else x_prev + c.std * noise, x0_hat)
 
 
 def ddim_step(
@@ -131,25 +207,10 @@ def ddim_step(
     _check_inputs(x_t, eps)
     if not (isinstance(eta, (int, float)) and math.isfinite(eta) and eta >= 0):
         raise ValueError(f"eta must be a finite number >= 0 (0 = DDIM, 1 = DDPM), got {eta!r}")
-    T = schedule.num_train_timesteps
-    t_cpu = check_timesteps(t, T).reshape(-1)  # (B,) or (1,)
-    t_prev = torch.as_tensor(t_prev).to("cpu", torch.long).reshape(-1)  # (B,) or (1,)
-    if (t_prev < -1).any() or (t_prev >= t_cpu).any():
-        raise ValueError(f"t_prev must be in [-1, t - 1], got t={t_cpu.tolist()}, t_prev={t_prev.tolist()}")
     final = 1.0 if set_alpha_to_one else schedule.alphas_cumprod[0]
-    alpha_bar_prev = torch.where(t_prev >= 0, schedule.alphas_cumprod[t_prev.clamp(min=0)], final)  # (B,)
-    alpha_bar = broadcast_at(schedule.alphas_cumprod, t_cpu, x_t)  # (B, 1, ...)
-    alpha_bar_prev = expand_like(alpha_bar_prev, x_t)  # (B, 1, ...)
-    x0_hat = _clip((x_t - (1 - alpha_bar).sqrt() * eps) / alpha_bar.sqrt(), clip_x0)  # (B, ...)
-    variance = (1 - alpha_bar_prev) / (1 - alpha_bar) * (1 - alpha_bar / alpha_bar_prev)
-    std = eta * variance.sqrt()  # (B, 1, ...)
-    x_prev = alpha_bar_prev.sqrt() * x0_hat + (1 - alpha_bar_prev - std**2).sqrt() * eps
-    if eta > 0:
-        if noise is None:
-            noise = torch.randn_like(x_t)  # pass `noise` for reproducible samples
-        _check_same_shape(x_t, noise, "x_t", "noise")
-        x_prev = x_prev + std * noise
-    return StepOutput(x_prev, x0_hat)
+    alpha_bar, alpha_bar_prev = (expand_like(a, x_t) for a in alpha_bar_pair(t, t_prev, schedule, final))
+    c = ddim_coefficients(alpha_bar, alpha_bar_prev, eta)  # (B, 1, ...) each
+    return ddim_update(x_t, eps, c, noise=_noise(noise, x_t) if eta > 0 else None, clip_x0=clip_x0)
 
 
 # --- sigma-based samplers: Euler, Euler ancestral, DPM-Solver++ -----------------
@@ -188,16 +249,50 @@ def karras_sigmas(sigma_min: float, sigma_max: float, n: int, rho: float = 7.0) 
 
 
 def _sigma_pair(t, t_prev, schedule, state):
-    """sigma at t and at t_prev: from the loop's sigma grid if `state` holds one, else from the schedule."""
+    """sigma at t and at t_prev, float64: from the loop's sigma grid if `state` holds one, else the schedule."""
     if state is not None and "sigmas" in state:
         i = state["step_index"]
-        return state["sigmas"][i], state["sigmas"][i + 1]
-    return sigma_at(t, schedule), sigma_at(t_prev, schedule)
+        sigma, sigma_prev = state["sigmas"][i], state["sigmas"][i + 1]
+    else:
+        sigma, sigma_prev = sigma_at(t, schedule), sigma_at(t_prev, schedule)
+    return torch.as_tensor(sigma, dtype=torch.float64), torch.as_tensor(sigma_prev, dtype=torch.float64)
 
 
-def _vp_scale(sigma, like):
-    """1 / sqrt(1 + sigma^2) = sqrt(alpha_bar), shaped (B, 1, ...) like `like`."""
-    return expand_like((1 + torch.as_tensor(sigma, dtype=torch.float64) ** 2).rsqrt(), like)
+def vp_scale(sigma):
+    """sqrt(alpha_bar) = 1 / sqrt(1 + sigma^2): x_t = x_sigma * vp_scale(sigma)."""
+    return (1 + sigma**2).rsqrt()
+
+
+class EulerCoefficients(NamedTuple):
+    sigma: torch.Tensor
+    dt: torch.Tensor  # sigma' - sigma (Euler) or sigma_down - sigma (Euler ancestral)
+    scale: torch.Tensor  # sqrt(alpha_bar) at t ...
+    scale_prev: torch.Tensor  # ... and at t_prev
+    sigma_up: torch.Tensor  # the fresh noise's standard deviation (0 for Euler)
+
+
+def euler_coefficients(sigma, sigma_prev) -> EulerCoefficients:
+    """`euler_step`'s coefficients, elementwise on float64 tensors."""
+    no_noise = torch.zeros_like(sigma)
+    return EulerCoefficients(sigma, sigma_prev - sigma, vp_scale(sigma), vp_scale(sigma_prev), no_noise)
+
+
+def euler_ancestral_coefficients(sigma, sigma_prev) -> EulerCoefficients:
+    """`euler_ancestral_step`'s sigma_up and sigma_down, elementwise on float64 tensors."""
+    sigma_up = (sigma_prev**2 * (sigma**2 - sigma_prev**2) / sigma**2).sqrt()
+    sigma_down = (sigma_prev**2 - sigma_up**2).sqrt()
+    return EulerCoefficients(sigma, sigma_down - sigma, vp_scale(sigma), vp_scale(sigma_prev), sigma_up)
+
+
+def euler_update(x_t, eps, c: EulerCoefficients, *, noise=None, clip_x0=None, state=None) -> StepOutput:
+    """`euler_step` (or, with sigma_up > 0 and `noise`, `euler_ancestral_step`) given its coefficients."""
+    x_sigma = x_t / c.scale  # (B, ...)
+    x0_hat = _clip(x_sigma - c.sigma * eps, clip_x0)
+    derivative = (x_sigma - x0_hat) / c.sigma  # dx_sigma / dsigma
+    x_sigma_prev = x_sigma + c.dt * derivative
+    if noise is not None:
+        x_sigma_prev = x_sigma_prev + c.sigma_up * noise
+    return StepOutput(x_sigma_prev * c.scale_prev, x0_hat)
 
 
 def euler_step(
@@ -228,14 +323,8 @@ def euler_step(
     Paper: Karras et al. 2022 (EDM), Algorithm 1 without the Heun correction
     """
     _check_inputs(x_t, eps)
-    sigma, sigma_prev = _sigma_pair(t, t_prev, schedule, state)
-    scale, scale_prev = _vp_scale(sigma, x_t), _vp_scale(sigma_prev, x_t)  # (B, 1, ...) each
-    sigma, sigma_prev = expand_like(torch.as_tensor(sigma), x_t), expand_like(torch.as_tensor(sigma_prev), x_t)
-    x_sigma = x_t / scale  # (B, ...)
-    x0_hat = _clip(x_sigma - sigma * eps, clip_x0)
-    derivative = (x_sigma - x0_hat) / sigma
-    x_sigma_prev = x_sigma + (sigma_prev - sigma) * derivative
-    return StepOutput(x_sigma_prev * scale_prev, x0_hat)
+    c = _per_example(euler_coefficients(*_sigma_pair(t, t_prev, schedule, state)), x_t)  # (B, 1, ...) each
+    return euler_update(x_t, eps, c, clip_x0=clip_x0)
 
 
 def euler_ancestral_step(
@@ -265,21 +354,40 @@ def euler_ancestral_step(
     Paper: Karras et al. 2022 (EDM), Sec. 4 (ancestral sampling); k-diffusion's sample_euler_ancestral
     """
     _check_inputs(x_t, eps)
-    sigma, sigma_prev = _sigma_pair(t, t_prev, schedule, state)
-    sigma = torch.as_tensor(sigma, dtype=torch.float64)
-    sigma_prev = torch.as_tensor(sigma_prev, dtype=torch.float64)
-    sigma_up = (sigma_prev**2 * (sigma**2 - sigma_prev**2) / sigma**2).sqrt()
-    sigma_down = (sigma_prev**2 - sigma_up**2).sqrt()
-    scale, scale_prev = _vp_scale(sigma, x_t), _vp_scale(sigma_prev, x_t)  # (B, 1, ...) each
-    sigma, sigma_down = expand_like(sigma, x_t), expand_like(sigma_down, x_t)  # (B, 1, ...)
-    x_sigma = x_t / scale  # (B, ...)
-    x0_hat = _clip(x_sigma - sigma * eps, clip_x0)
-    x_sigma_prev = x_sigma + (sigma_down - sigma) * (x_sigma - x0_hat) / sigma
-    if noise is None:
-        noise = torch.randn_like(x_t)  # pass `noise` for reproducible samples
-    _check_same_shape(x_t, noise, "x_t", "noise")
-    x_sigma_prev = x_sigma_prev + expand_like(sigma_up, x_t) * noise
-    return StepOutput(x_sigma_prev * scale_prev, x0_hat)
+    c = _per_example(euler_ancestral_coefficients(*_sigma_pair(t, t_prev, schedule, state)), x_t)
+    return euler_update(x_t, eps, c, noise=_noise(noise, x_t), clip_x0=clip_x0)
+
+
+class DPMSolverCoefficients(NamedTuple):
+    alpha: torch.Tensor  # VP alpha_t = sqrt(alpha_bar_t)
+    sigma_vp: torch.Tensor  # VP sigma_t = sqrt(1 - alpha_bar_t)
+    ratio: torch.Tensor  # sigma_{t'} / sigma_t (VP)
+    phi: torch.Tensor  # alpha_{t'} (e^{-h} - 1)
+    half_over_r: torch.Tensor  # 1 / (2 r), r = h_last / h
+    lambda_: torch.Tensor  # -log(sigma), kept for the next step's r
+    last: torch.Tensor  # sigma' = 0: the step lands on x0_hat
+
+
+def dpmpp_2m_coefficients(sigma, sigma_prev, lambda_last) -> DPMSolverCoefficients:
+    """`dpmpp_2m_step`'s coefficients, elementwise on float64 tensors (lambda_last: the previous step's lambda)."""
+    alpha, alpha_prev = vp_scale(sigma), vp_scale(sigma_prev)
+    lambda_, lambda_prev = -sigma.log(), -sigma_prev.log()  # log(alpha_t / sigma_t) = -log(sigma)
+    h = lambda_prev - lambda_
+    r = (lambda_ - lambda_last) / h
+    return DPMSolverCoefficients(alpha, sigma * alpha, sigma_prev / sigma * alpha_prev / alpha,
+                                 alpha_prev * torch.expm1(-h), 0.5 / r, lambda_, sigma_prev == 0)
+
+
+def dpmpp_2m_update(x_t, eps, c: DPMSolverCoefficients, *, noise=None, clip_x0=None, state=None) -> StepOutput:
+    """`dpmpp_2m_step` given its coefficients (c.last a bool); `state` keeps x0_hat for the next step."""
+    x0_hat = _clip((x_t - c.sigma_vp * eps) / c.alpha, clip_x0)  # (B, ...)
+    x0_last = None if state is None else state.get("x0_hat_last")
+    if state is not None:
+        state["x0_hat_last"] = x0_hat
+    if c.last:
+        return StepOutput(x0_hat, x0_hat)  # the last step lands on the prediction
+    D = x0_hat if x0_last is None else x0_hat + c.half_over_r * (x0_hat - x0_last)
+    return StepOutput(c.ratio * x_t - c.phi * D, x0_hat)
 
 
 def dpmpp_2m_step(
@@ -312,22 +420,9 @@ def dpmpp_2m_step(
     """
     _check_inputs(x_t, eps)
     sigma, sigma_prev = _sigma_pair(t, t_prev, schedule, state)
-    sigma = torch.as_tensor(sigma, dtype=torch.float64)
-    sigma_prev = torch.as_tensor(sigma_prev, dtype=torch.float64)
-    alpha, alpha_prev = _vp_scale(sigma, x_t), _vp_scale(sigma_prev, x_t)  # (B, 1, ...) each
-    x0_hat = _clip((x_t - expand_like(sigma, x_t) * alpha * eps) / alpha, clip_x0)  # (B, ...)
     history = state if state is not None else {}
-    x0_last, lambda_last = history.get("x0_hat_last"), history.get("lambda_last")
-    lambda_ = -sigma.log()  # log(alpha_t / sigma_t) = -log(sigma)
-    history["x0_hat_last"], history["lambda_last"] = x0_hat, lambda_
-    if bool((sigma_prev == 0).all()):
-        return StepOutput(x0_hat, x0_hat)  # the last step lands on the prediction
-    lambda_prev = -sigma_prev.log()
-    h = lambda_prev - lambda_
-    D = x0_hat
-    if x0_last is not None:
-        r = (lambda_ - lambda_last) / h
-        D = x0_hat + expand_like(0.5 / r, x_t) * (x0_hat - x0_last)
-    ratio = expand_like(sigma_prev / sigma, x_t) * alpha_prev / alpha  # sigma_{t'} / sigma_t (VP)
-    x_prev = ratio * x_t - alpha_prev * expand_like(torch.expm1(-h), x_t) * D
-    return StepOutput(x_prev, x0_hat)
+    lambda_last = history.get("lambda_last", torch.tensor(float("nan"), dtype=torch.float64))
+    c = dpmpp_2m_coefficients(sigma, sigma_prev, torch.as_tensor(lambda_last, dtype=torch.float64))
+    history["lambda_last"] = c.lambda_
+    c = _per_example(c, x_t)._replace(last=bool(c.last.all()))  # (B, 1, ...) each
+    return dpmpp_2m_update(x_t, eps, c, clip_x0=clip_x0, state=history)

@@ -5,32 +5,53 @@ Every sampler is a flat step function (in `sampler_steps`) with one signature,
     step(x_t, eps, t, t_prev, schedule, *, noise=None, clip_x0=None, state=None) -> StepOutput
 
 where eps is the model's prediction at (x_t, t), t_prev is the next (smaller)
-timestep of the sampling grid (-1 after the last step), noise is fresh
-N(0, I) noise for samplers that need it and state is a dict the loop shares
-with the step (the sigma grid, a multistep solver's history). `sample` runs
-any registered step over the grid `make_grid` builds; a new sampler only has
-to be added to `SAMPLERS`. x_t stays in the DDPM (variance-preserving) scale
-throughout, for every sampler.
+timestep of the sampling grid (-1 after the last step) and noise is fresh
+N(0, I) noise for samplers that need it. A step is its coefficients (what the
+schedule says at t and t_prev) and an update (the tensor arithmetic).
+
+The sampling protocol, as k-diffusion's samplers have it:
+
+    grid = make_grid(sampler, n, schedule)              # timesteps (and sigmas) to visit
+    step = prepare_step(sampler, grid, schedule)        # each grid point's coefficients, once
+    x = loop(model, x_T, grid, step, generator=g)       # model(x, t) -> eps, nothing else
+
+Conditioning and guidance wrap the model (`guidance.CFGDenoiser`); `sample` is
+the one-call front that builds all four from keyword options. A new sampler
+needs a step in `SAMPLERS` and its update in `UPDATES`. x_t stays in the DDPM
+(variance-preserving) scale throughout, for every sampler.
 """
 
 from __future__ import annotations
 
+import math
+from collections.abc import Callable
 from typing import NamedTuple
 
 import numpy as np
 import torch
 
 from diffusion_notes.device import randn
-from diffusion_notes.foundations.guidance import check_guidance_scale, guided_eps
+from diffusion_notes.foundations.guidance import CFGDenoiser, check_guidance_scale
 from diffusion_notes.foundations.sampler_steps import (  # noqa: F401  (re-exported: the chapters import them from here)
     StepOutput,
+    alpha_bar_pair,
+    ddim_coefficients,
     ddim_step,
+    ddim_update,
+    ddpm_coefficients,
     ddpm_step,
+    ddpm_update,
+    dpmpp_2m_coefficients,
     dpmpp_2m_step,
+    dpmpp_2m_update,
+    euler_ancestral_coefficients,
     euler_ancestral_step,
+    euler_coefficients,
     euler_step,
+    euler_update,
     karras_sigmas,
     sigma_at,
+    vp_scale,
 )
 from diffusion_notes.foundations.schedules import Schedule, make_schedule
 
@@ -207,9 +228,106 @@ def _infer_device(eps_model, x_T):
     return torch.device("cpu")
 
 
-def _draws_noise(sampler, t, eta):
-    """Whether a step takes fresh noise, drawn exactly when diffusers' scheduler draws it."""
-    return {"ddpm": t > 0, "ddim": eta > 0, "euler_a": True}.get(sampler, False)
+class PreparedStep(NamedTuple):
+    """A sampler's update with its coefficients computed once for every point of a grid."""
+
+    update: Callable  # update(x_t, eps, c, *, noise, clip_x0, state) -> StepOutput (`sampler_steps`)
+    coefficients: list  # c at each grid point: a NamedTuple of floats
+    draws_noise: list  # whether step i takes fresh N(0, I) noise: exactly where diffusers' scheduler draws it
+
+
+UPDATES = {"ddpm": ddpm_update, "ddim": ddim_update, "euler": euler_update, "euler_a": euler_update,
+           "dpmpp_2m": dpmpp_2m_update}
+
+
+def prepare_step(sampler: str, grid: Grid, schedule: Schedule, eta: float = 0.0, set_alpha_to_one: bool = True,
+                 dtype: torch.dtype = torch.float32) -> PreparedStep:
+    """`sampler`'s step at every grid point, its coefficients computed at once on the grid's (n,) tensors.
+
+    The same `*_coefficients` functions the step functions call, in the same dtypes (`dtype`,
+    that of x, for DDPM and DDIM), so `loop` computes what `SAMPLERS[sampler]` would at each
+    (t, t_prev) of the grid.
+    """
+    t = grid.timesteps  # (n,)
+    n = len(t)
+    if sampler in ("ddpm", "ddim"):
+        t_prev = torch.cat([t[1:], t.new_tensor([-1])])  # (n,): the next grid point, -1 after the last
+        final = 1.0 if set_alpha_to_one or sampler == "ddpm" else schedule.alphas_cumprod[0]
+        alpha_bar, alpha_bar_prev = (a.to(dtype) for a in alpha_bar_pair(t, t_prev, schedule, final))  # (n,)
+        c = ddpm_coefficients(alpha_bar, alpha_bar_prev) if sampler == "ddpm" else \
+            ddim_coefficients(alpha_bar, alpha_bar_prev, eta)
+    else:
+        sigmas = grid.sigmas if grid.sigmas is not None else \
+            torch.cat([sigma_at(t, schedule), torch.zeros(1, dtype=torch.float64)])  # (n + 1,)
+        sigma, sigma_prev = sigmas[:-1], sigmas[1:]  # (n,) each
+        if sampler == "dpmpp_2m":
+            lambda_last = torch.cat([torch.full((1,), math.nan, dtype=torch.float64), -sigma[:-1].log()])
+            c = dpmpp_2m_coefficients(sigma, sigma_prev, lambda_last)
+        elif sampler == "euler":
+            c = euler_coefficients(sigma, sigma_prev)
+        else:
+            c = euler_ancestral_coefficients(sigma, sigma_prev)
+    coefficients = [type(c)(*values) for values in zip(*(v.tolist() for v in c))]  # n NamedTuples of floats
+    draws_noise = {"ddpm": (t > 0).tolist(), "ddim": [eta > 0] * n, "euler_a": [True] * n}.get(sampler, [False] * n)
+    return PreparedStep(UPDATES[sampler], coefficients, draws_noise)
+
+
+def loop(model, x: torch.Tensor, grid: Grid, step: PreparedStep, *, generator: torch.Generator | None = None,
+         clip_x0: float | None = None, callback=None, start_step: int = 0, progress: bool = False) -> torch.Tensor:
+    """Run `step` over `grid` from x (at grid point `start_step`) down to x_0, as k-diffusion's samplers do.
+
+        for i, t in enumerate(grid.timesteps):
+            eps = model(x, t)                                            # (B,) t; model(x, t) -> eps only
+            x, x0_hat = step.update(x, eps, step.coefficients[i], noise=z)   # z ~ N(0, I) where it draws
+
+    Conditioning and guidance live in the model (`guidance.CFGDenoiser`). The model gets t as
+    (B,) long, or float32 on fractional grids. Noise is drawn on the generator's device (the CPU
+    without one) and moved, as `device.randn` draws it. `callback(i, t, x_t, x0_hat)` sees x_t before
+    each step. Everything that does not depend on x is done before the loop.
+    """
+    timesteps = grid.timesteps.tolist()
+    B, device = x.shape[0], x.device
+    model_dtype = torch.float32 if grid.timesteps.is_floating_point() else torch.long
+    t_in = grid.timesteps.to(device, model_dtype)[:, None].expand(-1, B).contiguous().unbind(0)  # n x (B,)
+    draw_device = generator.device if generator is not None else torch.device("cpu")
+    move_noise = draw_device != device
+    state: dict = {}  # what a multistep update keeps between steps
+    indices = range(start_step, len(timesteps))
+    if progress:
+        from tqdm.auto import tqdm
+
+        indices = tqdm(indices, total=len(timesteps), initial=start_step, desc="sampling")
+    for i in indices:
+        eps = model(x, t_in[i])  # (B, ...)
+        if eps.shape != x.shape:
+            raise ValueError(
+                f"eps_model must return a tensor shaped like x_t {tuple(x.shape)}, got {tuple(eps.shape)}"
+            )
+        noise = None
+        if step.draws_noise[i]:
+            noise = torch.randn(x.shape, generator=generator, device=draw_device, dtype=x.dtype)  # (B, ...)
+            noise = noise.to(device) if move_noise else noise
+        x_prev, x0_hat = step.update(x, eps, step.coefficients[i], noise=noise, clip_x0=clip_x0, state=state)
+        if callback is not None:
+            callback(i, timesteps[i], x, x0_hat)
+        x = x_prev
+    return x
+
+
+def init_noise_scale(sampler: str, spacing: str | None, grid: Grid) -> float:
+    """The standard deviation of x_T in the DDPM scale, where diffusers' pipelines start.
+
+    diffusers starts from x_T = z * `init_noise_sigma`, in its sampler's scale. That is 1 for
+    DDPM, DDIM and DPM++ 2M. Its Euler schedulers carry x_sigma = x_t / sqrt(alpha_bar) and start
+    at sigma_max z ("linspace", "trailing") or sqrt(1 + sigma_max^2) z ("leading"); in the
+    DDPM scale, x = x_sigma / sqrt(1 + sigma_max^2), that is sigma_max / sqrt(1 + sigma_max^2),
+    or 1.
+    """
+    spacing = DEFAULT_SPACING[sampler] if spacing is None else spacing
+    if sampler not in ("euler", "euler_a") or spacing == "leading":
+        return 1.0
+    sigma_max = grid.sigmas.max()
+    return float(sigma_max * vp_scale(sigma_max))
 
 
 @torch.no_grad()
@@ -246,6 +364,10 @@ def sample(
             x, x0_hat = step(x, eps, t, t_prev, schedule, noise=z)   # z ~ N(0, I) if the step takes noise
         return x
 
+    A thin front to `loop`: it wraps eps_model, cond, uncond and guidance_scale into one
+    model(x, t) -> eps (`CFGDenoiser`), builds the grid (`make_grid`), the step's coefficients
+    on it (`prepare_step`) and x_T, and runs `loop(model, x_T, grid, step)`.
+
     `sampler` is a key of `SAMPLERS` or a web-UI name from `SAMPLER_ALIASES`
     ("Euler a", "DPM++ 2M Karras", ...). `spacing=None` uses the sampler's
     diffusers default; `steps_offset` (leading spacing), `set_alpha_to_one` and
@@ -254,15 +376,18 @@ def sample(
     fractional (Euler's linspace, Karras sigmas).
 
     Guidance: with guidance_scale != 1 and an unconditional `uncond` (same
-    structure as `cond`), each step makes ONE model call on 2B examples and
-    combines the halves with `cfg_combine` (see `guidance.guided_eps`).
+    structure as `cond`), each step makes one model call on 2B examples, or two
+    on B when B is large and x on the CPU, and combines them with `cfg_combine`
+    (see `guidance.CFGDenoiser`).
 
     Noise comes from `generator` through `device.randn` (drawn on the CPU, then
     moved) at the steps where diffusers' scheduler draws it, so a seed
     reproduces a sample on every device and matches diffusers' loop with the
-    same generator. Every sampler starts from x_T ~ N(0, I) in the DDPM scale,
-    i.e. x_sigma = x_T sqrt(1 + sigma_max^2) for the Euler samplers (diffusers'
-    Euler pipelines start from N(0, sigma_max^2) with linspace spacing: 0.2% apart for SD).
+    same generator. Without `x_T`, x_T is z ~ N(0, I) (drawn first) times
+    `init_noise_scale`: where diffusers' pipeline for the sampler starts. That is z
+    itself, except for Euler and Euler a with "linspace" (their default) or "trailing"
+    spacing: x_sigma = sigma_max z, i.e. x_T = z sigma_max / sqrt(1 + sigma_max^2) in the
+    DDPM scale the loop keeps. A given `x_T` is used as it is, in the DDPM scale.
     `callback(i, t, x_t, x0_hat)` is called at every step with x_t before the step.
     `device` defaults to x_T's, else the model's parameters', else the CPU.
     `schedule` defaults to `make_schedule("linear")`.
@@ -277,46 +402,26 @@ def sample(
         raise ValueError(f"eta must be a number >= 0 (0 = DDIM, 1 = DDPM's variance), got {eta!r}")
     if eta != 0 and sampler != "ddim":
         raise ValueError(f"eta applies to the ddim sampler only, got eta={eta} with sampler {sampler!r}")
-    step = SAMPLERS[sampler]
-    options = dict(eta=float(eta), set_alpha_to_one=set_alpha_to_one) if sampler == "ddim" else {}
     schedule = make_schedule("linear") if schedule is None else schedule
     grid = make_grid(sampler, num_inference_steps, schedule, spacing, steps_offset, use_karras_sigmas)
     if isinstance(start_step, bool) or not isinstance(start_step, int) or not 0 <= start_step < len(grid.timesteps):
         raise ValueError(f"start_step must be an int in [0, {len(grid.timesteps) - 1}], got {start_step!r}")
     if start_step and x_T is None:
         raise ValueError("start_step > 0 needs x_T: the noised input at grid.timesteps[start_step]")
+    model = CFGDenoiser(eps_model, cond, uncond, guidance_scale)  # model(x, t) -> eps
     shape = tuple(shape)
     device = torch.device(device) if device is not None else _infer_device(eps_model, x_T)
     if x_T is None:
         x = randn(shape, generator, device=device)  # (B, ...)
+        scale = init_noise_scale(sampler, spacing, grid)
+        x = x if scale == 1.0 else x * scale
     else:
         if tuple(x_T.shape) != shape:
             raise ValueError(f"x_T must have shape {shape}, got {tuple(x_T.shape)}")
         x = x_T.to(device)
-    timesteps = grid.timesteps.tolist()
-    t_prevs = timesteps[1:] + [-1]
-    steps = list(zip(timesteps, t_prevs))[start_step:]  # image-to-image skips the first grid points
-    if progress:
-        from tqdm.auto import tqdm
-
-        steps = tqdm(steps, total=len(timesteps), initial=start_step, desc=f"{sampler} sampling")
-    model_dtype = torch.long if not grid.timesteps.is_floating_point() else torch.float32
-    state: dict = {} if grid.sigmas is None else {"sigmas": grid.sigmas}
-    for i, (t, t_prev) in enumerate(steps, start=start_step):
-        t_batch = torch.full((shape[0],), t, dtype=model_dtype, device=device)  # (B,)
-        eps = guided_eps(eps_model, x, t_batch, cond, uncond, guidance_scale)  # (B, ...)
-        if eps.shape != x.shape:
-            raise ValueError(
-                f"eps_model must return a tensor shaped like x_t {tuple(x.shape)}, "
-                f"got {tuple(eps.shape)}"
-            )
-        noise = randn(shape, generator, device=device, dtype=x.dtype) if _draws_noise(sampler, t, eta) else None
-        state["step_index"] = i
-        out = step(x, eps, t, t_prev, schedule, noise=noise, clip_x0=clip_x0, state=state, **options)
-        if callback is not None:
-            callback(i, t, x, out.x0_hat)
-        x = out.x_prev
-    return x
+    step = prepare_step(sampler, grid, schedule, float(eta), set_alpha_to_one, dtype=x.dtype)
+    return loop(model, x, grid, step, generator=generator, clip_x0=clip_x0, callback=callback,
+                start_step=start_step, progress=progress)
 
 
 def noise_to_grid_point(x0: torch.Tensor, noise: torch.Tensor, grid: Grid, index: int,

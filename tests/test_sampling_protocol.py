@@ -137,3 +137,16 @@ def test_loop_is_what_sample_runs():
                        num_inference_steps=10, schedule=schedule, x_T=x_T, generator=make_generator(3),
                        cond=torch.ones(4), uncond=torch.zeros(4), guidance_scale=3.0)
     assert torch.equal(by_loop, by_sample)
+
+
+def test_a_sample_that_ends_in_nan_is_an_error():
+    """DPM++ 2M on n = T steps repeats a timestep (h = 0, then 0 * inf): the loop says so, as chapter 2 expects."""
+    from diffusion_notes.foundations.samplers import sample
+    from diffusion_notes.foundations.schedules import make_schedule
+
+    model = lambda x, t: 0.1 * x  # noqa: E731
+    with pytest.raises(ValueError, match="NaN"):
+        sample(model, (4, 2), sampler="dpmpp_2m", num_inference_steps=1000, schedule=make_schedule("linear"),
+               generator=torch.Generator().manual_seed(0))
+    assert torch.isfinite(sample(model, (4, 2), sampler="dpmpp_2m", num_inference_steps=20,
+                                 schedule=make_schedule("linear"), generator=torch.Generator().manual_seed(0))).all()

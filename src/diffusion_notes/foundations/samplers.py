@@ -283,7 +283,8 @@ def loop(model, x: torch.Tensor, grid: Grid, step: PreparedStep, *, generator: t
     Conditioning and guidance live in the model (`guidance.CFGDenoiser`). The model gets t as
     (B,) long, or float32 on fractional grids. Noise is drawn on the generator's device (the CPU
     without one) and moved, as `device.randn` draws it. `callback(i, t, x_t, x0_hat)` sees x_t before
-    each step. Everything that does not depend on x is done before the loop.
+    each step. Everything that does not depend on x is done before the loop. A result holding NaN
+    is a ValueError.
     """
     timesteps = grid.timesteps.tolist()
     B, device = x.shape[0], x.device
@@ -311,6 +312,8 @@ def loop(model, x: torch.Tensor, grid: Grid, step: PreparedStep, *, generator: t
         if callback is not None:
             callback(i, timesteps[i], x, x0_hat)
         x = x_prev
+    if torch.isnan(x).any():  # once per run, not per step: a solver's 0 * inf (DPM++ 2M with n = T) ends here
+        raise ValueError(f"the sampler produced NaN values in x_0 ({len(timesteps)} steps)")
     return x
 
 

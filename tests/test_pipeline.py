@@ -12,7 +12,8 @@ from diffusion_notes import pretrained
 from diffusion_notes.data.shapes import ShapesDataset
 from diffusion_notes.device import make_generator, randn
 from diffusion_notes.foundations.diffusion import q_sample
-from diffusion_notes.foundations.samplers import SAMPLER_ALIASES, SAMPLERS, make_grid, noise_to_grid_point, sample
+from diffusion_notes.foundations.grids import make_grid, noise_to_grid_point
+from diffusion_notes.foundations.samplers import SAMPLER_ALIASES, SAMPLERS, sample
 from diffusion_notes.nn.unet import UNet, UNetConfig
 from diffusion_notes.stable_diffusion.ldm import ldm_schedule, null_context
 from diffusion_notes.stable_diffusion.pipeline import LatentDiffusionPipeline, PipelineOutput, to_pil

@@ -8,6 +8,7 @@ from diffusers import DDPMScheduler
 from diffusers.utils.torch_utils import randn_tensor
 
 from diffusion_notes.device import make_generator, randn
+from diffusion_notes.foundations.grids import make_timesteps
 from diffusion_notes.foundations.samplers import (
     SAMPLER_ALIASES,
     SAMPLERS,
@@ -15,7 +16,6 @@ from diffusion_notes.foundations.samplers import (
     ddim_step,
     ddpm_step,
     karras_sigmas,
-    make_timesteps,
     sample,
     sigma_at,
 )

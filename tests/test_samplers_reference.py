@@ -25,7 +25,8 @@ from diffusers import (
 )
 
 from diffusion_notes.device import make_generator, randn
-from diffusion_notes.foundations.samplers import make_grid, sample
+from diffusion_notes.foundations.grids import make_grid
+from diffusion_notes.foundations.samplers import sample
 from diffusion_notes.foundations.schedules import make_schedule
 
 SHAPE = (4, 3)

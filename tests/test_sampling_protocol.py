@@ -16,12 +16,12 @@ from diffusers import (
 from diffusers.utils.torch_utils import randn_tensor
 
 from diffusion_notes.device import make_generator, randn
+from diffusion_notes.foundations.grids import make_grid
 from diffusion_notes.foundations.guidance import CFGDenoiser
 from diffusion_notes.foundations.samplers import (
     SAMPLERS,
     init_noise_scale,
     loop,
-    make_grid,
     prepare_step,
     sample,
 )

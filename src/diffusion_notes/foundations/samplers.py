@@ -11,7 +11,7 @@ schedule says at t and t_prev) and an update (the tensor arithmetic).
 
 The sampling protocol, as k-diffusion's samplers have it:
 
-    grid = make_grid(sampler, n, schedule)              # timesteps (and sigmas) to visit
+    grid = make_grid(sampler, n, schedule)              # timesteps (and sigmas) to visit (`grids`)
     step = prepare_step(sampler, grid, schedule)        # each grid point's coefficients, once
     x = loop(model, x_T, grid, step, generator=g)       # model(x, t) -> eps, nothing else
 
@@ -27,10 +27,10 @@ import math
 from collections.abc import Callable
 from typing import NamedTuple
 
-import numpy as np
 import torch
 
 from diffusion_notes.device import randn
+from diffusion_notes.foundations.grids import DEFAULT_SPACING, Grid, make_grid
 from diffusion_notes.foundations.guidance import CFGDenoiser, check_guidance_scale
 from diffusion_notes.foundations.sampler_steps import (  # noqa: F401  (re-exported: the chapters import them from here)
     StepOutput,
@@ -55,8 +55,6 @@ from diffusion_notes.foundations.sampler_steps import (  # noqa: F401  (re-expor
 )
 from diffusion_notes.foundations.schedules import Schedule, make_schedule
 
-TIMESTEP_SPACINGS = ("leading", "trailing", "linspace")
-
 SAMPLERS = {
     "ddpm": ddpm_step,
     "ddim": ddim_step,
@@ -64,12 +62,6 @@ SAMPLERS = {
     "euler_a": euler_ancestral_step,
     "dpmpp_2m": dpmpp_2m_step,
 }
-# Each sampler's default timestep spacing: that of its diffusers scheduler.
-DEFAULT_SPACING = {"ddpm": "leading", "ddim": "leading", "euler": "linspace", "euler_a": "linspace",
-                   "dpmpp_2m": "linspace"}
-KARRAS_SAMPLERS = ("euler", "dpmpp_2m")
-
-
 class SamplerAlias(NamedTuple):
     sampler: str  # our name, a key of SAMPLERS
     use_karras_sigmas: bool
@@ -85,120 +77,6 @@ SAMPLER_ALIASES = {
     "DPM++ 2M": SamplerAlias("dpmpp_2m", False, "DPMSolverMultistepScheduler"),
     "DPM++ 2M Karras": SamplerAlias("dpmpp_2m", True, "DPMSolverMultistepScheduler"),
 }
-
-
-def _check_steps(n, T):
-    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or not 1 <= n <= T:
-        raise ValueError(f"num_inference_steps must be between 1 and {T}, got {n!r}")
-
-
-def _check_spacing(spacing):
-    if spacing not in TIMESTEP_SPACINGS:
-        raise ValueError(f"spacing must be one of {', '.join(TIMESTEP_SPACINGS)}, got {spacing!r}")
-
-
-def _check_offset(timesteps, steps_offset, T):
-    if isinstance(steps_offset, bool) or not isinstance(steps_offset, (int, np.integer)) or steps_offset < 0:
-        raise ValueError(f"steps_offset must be an int >= 0, got {steps_offset!r}")
-    if len(timesteps) and timesteps.max() > T - 1:
-        raise ValueError(
-            f"steps_offset={steps_offset} moves the grid to timestep {int(timesteps.max())}, "
-            f"past the last training step {T - 1}"
-        )
-
-
-def make_timesteps(
-    num_inference_steps: int, num_train_timesteps: int = 1000, spacing: str = "leading", steps_offset: int = 0
-) -> torch.Tensor:
-    """The descending grid of timesteps DDPM and DDIM visit, as diffusers' `set_timesteps` makes it.
-
-    "leading":  0, k, 2k, ... with k = T // n (DDPM's default), reversed, plus `steps_offset`
-                (Stable Diffusion's configuration uses steps_offset=1: 981, 961, ..., 1 for n = 50)
-    "trailing": T - 1, T - 1 - T/n, ... rounded (always starts at the noisiest step)
-    "linspace": n points evenly spaced over [0, T - 1], rounded, reversed
-    (Lin et al. 2024, Table 2, compares the three.) `steps_offset` applies to "leading" only, as in diffusers.
-    """
-    T, n = num_train_timesteps, num_inference_steps
-    _check_steps(n, T)
-    _check_spacing(spacing)
-    if spacing == "leading":
-        timesteps = (np.arange(0, n) * (T // n)).round()[::-1] + steps_offset
-    elif spacing == "trailing":
-        # np.arange as diffusers calls it (its float rounding decides some steps); diffusers
-        # keeps an extra last step, -1, for some n (e.g. 61): we keep the first n.
-        timesteps = np.round(np.arange(T, 0, -T / n))[:n] - 1
-    else:
-        timesteps = np.linspace(0, T - 1, n).round()[::-1]
-    _check_offset(timesteps, steps_offset, T)
-    return torch.from_numpy(timesteps.astype(np.int64).copy())  # (n,)
-
-
-class Grid(NamedTuple):
-    timesteps: torch.Tensor  # (n,) what the model is called at: long, or float64 when fractional
-    sigmas: torch.Tensor | None  # (n + 1,) float64 noise levels ending in 0, for sigma-based samplers
-
-
-def _sigma_grid(timesteps, schedule, use_karras_sigmas, karras_range):
-    """sigma at each grid timestep plus a final 0; with Karras, Karras' sigmas and their timesteps."""
-    sigmas = schedule.sigmas().numpy()  # (T,) increasing in t
-    at_grid = np.interp(timesteps, np.arange(len(sigmas)), sigmas)  # (n,)
-    if not use_karras_sigmas:
-        return timesteps, np.concatenate([at_grid, [0.0]])
-    lo, hi = (at_grid[-1], at_grid[0]) if karras_range == "grid" else (sigmas[0], sigmas[-1])
-    k = karras_sigmas(float(lo), float(hi), len(timesteps)).numpy()  # (n,)
-    # invert sigma(t), linear in log sigma between training steps (diffusers' _sigma_to_t)
-    timesteps = np.interp(np.log(k), np.log(sigmas), np.arange(len(sigmas)))  # (n,) fractional
-    return timesteps, np.concatenate([k, [0.0]])
-
-
-def make_grid(
-    sampler: str,
-    num_inference_steps: int,
-    schedule: Schedule,
-    spacing: str | None = None,
-    steps_offset: int = 0,
-    use_karras_sigmas: bool = False,
-) -> Grid:
-    """The timesteps (and noise levels) `sampler` visits: exactly its diffusers scheduler's `set_timesteps`.
-
-    ddpm, ddim:      `make_timesteps` (DDPMScheduler, DDIMScheduler; default spacing "leading").
-    euler, euler_a:  "linspace" is NOT rounded (n fractional timesteps over [0, T - 1]); sigmas are
-                     interpolated linearly in t (EulerDiscreteScheduler, EulerAncestral...; default "linspace").
-                     Karras sigmas span the grid's first and last sigma; their timesteps stay fractional.
-    dpmpp_2m:        "linspace" and "leading" take n + 1 points and drop the last (t = 0):
-                     linspace(0, T - 1, n + 1) rounded, or k = T // (n + 1) (DPMSolverMultistepScheduler;
-                     default "linspace"). Karras sigmas span the whole schedule and their timesteps are
-                     rounded (except for the cosine schedule), while the sigmas themselves stay exact.
-    `spacing=None` picks the sampler's default (`DEFAULT_SPACING`).
-    """
-    if sampler not in SAMPLERS:
-        raise ValueError(f"sampler must be one of {', '.join(SAMPLERS)}, got {sampler!r}")
-    spacing = DEFAULT_SPACING[sampler] if spacing is None else spacing
-    T, n = schedule.num_train_timesteps, num_inference_steps
-    if use_karras_sigmas and sampler not in KARRAS_SAMPLERS:
-        raise ValueError(
-            f"use_karras_sigmas works with the {' and '.join(KARRAS_SAMPLERS)} samplers, not {sampler!r}"
-        )
-    if sampler in ("ddpm", "ddim"):
-        return Grid(make_timesteps(n, T, spacing, steps_offset), None)
-    _check_steps(n, T)
-    _check_spacing(spacing)
-    if spacing == "trailing" or (spacing == "leading" and sampler != "dpmpp_2m"):
-        timesteps = make_timesteps(n, T, spacing, steps_offset).numpy().astype(np.float64)
-    elif sampler != "dpmpp_2m":  # Euler's linspace, in float32 as diffusers makes it
-        timesteps = np.linspace(0, T - 1, n, dtype=np.float32)[::-1].astype(np.float64)
-    elif spacing == "linspace":
-        timesteps = np.linspace(0, T - 1, n + 1).round()[::-1][:-1]
-    else:
-        timesteps = (np.arange(0, n + 1) * (T // (n + 1))).round()[::-1][:-1] + steps_offset
-    _check_offset(timesteps, steps_offset, T)
-    karras_range = "schedule" if sampler == "dpmpp_2m" else "grid"
-    timesteps, sigmas = _sigma_grid(timesteps, schedule, use_karras_sigmas, karras_range)
-    if sampler == "dpmpp_2m" and schedule.kind != "cosine":
-        timesteps = torch.from_numpy(timesteps.round().astype(np.int64).copy())  # (n,)
-    else:
-        timesteps = torch.from_numpy(timesteps.astype(np.float64).copy())  # (n,)
-    return Grid(timesteps, torch.from_numpy(sigmas.astype(np.float64)))
 
 
 def resolve_sampler(sampler, use_karras_sigmas):
@@ -425,22 +303,3 @@ def sample(
     step = prepare_step(sampler, grid, schedule, float(eta), set_alpha_to_one, dtype=x.dtype)
     return loop(model, x, grid, step, generator=generator, clip_x0=clip_x0, callback=callback,
                 start_step=start_step, progress=progress)
-
-
-def noise_to_grid_point(x0: torch.Tensor, noise: torch.Tensor, grid: Grid, index: int,
-                        schedule: Schedule) -> torch.Tensor:
-    """x at the grid's `index`-th timestep from clean x0: sqrt(alpha_bar) x0 + sqrt(1 - alpha_bar) noise.
-
-    alpha_bar comes from the grid's sigma (Karras grids) or `sigma_at` (fractional
-    timesteps), alpha_bar = 1 / (1 + sigma^2), so it is exact on every sampler's grid.
-    The start of image-to-image: `sample(..., x_T=this, start_step=index)`.
-
-    Book: eq-sdedit
-    Paper: Meng et al. 2022 (SDEdit), section 3
-    """
-    if grid.sigmas is not None:
-        sigma = grid.sigmas[index]
-    else:
-        sigma = sigma_at(grid.timesteps[index], schedule)
-    scale = 1.0 / torch.sqrt(1.0 + sigma**2)  # sqrt(alpha_bar), float64
-    return (x0 + float(sigma) * noise) * float(scale)

@@ -21,15 +21,9 @@ import torch
 from diffusion_notes.data.images import check_image_input, prompt_list, to_pil
 from diffusion_notes.data.tokenizer import tokenize
 from diffusion_notes.device import randn
+from diffusion_notes.foundations.grids import make_grid, noise_to_grid_point
 from diffusion_notes.foundations.guidance import check_guidance_scale
-from diffusion_notes.foundations.samplers import (
-    SAMPLER_ALIASES,
-    SAMPLERS,
-    make_grid,
-    noise_to_grid_point,
-    resolve_sampler,
-    sample,
-)
+from diffusion_notes.foundations.samplers import SAMPLER_ALIASES, SAMPLERS, resolve_sampler, sample
 from diffusion_notes.stable_diffusion.ldm import DEFAULT_GUIDANCE_SCALE, ldm_schedule, null_context
 
 OUTPUT_TYPES = ("pt", "pil", "latent")

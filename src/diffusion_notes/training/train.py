@@ -255,6 +255,32 @@ class _StopFlag:
 # The loop.
 
 
+def _run_settings(recipe, ckpt_path: Path, resume: bool, steps, batch_size, seed, config_overrides, lr_schedule,
+                  checkpoint_every: int, device) -> tuple[dict, tuple | None]:
+    """The run's settings, checked, and on --resume the checkpoint's (tensors, metadata) to restore."""
+    if lr_schedule is not None and lr_schedule not in LR_SCHEDULES:
+        raise ValueError(f"lr_schedule must be one of {', '.join(LR_SCHEDULES)}, got {lr_schedule!r}")
+    if checkpoint_every < 1:
+        raise ValueError(f"checkpoint_every must be a positive number of steps, got {checkpoint_every}")
+    saved_state = None
+    if resume:
+        if not ckpt_path.is_file():
+            raise FileNotFoundError(f"cannot resume: no checkpoint at {ckpt_path}; start the run without --resume")
+        saved_state = load_checkpoint(ckpt_path)
+        settings = _resume_settings(recipe, saved_state[1], steps, batch_size, seed, config_overrides, lr_schedule,
+                                    ckpt_path)
+        remove_stale_temporaries(ckpt_path.parent)
+    else:
+        if ckpt_path.exists():
+            raise ValueError(
+                f"{ckpt_path} already exists; pass --resume to continue that run, or choose another --out"
+            )
+        settings = _settings(recipe, steps, batch_size, seed, config_overrides, lr_schedule, device)
+    if settings["steps"] < 1 or settings["batch_size"] < 1:
+        raise ValueError(f"steps and batch_size must be positive, got {settings['steps']} and {settings['batch_size']}")
+    return settings, saved_state
+
+
 def train(
     recipe: str | Recipe,
     steps: int | None = None,
@@ -283,27 +309,11 @@ def train(
     recipe = get_recipe(recipe, device) if isinstance(recipe, str) else recipe
     run_dir = Path(out_dir if out_dir is not None else Path("runs") / recipe.name)
     ckpt_path = run_dir / CHECKPOINT_NAME
-    if lr_schedule is not None and lr_schedule not in LR_SCHEDULES:
-        raise ValueError(f"lr_schedule must be one of {', '.join(LR_SCHEDULES)}, got {lr_schedule!r}")
-    if checkpoint_every < 1:
-        raise ValueError(f"checkpoint_every must be a positive number of steps, got {checkpoint_every}")
-    if resume:
-        if not ckpt_path.is_file():
-            raise FileNotFoundError(f"cannot resume: no checkpoint at {ckpt_path}; start the run without --resume")
-        tensors, saved = load_checkpoint(ckpt_path)
-        settings = _resume_settings(recipe, saved, steps, batch_size, seed, config_overrides, lr_schedule, ckpt_path)
-        remove_stale_temporaries(run_dir)
-    else:
-        if ckpt_path.exists():
-            raise ValueError(
-                f"{ckpt_path} already exists; pass --resume to continue that run, or choose another --out"
-            )
-        settings = _settings(recipe, steps, batch_size, seed, config_overrides, lr_schedule, device)
+    settings, saved_state = _run_settings(recipe, ckpt_path, resume, steps, batch_size, seed, config_overrides,
+                                          lr_schedule, checkpoint_every, device)
     steps, batch_size, seed = settings["steps"], settings["batch_size"], settings["seed"]
     lr, warmup, grad_clip = settings["lr"], settings["warmup_steps"], settings["grad_clip"]
     ema_decay = settings["ema_decay"]
-    if steps < 1 or batch_size < 1:
-        raise ValueError(f"steps and batch_size must be positive, got {steps} and {batch_size}")
     settings["train_command"] = train_command(settings, run_dir)
 
     torch.manual_seed(seed)  # parameter initialisation
@@ -311,10 +321,11 @@ def train(
     ema = {k: v.detach().clone() for k, v in model.state_dict().items()} if ema_decay else None
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=settings["weight_decay"])
     start, losses, seconds, elapsed = 0, [], [], 0.0
-    if resume:
+    if saved_state is not None:
+        tensors, saved = saved_state
         losses, seconds = _restore(tensors, saved, model, ema, opt)
         start, elapsed = saved["step"], saved["elapsed_s"]
-        del tensors
+        del tensors, saved_state
     elif recipe.prepare is not None:
         recipe.prepare(model, seed)  # statistics of the run's own data (the AR prior's PCA and buckets)
         if ema is not None:

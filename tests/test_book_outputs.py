@@ -70,3 +70,12 @@ def test_no_stored_difference_prints_its_last_digits(path):
         text = stored_text(cell)
         found = re.findall(r"(?:difference|changes by|within)[^\n<]*?\s[0-9.]+e-0?[5-9]", text)
         assert not found, f"{path.name}: {found}"
+
+
+@pytest.mark.parametrize("path", CHAPTERS, ids=lambda p: p.name)
+def test_no_stored_output_loads_anything_from_outside(path):
+    """The pages work with no network: no stored output links a stylesheet, script or font by URL."""
+    outside = re.compile(r'<(?:link|script|img)[^>]+(?:href|src)="(?:https?:)?//')
+    found = [k for k, cell in enumerate(code_cells(path)) for out in cell.get("outputs", [])
+             if outside.search("".join(out.get("data", {}).get("text/html", "")))]
+    assert found == [], f"code cells {found} load something by URL"

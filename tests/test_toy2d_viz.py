@@ -4,6 +4,8 @@ import matplotlib
 
 matplotlib.use("Agg")
 
+import re
+
 import pytest
 import torch
 
@@ -88,6 +90,14 @@ def test_animations_are_html_players():
     assert "_anim_img" in html and html.count("data:image/png") >= 3
     html = viz.scatter_animation([torch.randn(10, 2) for _ in range(2)]).data
     assert "_anim_img" in html
+
+
+def test_animation_players_load_nothing_from_outside():
+    html = viz.denoising_animation([torch.rand(1, 3, 4, 4) * 2 - 1 for _ in range(2)]).data
+    assert "http" not in html and "<link" not in html and 'class="fa ' not in html
+    for label, symbol in (("Play", "\u25b6"), ("Pause", "\u275a\u275a"), ("Play backwards", "\u25c0"),
+                          ("First frame", "\u21e4"), ("Last frame", "\u21e5")):
+        assert re.search(f'aria-label="{label}"[^>]*>\\s*{symbol}</button>', html), label
 
 
 def test_figure_png_is_a_png_and_closes_the_figure():

@@ -21,6 +21,7 @@ drawing function; a control left out of the panel passes its fixed value.
 from __future__ import annotations
 
 import io
+import re
 from typing import Callable, NamedTuple, Sequence
 
 import ipywidgets as widgets
@@ -85,9 +86,24 @@ def figure_png(fig, dpi: int = 80) -> bytes:
     return buffer.getvalue()
 
 
+# matplotlib's player draws its buttons with Font Awesome, loaded from a CDN; the book's pages load nothing
+# from outside, so the buttons get plain Unicode symbols instead (their titles and aria-labels stay).
+_FONT_AWESOME_LINK = re.compile(r'<link rel="stylesheet"\s+href="[^"]*font-awesome[^"]*">\n?')
+_BUTTON_ICON = re.compile(r'<i class="fa fa-([a-z-]+)( fa-flip-horizontal)?"></i>')
+_BUTTON_SYMBOLS = {"minus": "\u2212", "fast-backward": "\u21e4", "step-backward": "\u2039", "play": "\u25b6",
+                   "play backwards": "\u25c0", "pause": "\u275a\u275a", "step-forward": "\u203a",
+                   "fast-forward": "\u21e5", "plus": "+"}
+
+
+def offline_player(html: str) -> str:
+    """A matplotlib `to_jshtml` player that loads nothing from outside: no Font Awesome, symbols for its icons."""
+    html = _FONT_AWESOME_LINK.sub("", html)
+    return _BUTTON_ICON.sub(lambda m: _BUTTON_SYMBOLS["play backwards" if m.group(2) else m.group(1)], html)
+
+
 def _player(fig, update, n_frames: int, interval: int) -> HTML:
     anim = animation.FuncAnimation(fig, update, frames=n_frames, interval=interval, blit=False)
-    html = anim.to_jshtml(default_mode="once")
+    html = offline_player(anim.to_jshtml(default_mode="once"))
     plt.close(fig)  # the player replaces the static figure
     return HTML(html)
 

@@ -157,9 +157,9 @@ def test_no_module_imports_another_in_a_circle(graph):
 def test_the_folders_read_like_the_table_of_contents():
     folders = {p.name for p in SRC.iterdir() if p.is_dir() and not p.name.startswith(("_", "."))}
     assert folders == {"foundations", "unclip", "stable_diffusion", "practice", "nn", "data", "evaluation",
-                       "training", "weights"}
+                       "training", "viz", "weights"}
     top = {p.stem for p in SRC.glob("*.py")}
-    assert top == {"__init__", "__main__", "checkpoint", "device", "pretrained", "report", "viz"}
+    assert top == {"__init__", "__main__", "checkpoint", "device", "pretrained", "report"}
 
 
 def test_no_flat_shims_are_left_at_the_old_paths():

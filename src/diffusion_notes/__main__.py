@@ -1,4 +1,4 @@
-"""The command line: python -m diffusion_notes {train,ship,list,generate} ...
+"""The command line: python -m diffusion_notes {train,ship,list,generate,export} ...
 
 Each subcommand is a pair of functions, one that adds its arguments and one
 that runs it, registered in COMMANDS; a new subcommand (e.g. `generate`) is one
@@ -168,6 +168,63 @@ def _run_generate(args) -> int:
     return 0
 
 
+def _add_export(p: argparse.ArgumentParser) -> None:
+    models = sorted({model for model, _ in EXPORTS})
+    formats = sorted({fmt for _, fmt in EXPORTS})
+    p.add_argument("model", help=f"what to export: {', '.join(models)}")
+    p.add_argument("--format", required=True, help=f"one of {', '.join(formats)}. onnx: the pipeline's three "
+                   "parts as ONNX graphs, with the tokenizer's table, the schedule and the page's JavaScript "
+                   "(the model that runs in Chapter 13's page)")
+    p.add_argument("--out", required=True, help="the folder to write (created if missing)")
+    p.add_argument("--no-check", action="store_true", help="do not run the exported files against torch")
+    p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's)")
+
+
+def _run_export(args) -> int:
+    models = sorted({model for model, _ in EXPORTS})
+    formats = sorted({fmt for _, fmt in EXPORTS})
+    if args.model not in models:
+        raise ValueError(f"export knows the model{'s' if len(models) > 1 else ''} {', '.join(models)}, "
+                         f"got {args.model!r}")
+    if args.format not in formats:
+        raise ValueError(f"--format must be one of {', '.join(formats)}, got {args.format!r}")
+    if (args.model, args.format) not in EXPORTS:
+        raise ValueError(f"{args.model} cannot be exported as {args.format}")
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    return EXPORTS[args.model, args.format](args)
+
+
+def _export_stable_diffusion_onnx(args) -> int:
+    from diffusion_notes import pretrained
+    from diffusion_notes.stable_diffusion import web_export
+
+    pipe = pretrained.load("stable_diffusion", device="cpu")
+    sizes = web_export.export_onnx(pipe, args.out)
+    print(f"wrote {args.out}: " + ", ".join(f"{name} ({size / 1e6:.2f} MB)" for name, size in sizes.items()))
+    if args.no_check:
+        return 0
+    try:
+        diffs = web_export.check_onnx(pipe, args.out)
+    except ImportError:
+        print("onnxruntime is not installed: the ONNX files were not checked against torch")
+        return 0
+    print("onnxruntime against torch, max |difference|: " + ", ".join(f"{k} {v:.1e}" for k, v in diffs.items()))
+    bad = {k: v for k, v in diffs.items() if not v <= web_export.TOLERANCE}
+    if bad:
+        print(f"error: {', '.join(bad)} differ from torch by more than {web_export.TOLERANCE}", file=sys.stderr)
+        return 1
+    return 0
+
+
+# (model, format) -> the function that writes it; a new format is one more entry.
+EXPORTS = {
+    ("stable_diffusion", "onnx"): _export_stable_diffusion_onnx,
+}
+
+
 # name -> (help, add_arguments, run)
 COMMANDS = {
     "train": ("train a model from its recipe", _add_train, _run_train),
@@ -175,12 +232,15 @@ COMMANDS = {
     "list": ("list the shipped models and their metrics", _add_list, _run_list),
     "generate": ("draw images from a caption with a shipped pipeline (Stable Diffusion, unCLIP or GLIDE)",
                  _add_generate, _run_generate),
+    "export": ("write a shipped pipeline in another format (onnx: the model Chapter 13's page runs)",
+               _add_export, _run_export),
 }
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m diffusion_notes", description="Train, ship and list the book's models, and generate images."
+        prog="python -m diffusion_notes",
+        description="Train, ship and list the book's models, generate images, and export them.",
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, (help_, add_arguments, _) in COMMANDS.items():

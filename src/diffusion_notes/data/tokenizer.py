@@ -134,6 +134,21 @@ def derive_caption_vocabulary() -> tuple[int, ...]:
     return tuple(sorted(ids))
 
 
+def caption_words() -> dict[str, list[int]]:
+    """Every piece CLIP's BPE cuts the Shapes captions into (words and punctuation), with its open_clip ids.
+
+    The pieces are what the BPE's pattern splits a cleaned, lower-cased text into before it
+    encodes each one on its own, so a caption's ids are its pieces' ids in order (the table
+    the in-page tokenizer of Chapter 13 reads; `stable_diffusion/web_vocab.py`).
+    """
+    bpe = _bpe()
+    words = {}
+    for text in _caption_texts():
+        for piece in bpe.pat.findall(bpe.clean_fn(text)):
+            words[piece] = bpe.encode(piece)
+    return dict(sorted(words.items()))
+
+
 def to_compact(ids: torch.Tensor, vocabulary: torch.Tensor) -> torch.Tensor:
     """Map open_clip ids to rows of a compact table: the index in `vocabulary`, else len(vocabulary).
 

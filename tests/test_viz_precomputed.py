@@ -88,6 +88,18 @@ def test_palette_shrinks_plots_and_keeps_the_stamp():
     assert Image.open(__import__("io").BytesIO(small)).mode == "P"
 
 
+def test_jpeg_frames_carry_their_stamp_and_mime_type():
+    rng = __import__("numpy").random.default_rng(0)
+    noise = Image.fromarray(rng.integers(0, 255, (96, 96, 3), dtype="uint8"))
+    buffer = __import__("io").BytesIO()
+    noise.save(buffer, format="png")
+    jpeg = viz.stamp_png(buffer.getvalue(), {"t": 500}, jpeg=80)
+    assert jpeg[:2] == b"\xff\xd8" and len(jpeg) < len(buffer.getvalue()) / 2
+    assert viz.png_parameters(jpeg) == {"t": 500}
+    panel = viz.precomputed_panel(lambda t: noise, [viz.control("t", [0, 1])], jpeg=80)
+    assert "data:image/jpeg;base64," in panel.static_html and panel.image.format == "jpeg"
+
+
 def test_pil_frames_are_kept_as_they_are():
     picture = Image.new("RGB", (8, 4), (200, 10, 10))
     panel = viz.precomputed_panel(lambda t: picture, [viz.control("t", [0, 1])], pixelated=True)
@@ -111,3 +123,15 @@ def test_bad_controls_get_clear_errors():
         viz.precomputed_panel(lambda a: None, [viz.control("a", [1]), viz.control("a", [2])])
     with pytest.raises(ValueError, match="matplotlib Figure or a PIL image"):
         viz.precomputed_panel(lambda a: None, [viz.control("a", [1])])
+
+
+def test_denoising_animation_can_store_jpeg_frames():
+    import torch
+
+    frames = [torch.rand(2, 3, 96, 96) * 2 - 1 for _ in range(3)]  # noise: PNG cannot shrink it
+    png = viz.denoising_animation(frames).data
+    jpeg = viz.denoising_animation(frames, frame_format="jpeg").data
+    assert "data:image/jpeg;base64" in jpeg and "data:image/png;base64" not in jpeg
+    assert "data:image/png;base64" in png and len(jpeg) < len(png)
+    with pytest.raises(ValueError, match="frame_format"):
+        viz.denoising_animation(frames, frame_format="gif")

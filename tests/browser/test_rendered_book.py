@@ -47,11 +47,14 @@ def _expected(chapter: str) -> dict:
     """What the page must show, read from the notebook: its display math, animations and widgets."""
     nb = json.loads((ROOT / "book" / f"{chapter}.ipynb").read_text())
     markdown = "".join("".join(c["source"]) for c in nb["cells"] if c["cell_type"] == "markdown")
-    outputs = json.dumps([c.get("outputs", []) for c in nb["cells"] if c["cell_type"] == "code"])
+    cells = [c.get("outputs", []) for c in nb["cells"] if c["cell_type"] == "code"]
+    bundles = [o.get("data", {}) for outputs in cells for o in outputs]
+    # a precomputed panel's output has a widget view and an HTML view; the page shows the HTML one
     return {
         "display_math": markdown.count("```{math}") + markdown.count("$$") // 2,
-        "animations": "_anim_img" in outputs,
-        "widgets": "application/vnd.jupyter.widget-view+json" in outputs,
+        "animations": "_anim_img" in json.dumps(cells),
+        "widgets": any("application/vnd.jupyter.widget-view+json" in d and "text/html" not in d for d in bundles),
+        "panels": sum("dn-panel" in "".join(d.get("text/html", "")) for d in bundles),
     }
 
 
@@ -91,7 +94,8 @@ def test_animation_players_run(dom):
         return
     assert frames, f"no animation player on {chapter}"
     for img in frames:
-        assert (img.get("src") or "").startswith("data:image/png"), "an animation's first frame was not drawn"
+        assert (img.get("src") or "").startswith(("data:image/png", "data:image/jpeg")), \
+            "an animation's first frame was not drawn"
     assert page.select("div.anim-buttons button"), "an animation has no play buttons"
 
 
@@ -104,6 +108,17 @@ def test_widgets_render(dom):
         return
     assert views, f"{chapter}'s widget views are missing from the page"
     assert page.select(".widget-slider, .jupyter-widgets"), f"the widget renderer did not draw {chapter}'s widgets"
+
+
+@pytest.mark.parametrize("dom", CHAPTERS, indirect=True)
+def test_precomputed_panels_are_drawn_not_their_widget_views(dom):
+    chapter, page = dom
+    panels = page.select("div.dn-panel")
+    assert len(panels) == _expected(chapter)["panels"], f"{chapter}: {len(panels)} panels drawn"
+    for panel in panels:
+        picture = panel.select_one("img.dn-frame")
+        assert picture is not None and picture.get("src", "").startswith("data:image/"), "a panel has no picture"
+        assert panel.select("[data-control]"), "a panel has no controls"
 
 
 def test_screenshot(tmp_path):

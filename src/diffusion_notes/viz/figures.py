@@ -87,21 +87,25 @@ def offline_player(html: str) -> str:
     return _BUTTON_ICON.sub(lambda m: _BUTTON_SYMBOLS["play backwards" if m.group(2) else m.group(1)], html)
 
 
-def _player(fig, update, n_frames: int, interval: int) -> HTML:
+def _player(fig, update, n_frames: int, interval: int, frame_format: str = "png") -> HTML:
+    if frame_format not in ("png", "jpeg"):
+        raise ValueError(f"frame_format must be 'png' or 'jpeg', got {frame_format!r}")
     anim = animation.FuncAnimation(fig, update, frames=n_frames, interval=interval, blit=False)
-    html = offline_player(anim.to_jshtml(default_mode="once"))
+    with plt.rc_context({"animation.frame_format": frame_format}):
+        html = offline_player(anim.to_jshtml(default_mode="once"))
     plt.close(fig)  # the player replaces the static figure
     return HTML(html)
 
 
 def denoising_animation(frames, titles=None, nrow: int | None = None, interval: int = 120, scale: float = 1.2,
-                        dpi: int = 72) -> HTML:
+                        dpi: int = 72, frame_format: str = "png") -> HTML:
     """Animate a denoising trace of images.
 
     Args:
         frames: a sequence of batches, each (B, 3, H, W) in [-1, 1]; frame k shows batch k.
         titles: optional one title per frame (e.g. "t = 999").
         dpi: resolution of each frame; frames are stored in the page, so keep it modest.
+        frame_format: "png", or "jpeg" for noisy frames (several times smaller; PNG cannot compress noise).
     Returns:
         an HTML player (play, pause, step, loop) that works in static pages.
     """
@@ -125,7 +129,7 @@ def denoising_animation(frames, titles=None, nrow: int | None = None, interval: 
             title.set_text(titles[k])
         return artists[:B]
 
-    return _player(fig, update, len(frames), interval)
+    return _player(fig, update, len(frames), interval, frame_format)
 
 
 def scatter_animation(frames, titles=None, lim: float = 3.5, interval: int = 120, reference=None, size: float = 3.5,

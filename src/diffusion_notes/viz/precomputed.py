@@ -63,29 +63,39 @@ def control(name: str, values: Sequence, value: Any = None, live: Any = None) ->
     return Control(name, values, value, live)
 
 
-def stamp_png(png: bytes, parameters: dict, palette: int | None = None) -> bytes:
-    """Re-encode a PNG with a ``parameters`` text chunk (JSON of the values it shows).
+def stamp_png(png: bytes, parameters: dict, palette: int | None = None, jpeg: int | None = None) -> bytes:
+    """Re-encode a PNG frame with its values stamped in: JSON in a ``parameters`` text chunk (PNG) or comment (JPEG).
 
     palette: reduce to that many colours (plots with few colours shrink several times; keep None
-    for generated images, whose pixels are the result).
+             for generated images, whose pixels are the result).
+    jpeg:    encode as JPEG at this quality instead (noisy photographs: PNG cannot shrink noise).
     """
     image = Image.open(io.BytesIO(png))
+    stamp = json.dumps(parameters, sort_keys=True)
+    buffer = io.BytesIO()
+    if jpeg is not None:
+        image.convert("RGB").save(buffer, format="jpeg", quality=jpeg, comment=stamp.encode())
+        return buffer.getvalue()
     if palette is not None:
         image = image.convert("RGB").quantize(colors=palette)
     info = PngImagePlugin.PngInfo()
-    info.add_text("parameters", json.dumps(parameters, sort_keys=True))
-    buffer = io.BytesIO()
+    info.add_text("parameters", stamp)
     image.save(buffer, format="png", pnginfo=info, optimize=True)
     return buffer.getvalue()
 
 
-def png_parameters(png: bytes) -> dict:
-    """The values a frame was drawn for, read back from its ``parameters`` text chunk."""
-    return json.loads(Image.open(io.BytesIO(png)).text["parameters"])
+def png_parameters(frame: bytes) -> dict:
+    """The values a frame was drawn for, read back from its stamp (PNG text chunk or JPEG comment)."""
+    image = Image.open(io.BytesIO(frame))
+    return json.loads(image.text["parameters"] if image.format == "PNG" else image.info["comment"])
 
 
-def _data_uri(png: bytes) -> str:
-    return "data:image/png;base64," + base64.b64encode(png).decode("ascii")
+def _format(frame: bytes) -> str:
+    return "jpeg" if frame[:2] == b"\xff\xd8" else "png"
+
+
+def _data_uri(frame: bytes) -> str:
+    return f"data:image/{_format(frame)};base64," + base64.b64encode(frame).decode("ascii")
 
 
 def _label(value) -> str:
@@ -181,12 +191,14 @@ class PrecomputedPanel(widgets.VBox):
 
 
 def precomputed_panel(render: Callable[..., Any], controls: Sequence[Control], *, width: str = "360px",
-                      dpi: int = 80, palette: int | None = None, pixelated: bool = False) -> PrecomputedPanel:
+                      dpi: int = 80, palette: int | None = None, jpeg: int | None = None,
+                      pixelated: bool = False) -> PrecomputedPanel:
     """A slider panel over `render(**values)`, with every combination of the controls' values stored as a frame.
 
     render:  keyword arguments named by the controls -> a matplotlib Figure or a PIL image.
     controls: `control(...)`s, shown in this order.
-    palette: reduce the frames to that many colours (see `stamp_png`).
+    palette, jpeg: reduce the frames to that many colours, or store them as JPEG at that quality
+             (see `stamp_png`; a page of about 3 MB holds a few hundred small frames).
     pixelated: draw the frames with sharp pixels when the page scales them (small generated images).
     Returns the live panel; its `.controls` (name -> widget), `.image`, `.frames` and `.static_html` let a
     chapter or a test inspect it. Display it as the last expression of a cell.
@@ -205,7 +217,7 @@ def precomputed_panel(render: Callable[..., Any], controls: Sequence[Control], *
                          f"{MAX_FRAMES}: offer fewer values per control (the kernel's panel still takes any value)")
 
     def frame(values: dict) -> bytes:
-        return stamp_png(_as_png(render(**values), dpi), values, palette)
+        return stamp_png(_as_png(render(**values), dpi), values, palette, jpeg)
 
     frames = {}
     for key in itertools.product(*(range(len(c.values)) for c in controls)):
@@ -213,7 +225,7 @@ def precomputed_panel(render: Callable[..., Any], controls: Sequence[Control], *
 
     live = {c.name: _live_widget(c) for c in controls}
     start = tuple(c.values.index(c.value) for c in controls)
-    image = widgets.Image(value=frames[start], format="png", layout=widgets.Layout(width=width))
+    image = widgets.Image(value=frames[start], format=_format(frames[start]), layout=widgets.Layout(width=width))
 
     def redraw(_change=None):
         values = {name: w.value for name, w in live.items()}

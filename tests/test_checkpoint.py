@@ -110,3 +110,16 @@ def test_optimizer_state_round_trip(tmp_path):
         opt.step()
     for pa, pb in zip(a.parameters(), b.parameters()):
         assert torch.equal(pa, pb)
+
+
+def test_model_hash_is_the_first_ten_hex_digits_of_the_sha256(tmp_path):
+    import hashlib
+
+    from diffusion_notes.checkpoint import model_hash, sha256
+
+    path = tmp_path / "model.safetensors"
+    path.write_bytes(b"not really a model" * 1000)
+    expected = hashlib.sha256(path.read_bytes()).hexdigest()
+    assert sha256(path) == expected and model_hash(path) == expected[:10]
+    path.write_bytes(b"another")  # a changed file is hashed again, not served from the cache
+    assert sha256(path) == hashlib.sha256(b"another").hexdigest()

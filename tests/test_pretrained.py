@@ -8,7 +8,7 @@ import shutil
 import pytest
 import torch
 
-from diffusion_notes import pretrained
+from diffusion_notes import checkpoint, pretrained
 from diffusion_notes.__main__ import main
 from diffusion_notes.checkpoint import WEIGHTS_NAME, load_checkpoint
 from diffusion_notes.pretrained import WeightsError, available, info, load
@@ -128,7 +128,7 @@ def test_unknown_name_lists_the_shipped_ones(weights, tmp_path):
 def test_checksum_is_cached(weights, monkeypatch):
     load("toy2d", weights_dir=weights)
     calls = []
-    monkeypatch.setattr(pretrained.hashlib, "sha256", lambda *a: calls.append(a) or hashlib.sha256(*a))
+    monkeypatch.setattr(checkpoint.hashlib, "sha256", lambda *a: calls.append(a) or hashlib.sha256(*a))
     load("toy2d", weights_dir=weights)
     assert calls == []
 

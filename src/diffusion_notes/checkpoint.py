@@ -13,6 +13,7 @@ killed at any moment leaves either the old file or the new one, never half.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import os
 import typing
@@ -156,3 +157,26 @@ def _to_tuple_if_needed(value, hint):
     if isinstance(value, list) and (hint is tuple or typing.get_origin(hint) is tuple):
         return tuple(value)
     return value
+
+
+_SHA256_CACHE: dict[tuple, str] = {}
+
+
+def sha256(path) -> str:
+    """Hex sha256 of a file, cached per process by (path, mtime, size)."""
+    path = Path(path).resolve()
+    stat = path.stat()
+    key = (str(path), stat.st_mtime_ns, stat.st_size)
+    if key not in _SHA256_CACHE:
+        digest = hashlib.sha256()
+        with open(path, "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                digest.update(chunk)
+        _SHA256_CACHE[key] = digest.hexdigest()
+    return _SHA256_CACHE[key]
+
+
+def model_hash(path) -> str:
+    """The Stable Diffusion web UI's short model hash: the first 10 hex digits of the file's sha256."""
+    return sha256(path)[:10]
+

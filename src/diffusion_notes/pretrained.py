@@ -16,12 +16,11 @@ names another.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from pathlib import Path
 
-from diffusion_notes.checkpoint import config_from_dict, load_checkpoint, read_metadata
+from diffusion_notes.checkpoint import config_from_dict, load_checkpoint, read_metadata, sha256
 from diffusion_notes.device import default_device
 from diffusion_notes.evaluation.classifier import ClassifierConfig, ShapesClassifier
 from diffusion_notes.foundations.toy2d import ToyDenoiser, ToyDenoiserConfig
@@ -93,23 +92,6 @@ def info(name: str, weights_dir=None) -> dict:
 def retrain_command(entry: dict) -> str:
     """The commands that rebuild a shipped model from scratch."""
     return f"{entry['train_command']} && {entry['ship_command']}"
-
-
-_SHA256_CACHE: dict[tuple, str] = {}
-
-
-def sha256(path) -> str:
-    """Hex sha256 of a file, cached per process by (path, mtime, size)."""
-    path = Path(path).resolve()
-    stat = path.stat()
-    key = (str(path), stat.st_mtime_ns, stat.st_size)
-    if key not in _SHA256_CACHE:
-        digest = hashlib.sha256()
-        with open(path, "rb") as f:
-            for chunk in iter(lambda: f.read(1 << 20), b""):
-                digest.update(chunk)
-        _SHA256_CACHE[key] = digest.hexdigest()
-    return _SHA256_CACHE[key]
 
 
 def verify(name: str, weights_dir=None) -> Path:

@@ -22,11 +22,12 @@ export MPLCONFIGDIR        := $(STATE)/matplotlib
 export PYDEVD_DISABLE_FILE_VALIDATION := 1
 export PYTHONHASHSEED      := 0
 
-.PHONY: help setup state stamp check-home venv vendor lock book test unit nbval build-strict browser lab bench execute clean distclean
+.PHONY: help setup web serve state stamp check-home venv vendor lock book test unit nbval build-strict browser lab bench execute clean distclean
 
 help:
 	@echo "make book    set up, execute every chapter, render HTML into _build/html"
 	@echo "make test    set up, unit tests, chapters against stored outputs (nbval), strict build, browser check"
+	@echo "make serve   serve _build/html on http://127.0.0.1:8000 (PORT=...)"
 	@echo "make lab     JupyterLab on book/"
 	@echo "make bench   run the benchmarks in benchmarks/"
 	@echo "make execute NB=book/13_text_to_image.ipynb   re-execute chapters in place (their stored outputs are what nbval compares)"
@@ -34,6 +35,14 @@ help:
 	@echo "make clean   remove _build (distclean also removes .venv, _vendor, node_modules)"
 
 setup: venv vendor
+
+# The shipped Stable Diffusion as ONNX files, with its vocabulary and the page's sampler, for the
+# model that runs in Chapter 13's page; Sphinx copies _build/web into the site's _static/.
+WEB := _build/web
+web: $(WEB)/.exported
+$(WEB)/.exported: $(VENV)/.installed $(wildcard src/diffusion_notes/weights/*) $(wildcard src/diffusion_notes/stable_diffusion/*.py) $(wildcard src/diffusion_notes/stable_diffusion/web/*)
+	$(PY) -m diffusion_notes export stable_diffusion --format onnx --out $(WEB)/stable_diffusion
+	@touch $@
 
 venv: $(VENV)/.installed
 $(VENV)/.installed: pyproject.toml requirements.lock
@@ -63,13 +72,16 @@ _vendor/.installed: package.json package-lock.json
 	cp node_modules/requirejs/require.js _vendor/require.js
 	cp -r node_modules/@jupyter-widgets/html-manager/dist/. _vendor/widgets/
 	rm -f _vendor/widgets/*.map
+	mkdir -p _vendor/ort  # onnxruntime-web, its WebAssembly build only (Chapter 13 runs the model in the page)
+	cp node_modules/onnxruntime-web/dist/ort.wasm.min.js node_modules/onnxruntime-web/dist/ort-wasm-simd-threaded.mjs \
+	    node_modules/onnxruntime-web/dist/ort-wasm-simd-threaded.wasm _vendor/ort/
 	@touch $@
 
 state:
 	@mkdir -p $(JUPYTER_DATA_DIR) $(JUPYTER_CONFIG_DIR) $(JUPYTER_RUNTIME_DIR) $(IPYTHONDIR) $(MPLCONFIGDIR)
 
 # Execute every chapter and render HTML into _build/html.
-book: setup state
+book: setup state web
 	$(JB) build . --builder html
 	@echo "== open _build/html/index.html"
 
@@ -91,7 +103,7 @@ nbval: setup state
 # The strict build renders the stored outputs: in `make test` nbval has just re-executed every
 # chapter and compared it with them (`make book` executes the chapters for the pages it builds).
 STORED_CONFIG := _build/config-stored-outputs.yml
-build-strict: setup state
+build-strict: setup state web
 	sed 's/^\(  execute_notebooks:\).*/\1 "off"/' _config.yml > $(STORED_CONFIG)
 	grep -q 'execute_notebooks: "off"' $(STORED_CONFIG)
 	$(JB) build . --builder html --all -W -n --keep-going --config $(STORED_CONFIG)
@@ -109,8 +121,19 @@ check-home:
 	if [ -n "$$found" ]; then echo "written under ~ during the tests: $$found"; exit 1; \
 	else echo "== nothing of Jupyter, IPython or matplotlib was written under ~"; fi
 
+# The built site on localhost (the in-page model needs http://, not file://).
+PORT ?= 8000
+serve:
+	@test -f _build/html/index.html || { echo "no _build/html: run make book first"; exit 1; }
+	$(PYTHON) -m http.server $(PORT) --bind 127.0.0.1 --directory _build/html
+
+# JupyterLab with no requests outside this machine: jupyter_config/ (put on JUPYTER_CONFIG_PATH)
+# disables the news prompt and update check (the announcements plugin) and turns the server's
+# news feed and update check off. LAB_ARGS adds options (tests/browser/test_jupyterlab.py runs this line).
+LAB_CONFIG := $(CURDIR)/jupyter_config
 lab: setup state
-	$(VENV)/bin/jupyter lab book/ $$( [ "$$(id -u)" = 0 ] && echo --allow-root )
+	JUPYTER_CONFIG_PATH="$(LAB_CONFIG)$${JUPYTER_CONFIG_PATH:+:$$JUPYTER_CONFIG_PATH}" \
+	    $(VENV)/bin/jupyter lab book/ $$( [ "$$(id -u)" = 0 ] && echo --allow-root ) $(LAB_ARGS)
 
 bench: setup state
 	@for b in benchmarks/*.py; do echo "== $$b"; $(PY) $$b || exit 1; done

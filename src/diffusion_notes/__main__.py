@@ -219,9 +219,27 @@ def _export_stable_diffusion_onnx(args) -> int:
     return 0
 
 
+def _export_stable_diffusion_diffusers(args) -> int:
+    from diffusion_notes import pretrained
+    from diffusion_notes.practice.checkpoints import export
+
+    return export.export_diffusers_command(pretrained.load("stable_diffusion", device="cpu"), args.out,
+                                           check=not args.no_check)
+
+
+def _export_stable_diffusion_single_file(args) -> int:
+    from diffusion_notes import pretrained
+    from diffusion_notes.practice.checkpoints import export
+
+    return export.export_single_file_command(pretrained.load("stable_diffusion", device="cpu"), args.out,
+                                             check=not args.no_check)
+
+
 # (model, format) -> the function that writes it; a new format is one more entry.
 EXPORTS = {
     ("stable_diffusion", "onnx"): _export_stable_diffusion_onnx,
+    ("stable_diffusion", "diffusers"): _export_stable_diffusion_diffusers,
+    ("stable_diffusion", "single-file"): _export_stable_diffusion_single_file,
 }
 
 

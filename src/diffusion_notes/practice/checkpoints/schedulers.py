@@ -1,0 +1,74 @@
+"""Our samplers as diffusers' schedulers, and a diffusers scheduler's config as our schedule.
+
+Part I's samplers equal diffusers' schedulers (tests/test_samplers_reference.py) when both
+are set alike; these two functions set them alike in each direction:
+
+    diffusers_scheduler("euler_a", schedule)      -> EulerAncestralDiscreteScheduler(...)
+    schedule_from_config(pipe.scheduler.config)   -> our Schedule (betas of the same kind and range)
+"""
+
+from __future__ import annotations
+
+import torch
+
+from diffusion_notes.foundations.samplers import SAMPLER_ALIASES, resolve_sampler
+from diffusion_notes.foundations.schedules import Schedule, make_schedule
+
+# our schedule kinds <-> diffusers' beta_schedule names
+BETA_SCHEDULES = {"linear": "linear", "scaled_linear": "scaled_linear", "cosine": "squaredcos_cap_v2"}
+DIFFUSERS_CLASSES = {alias.sampler: alias.diffusers_class for alias in SAMPLER_ALIASES.values()}
+
+
+def beta_config(schedule: Schedule) -> dict:
+    """diffusers' beta_schedule, beta_start, beta_end and num_train_timesteps for our schedule."""
+    config = {"beta_schedule": BETA_SCHEDULES[schedule.kind], "num_train_timesteps": schedule.num_train_timesteps}
+    if schedule.kind != "cosine":
+        config["beta_start"] = float(f"{float(schedule.betas[0]):.12g}")
+        config["beta_end"] = float(f"{float(schedule.betas[-1]):.12g}")
+    return config
+
+
+def diffusers_scheduler(sampler: str, schedule: Schedule, use_karras_sigmas: bool | None = None, **options):
+    """The diffusers scheduler that steps as our `sampler` does with our pipeline's defaults.
+
+    Defaults follow ours: no clipping of x0_hat, set_alpha_to_one (DDIM), steps_offset 0, each
+    scheduler's own timestep spacing. `options` (e.g. timestep_spacing="trailing") go to the scheduler.
+    """
+    import diffusers
+
+    name, karras = resolve_sampler(sampler, use_karras_sigmas)
+    cls = getattr(diffusers, DIFFUSERS_CLASSES[name])
+    config = {**beta_config(schedule), "prediction_type": "epsilon", **options}
+    if name in ("ddpm", "ddim"):
+        config.setdefault("clip_sample", False)
+    if name == "ddim":
+        config.setdefault("set_alpha_to_one", True)
+    if karras:
+        config["use_karras_sigmas"] = True
+    return cls(**config)
+
+
+def schedule_from_config(config) -> Schedule:
+    """Our Schedule for a diffusers scheduler config (beta_schedule, beta_start, beta_end, num_train_timesteps)."""
+    kinds = {v: k for k, v in BETA_SCHEDULES.items()}
+    beta_schedule = config.get("beta_schedule", "linear")
+    if config.get("trained_betas") is not None or beta_schedule not in kinds:
+        raise ValueError(f"the scheduler's beta_schedule {beta_schedule!r} (or trained_betas) has no schedule here; "
+                         f"known: {', '.join(kinds)}")
+    T = int(config.get("num_train_timesteps", 1000))
+    if kinds[beta_schedule] == "cosine":
+        return make_schedule("cosine", T)
+    return make_schedule(kinds[beta_schedule], T, config.get("beta_start", 0.0001), config.get("beta_end", 0.02))
+
+
+def prediction_type(config) -> str:
+    """What the UNet predicts: "epsilon" (SD 1.x), "v_prediction" (SD 2.x at 768 px) or "sample"."""
+    kind = config.get("prediction_type", "epsilon")
+    if kind not in ("epsilon", "v_prediction", "sample"):
+        raise ValueError(f"unknown prediction_type {kind!r}")
+    return kind
+
+
+def torch_dtype_for(device: torch.device) -> torch.dtype:
+    """float16 on a GPU (CUDA or MPS), float32 on the CPU, where half precision is slow or unsupported."""
+    return torch.float16 if torch.device(device).type in ("cuda", "mps") else torch.float32

@@ -1,4 +1,4 @@
-"""The command line: python -m diffusion_notes {train,ship,list,generate,export} ...
+"""The command line: python -m diffusion_notes {train,ship,list,generate,export,webui} ...
 
 Each subcommand is a pair of functions, one that adds its arguments and one
 that runs it, registered in COMMANDS; a new subcommand (e.g. `generate`) is one
@@ -243,6 +243,31 @@ EXPORTS = {
 }
 
 
+def _add_webui(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
+    p.add_argument("--port", type=int, default=7860, help="port (default 7860, the web UI's)")
+    p.add_argument("--models-dir", default=os.path.join("models", "Stable-diffusion"),
+                   help="folder of extra checkpoints, where the merger writes (default models/Stable-diffusion)")
+    p.add_argument("--outputs-dir", default="outputs", help="where generated PNGs are saved (default outputs)")
+    p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's)")
+
+
+def _run_webui(args) -> int:
+    import torch
+
+    from diffusion_notes import pretrained
+    from diffusion_notes.practice.webui.app import create_app, serve
+    from diffusion_notes.practice.webui.models import ModelRegistry
+    from diffusion_notes.practice.webui.state import WebUIState
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    os.makedirs(args.models_dir, exist_ok=True)
+    registry = ModelRegistry(pretrained.load("stable_diffusion"), pretrained.verify("ldm_unet"), args.models_dir)
+    serve(create_app(WebUIState(registry, args.outputs_dir)), args.host, args.port)
+    return 0
+
+
 # name -> (help, add_arguments, run)
 COMMANDS = {
     "train": ("train a model from its recipe", _add_train, _run_train),
@@ -252,6 +277,8 @@ COMMANDS = {
                  _add_generate, _run_generate),
     "export": ("write a shipped pipeline in another format (onnx: the model Chapter 13's page runs)",
                _add_export, _run_export),
+    "webui": ("start the web UI and its API on localhost (txt2img, img2img, PNG Info, Checkpoint Merger)",
+              _add_webui, _run_webui),
 }
 
 

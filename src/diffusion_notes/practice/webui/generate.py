@@ -1,0 +1,248 @@
+"""txt2img, img2img and inpainting, as the web UI runs them, on a `LatentDiffusionPipeline`'s parts.
+
+    settings = Settings(prompt="a small red circle on the left", steps=20, cfg_scale=4, seed=1)
+    result = generate(pipe, settings, model=("ldm_unet", "0123456789"))   # result.images: PIL images
+
+One job is `n_iter` batches of `batch_size` images; image i of the job has seed + i (and variation
+seed subseed + i). Each batch: every image's conditioning (prompt editing, AND, emphasis:
+`conditioning`), its noise (`seeds.ImageRNG`), the sampler's grid and prepared step (Part I), the
+loop, the decoder. img2img starts part-way, where the web UI's denoising strength says; inpainting
+also puts the known latent back outside the mask after every step and pastes the input's pixels
+back at the end.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+import torch
+from PIL import Image, ImageFilter
+
+from diffusion_notes.data.images import check_image_input, to_pil
+from diffusion_notes.foundations.grids import make_grid, noise_to_grid_point
+from diffusion_notes.foundations.samplers import SAMPLER_ALIASES, SAMPLERS, init_noise_scale, prepare_step, resolve_sampler
+from diffusion_notes.practice.webui import infotext
+from diffusion_notes.practice.webui.conditioning import Conditioning, PromptEncoder, WebUIDenoiser
+from diffusion_notes.practice.webui.prompts import parse_prompt_attention
+from diffusion_notes.practice.webui.seeds import ImageRNG, loop, resolve_seed
+
+SIZE = 32  # the only size our models draw
+LIMITS = {"steps": (1, 150), "cfg_scale": (0.0, 30.0), "batch_size": (1, 8), "n_iter": (1, 100),
+          "mask_blur": (0, 16), "inpaint_full_res_padding": (0, 32)}
+DEFAULT_SAMPLER = "DPM++ 2M"
+# our sampler names as the web UI's: "euler_a" -> "Euler a"
+WEBUI_NAME = {alias.sampler: name for name, alias in reversed(SAMPLER_ALIASES.items())}
+
+
+@dataclass
+class Settings:
+    """One job's settings, named as the web UI's API names them."""
+
+    prompt: str = ""
+    negative_prompt: str = ""
+    steps: int = 20
+    sampler_name: str = DEFAULT_SAMPLER
+    cfg_scale: float = 4.0  # the web UI's default is 7; our small model's is 4 (Chapter 13)
+    seed: int = -1
+    subseed: int = -1
+    subseed_strength: float = 0.0
+    batch_size: int = 1
+    n_iter: int = 1
+    width: int = SIZE
+    height: int = SIZE
+    # img2img and inpainting
+    init_image: Image.Image | None = None
+    denoising_strength: float = 0.75
+    mask: Image.Image | None = None  # white = redraw
+    mask_blur: int = 0  # the web UI's default is 4 pixels of 512; ours are 32
+    inpainting_mask_invert: bool = False
+    inpaint_full_res: bool = False  # "Only masked"
+    inpaint_full_res_padding: int = 4
+
+    def public(self) -> dict:
+        """The settings as JSON (without the images)."""
+        return {k: v for k, v in asdict(self).items() if k not in ("init_image", "mask")}
+
+
+@dataclass
+class Result:
+    images: list
+    seeds: list[int]
+    subseeds: list[int]
+    infotexts: list[str]
+    settings: Settings
+    warnings: list[str] = field(default_factory=list)
+
+
+def _number(name, value, whole: bool):
+    kinds = (int,) if whole else (int, float)
+    if isinstance(value, bool) or not isinstance(value, kinds) or (not whole and not math.isfinite(value)):
+        raise ValueError(f"{name} must be {'an int' if whole else 'a number'}, got {value!r}")
+    lo, hi = LIMITS[name]
+    if not lo <= value <= hi:
+        raise ValueError(f"{name} must be between {lo:g} and {hi:g}, got {value!r}")
+
+
+def sampler_name(name) -> str:
+    """The web-UI name of a sampler given by its web-UI name or ours ("euler_a" -> "Euler a")."""
+    if name in SAMPLER_ALIASES:
+        return name
+    if name in WEBUI_NAME:
+        return WEBUI_NAME[name]
+    raise ValueError(f"unknown sampler {name!r}; the samplers are {', '.join(SAMPLER_ALIASES)}")
+
+
+def check(settings: Settings) -> Settings:
+    """The settings with the sampler's web-UI name, or a ValueError that says what is wrong."""
+    for name in ("prompt", "negative_prompt"):
+        if not isinstance(getattr(settings, name), str):
+            raise ValueError(f"{name} must be a string, got {getattr(settings, name)!r}")
+        for part in getattr(settings, name).split("AND"):
+            parse_prompt_attention(part)  # malformed emphasis raises here
+    for name in ("steps", "batch_size", "n_iter", "mask_blur", "inpaint_full_res_padding"):
+        _number(name, getattr(settings, name), whole=True)
+    _number("cfg_scale", settings.cfg_scale, whole=False)
+    for name in ("subseed_strength", "denoising_strength"):
+        value = getattr(settings, name)
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 1:
+            raise ValueError(f"{name} must be a number in [0, 1], got {value!r}")
+    if (settings.width, settings.height) != (SIZE, SIZE):
+        raise ValueError(f"this model draws {SIZE}x{SIZE} images only, got width={settings.width!r}, "
+                         f"height={settings.height!r}; resize the result yourself if you need it larger")
+    resolve_seed(settings.seed), resolve_seed(settings.subseed)
+    settings.sampler_name = sampler_name(settings.sampler_name)
+    if settings.mask is not None and settings.init_image is None:
+        raise ValueError("a mask needs an init image (inpainting redraws part of an image)")
+    return settings
+
+
+def start_step(steps: int, denoising_strength: float) -> int:
+    """Where img2img starts on the grid: the web UI runs int(min(strength, 0.999) * steps) + 1 steps."""
+    t_enc = int(min(denoising_strength, 0.999) * steps)
+    return steps - t_enc - 1
+
+
+def _as_rgb(image, what: str) -> Image.Image:
+    if not hasattr(image, "convert"):
+        raise ValueError(f"{what} must be an image")
+    return image.convert("RGB").resize((SIZE, SIZE), Image.BICUBIC) if image.size != (SIZE, SIZE) \
+        else image.convert("RGB")
+
+
+def pixel_mask(settings: Settings) -> torch.Tensor:
+    """The mask as (1, 1, 32, 32) in [0, 1] (1 = redraw), inverted and blurred as the settings say."""
+    mask = settings.mask.convert("L").resize((SIZE, SIZE), Image.NEAREST)
+    if settings.inpainting_mask_invert:
+        mask = Image.eval(mask, lambda v: 255 - v)
+    if settings.mask_blur:
+        mask = mask.filter(ImageFilter.GaussianBlur(settings.mask_blur / 2))
+    return torch.from_numpy(np.asarray(mask, dtype=np.float32) / 255)[None, None]
+
+
+def latent_mask(mask: torch.Tensor, size: int) -> torch.Tensor:
+    """(1, 1, 32, 32) pixel mask -> (1, 1, 8, 8): a latent cell is redrawn if any of its pixels is."""
+    return (torch.nn.functional.adaptive_max_pool2d(mask, size) > 0).float()
+
+
+@torch.no_grad()
+def run_batch(pipe, settings: Settings, seeds: list[int], subseeds: list[int], encoder: PromptEncoder,
+              init: torch.Tensor | None = None, mask: torch.Tensor | None = None, callback=None) -> torch.Tensor:
+    """One batch: latents (B, 4, 8, 8) -> decoded images (B, 3, 32, 32) in [0, 1]."""
+    B, n, device = len(seeds), settings.steps, pipe.device
+    sampler, karras = resolve_sampler(settings.sampler_name, None)
+    grid = make_grid(sampler, n, pipe.schedule, None, 0, karras)
+    c = pipe.unet.config
+    rng = ImageRNG((c.in_channels, c.sample_size, c.sample_size), seeds, subseeds, settings.subseed_strength)
+    noise = rng.first().to(device)  # (B, 4, 8, 8)
+    start, after_step, z0 = 0, None, None
+    if init is None:
+        scale = init_noise_scale(sampler, None, grid)
+        x = noise if scale == 1.0 else noise * scale
+    else:
+        z0 = pipe.encode_image(init).expand(B, -1, -1, -1)  # (B, 4, 8, 8)
+        start = start_step(n, settings.denoising_strength)
+        x = noise_to_grid_point(z0, noise, grid, start, pipe.schedule).float()
+    if mask is not None:
+        keep = 1 - latent_mask(mask, c.sample_size).to(device)  # (1, 1, 8, 8): 1 where the input stays
+
+        def after_step(i, x_prev):  # the known latent, noised to where the sampler now is
+            known = z0 if i + 1 == n else noise_to_grid_point(z0, noise, grid, i + 1, pipe.schedule).float()
+            return keep * known + (1 - keep) * x_prev
+
+    conds = [Conditioning(encoder, settings.prompt, n) for _ in range(B)]
+    unconds = [Conditioning(encoder, settings.negative_prompt, n, split=False) for _ in range(B)]
+    model = WebUIDenoiser(pipe.unet, conds, unconds, settings.cfg_scale, encoder(""), start)
+    step = prepare_step(sampler, grid, pipe.schedule, dtype=x.dtype)
+    z = loop(model, x, grid, step, rng, start_step=start, after_step=after_step, callback=callback)
+    return pipe.decode_latents(z).cpu()  # (B, 3, 32, 32)
+
+
+def _crop_box(mask: torch.Tensor, padding: int) -> tuple[int, int, int, int]:
+    """"Only masked": the masked pixels' bounding box grown by `padding`, made square, inside the image."""
+    ys, xs = torch.nonzero(mask[0, 0] > 0, as_tuple=True)
+    if len(ys) == 0:
+        return 0, 0, SIZE, SIZE
+    x0, x1 = int(xs.min()) - padding, int(xs.max()) + 1 + padding
+    y0, y1 = int(ys.min()) - padding, int(ys.max()) + 1 + padding
+    side = min(max(x1 - x0, y1 - y0), SIZE)
+    cx, cy = (x0 + x1) // 2, (y0 + y1) // 2
+    x0, y0 = min(max(cx - side // 2, 0), SIZE - side), min(max(cy - side // 2, 0), SIZE - side)
+    return x0, y0, x0 + side, y0 + side
+
+
+def generate(pipe, settings: Settings, model: tuple[str, str] = ("", ""), callback=None) -> Result:
+    """Run a job: `model` is (name, hash) for the infotext. Returns PIL images, seeds and infotexts."""
+    settings = check(settings)
+    seed, subseed = resolve_seed(settings.seed), resolve_seed(settings.subseed)
+    total = settings.batch_size * settings.n_iter
+    seeds = [seed + i for i in range(total)]
+    subseeds = [subseed + i for i in range(total)]
+    encoder = PromptEncoder(pipe.clip)
+    init = mask = None
+    box = (0, 0, SIZE, SIZE)
+    if settings.init_image is not None:
+        image = _as_rgb(settings.init_image, "init_images")
+        original = torch.from_numpy(np.asarray(image, dtype=np.float32) / 255).permute(2, 0, 1)[None]  # (1, 3, 32, 32)
+        if settings.mask is not None:
+            mask = pixel_mask(settings)  # (1, 1, 32, 32)
+            if settings.inpaint_full_res:
+                box = _crop_box(mask, settings.inpaint_full_res_padding)
+        init = _crop(original, box)
+    pictures = []
+    for j in range(settings.n_iter):
+        batch = slice(j * settings.batch_size, (j + 1) * settings.batch_size)
+        images = run_batch(pipe, settings, seeds[batch], subseeds[batch], encoder, init,
+                           None if mask is None else _crop(mask, box), callback)
+        if mask is not None:  # paste the result into the input's pixels under the mask
+            images = _uncrop(images, box, original)
+            images = mask * images + (1 - mask) * original
+        pictures.append(images)
+    images = torch.cat(pictures)  # (N, 3, 32, 32)
+    texts = [infotext.create(settings, seeds[i], subseeds[i], model, i % settings.batch_size)
+             for i in range(total)]
+    warnings = [f"the prompt has {count} tokens; it is cut into chunks of 75"
+                for text, count in encoder.token_counts.items() if count > 75 and text]
+    return Result(to_pil(images), seeds, subseeds, texts, settings, sorted(set(warnings)))
+
+
+def _crop(image: torch.Tensor, box) -> torch.Tensor:
+    x0, y0, x1, y1 = box
+    part = image[..., y0:y1, x0:x1]
+    if (x1 - x0, y1 - y0) == (SIZE, SIZE):
+        return part
+    mode = "nearest" if image.shape[1] == 1 else "bicubic"
+    return torch.nn.functional.interpolate(part, size=(SIZE, SIZE), mode=mode).clamp(0, 1)
+
+
+def _uncrop(images: torch.Tensor, box, original: torch.Tensor) -> torch.Tensor:
+    x0, y0, x1, y1 = box
+    if (x1 - x0, y1 - y0) == (SIZE, SIZE):
+        return images
+    out = original.expand(len(images), -1, -1, -1).clone()
+    out[..., y0:y1, x0:x1] = torch.nn.functional.interpolate(images, size=(y1 - y0, x1 - x0), mode="area")
+    return out
+
+
+__all__ = ["Settings", "Result", "generate", "check", "start_step", "sampler_name", "SAMPLERS"]

@@ -1,0 +1,64 @@
+"""A picture of the running app: headless Chromium (the system's, through Playwright) opens it, types a
+prompt, presses Generate and takes a screenshot, with every request that would leave the machine aborted."""
+
+from __future__ import annotations
+
+import shutil
+from urllib.parse import urlsplit
+
+CHROMIUM_NAMES = ("chromium", "chromium-browser", "google-chrome")
+ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
+        "--disable-component-update", "--disable-sync"]
+
+
+def find_chromium() -> str | None:
+    """The system Chromium's path, or None (then there is no screenshot to take)."""
+    return next((p for p in map(shutil.which, CHROMIUM_NAMES) if p), None)
+
+
+def _local(url: str) -> bool:
+    parts = urlsplit(url)
+    return parts.scheme in ("data", "blob", "about") or parts.hostname in ("127.0.0.1", "localhost", "::1")
+
+
+def screenshot(url: str, prompt: str, chromium: str, seed: int = 0, size=(1280, 900)) -> tuple[bytes, list[str]]:
+    """(PNG bytes of the txt2img tab after Generate, the outside URLs the page tried and was refused).
+
+    Runs in a thread of its own: Playwright's sync API refuses a thread with a running event loop
+    (a Jupyter kernel's)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(1) as pool:
+        return pool.submit(_screenshot, url, prompt, chromium, seed, size).result()
+
+
+def _screenshot(url, prompt, chromium, seed, size):
+    from playwright.sync_api import sync_playwright
+
+    outside: list[str] = []
+
+    def route(r):
+        if _local(r.request.url):
+            r.continue_()
+        else:
+            outside.append(r.request.url)
+            r.abort("internetdisconnected")
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=chromium, headless=True, args=ARGS)
+        try:
+            context = browser.new_context(viewport={"width": size[0], "height": size[1]})
+            context.route("**/*", route)
+            page = context.new_page()
+            page.goto(url)
+            page.wait_for_selector("#txt2img_prompt textarea", timeout=60_000)
+            page.fill("#txt2img_prompt textarea", prompt)
+            page.fill("#txt2img_seed input", str(seed))
+            page.click("#txt2img_generate")
+            image = page.wait_for_selector("#txt2img_gallery img", timeout=60_000)
+            page.wait_for_function("el => el.complete && el.naturalWidth > 0", arg=image, timeout=30_000)
+            page.wait_for_timeout(300)
+            png = page.screenshot()
+        finally:
+            browser.close()
+    return png, outside

@@ -1,0 +1,94 @@
+"""Seeds as the web UI makes them: image i of a job uses seed + i, a variation seed is mixed in by slerp.
+
+Every image has its own CPU generator, seeded with its own seed, that draws its starting noise and
+then the fresh noise of every step of an ancestral sampler. So image i of a batch is the image a
+batch of one draws with seed + i, on any device and at any batch size.
+"""
+
+from __future__ import annotations
+
+import random
+
+import torch
+
+from diffusion_notes.foundations.grids import Grid
+from diffusion_notes.foundations.samplers import PreparedStep
+
+MAX_SEED = 2**32 - 1
+
+
+def resolve_seed(seed) -> int:
+    """-1 (or None) means a random seed, as in the web UI; else an int in [0, 2^32 - 1]."""
+    if seed is None or seed == -1:
+        return random.randrange(MAX_SEED)
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= MAX_SEED:
+        raise ValueError(f"seed must be -1 (random) or an int in [0, {MAX_SEED}], got {seed!r}")
+    return seed
+
+
+def slerp(t: float, low: torch.Tensor, high: torch.Tensor) -> torch.Tensor:
+    r"""Spherical interpolation of two noise tensors at fraction t (the web UI's variation strength).
+
+    The angle comes from the normalised tensors, the mix is of the tensors themselves, so two
+    N(0, I) draws give a draw of about the same norm, not a shrunken average:
+
+    $$\mathrm{slerp}(t, a, b) = \frac{\sin((1-t)\Omega)}{\sin\Omega} a + \frac{\sin(t\Omega)}{\sin\Omega} b,
+      \qquad \cos\Omega = \frac{a \cdot b}{\|a\|\,\|b\|}$$
+
+    Nearly parallel tensors (cos > 0.9995) are mixed linearly.
+    """
+    a, b = low.flatten(), high.flatten()
+    cos = float((a / a.norm()) @ (b / b.norm()))
+    if abs(cos) > 0.9995:
+        return (1 - t) * low + t * high
+    omega = torch.acos(torch.tensor(cos, dtype=torch.float64))
+    so = torch.sin(omega)
+    return (float(torch.sin((1 - t) * omega) / so) * low + float(torch.sin(t * omega) / so) * high)
+
+
+class ImageRNG:
+    """One CPU generator per image: the start noise (mixed with its variation seed) and each step's noise."""
+
+    def __init__(self, shape: tuple, seeds: list[int], subseeds: list[int] | None = None,
+                 subseed_strength: float = 0.0):
+        self.shape = tuple(shape)  # one image's latent shape, (C, h, w)
+        self.generators = [torch.Generator().manual_seed(s) for s in seeds]
+        self.subseeds = subseeds if subseeds is not None else [0] * len(seeds)
+        self.subseed_strength = float(subseed_strength)
+
+    def first(self) -> torch.Tensor:
+        """x_T before scaling, (B, C, h, w): each image's N(0, I), slerped toward its variation seed's."""
+        noise = [torch.randn((1, *self.shape), generator=g) for g in self.generators]  # B x (1, C, h, w)
+        if self.subseed_strength > 0:
+            for b, subseed in enumerate(self.subseeds):
+                other = torch.randn((1, *self.shape), generator=torch.Generator().manual_seed(subseed))
+                noise[b] = slerp(self.subseed_strength, noise[b], other)
+        return torch.cat(noise)
+
+    def next(self) -> torch.Tensor:
+        """Fresh N(0, I) for one step, (B, C, h, w), each image's from its own generator."""
+        return torch.cat([torch.randn((1, *self.shape), generator=g) for g in self.generators])
+
+
+def loop(model, x: torch.Tensor, grid: Grid, step: PreparedStep, rng: ImageRNG, *, start_step: int = 0,
+         after_step=None, callback=None) -> torch.Tensor:
+    """`samplers.loop` with each image's step noise drawn from its own generator (`ImageRNG.next`).
+
+    `after_step(i, x_prev)` may change x after step i (inpainting blends the known latent back there);
+    `callback(i, t, x_t, x0_hat)` sees every step, as in `samplers.loop`.
+    """
+    timesteps = grid.timesteps.tolist()
+    B, device = x.shape[0], x.device
+    model_dtype = torch.float32 if grid.timesteps.is_floating_point() else torch.long
+    t_in = grid.timesteps.to(device, model_dtype)[:, None].expand(-1, B).contiguous().unbind(0)  # n x (B,)
+    state: dict = {}
+    for i in range(start_step, len(timesteps)):
+        eps = model(x, t_in[i])  # (B, C, h, w)
+        noise = rng.next().to(device, x.dtype) if step.draws_noise[i] else None
+        x_prev, x0_hat = step.update(x, eps, step.coefficients[i], noise=noise, clip_x0=None, state=state)
+        if callback is not None:
+            callback(i, timesteps[i], x, x0_hat)
+        x = x_prev if after_step is None else after_step(i, x_prev)
+    if torch.isnan(x).any():
+        raise ValueError(f"the sampler produced NaN values in x_0 ({len(timesteps)} steps)")
+    return x

@@ -1,0 +1,59 @@
+"""What the app and the API share: the checkpoints, the options, one lock around the model, the outputs folder."""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+
+from diffusion_notes.practice.webui import infotext
+from diffusion_notes.practice.webui.generate import Result, Settings, generate
+from diffusion_notes.practice.webui.models import ModelRegistry
+
+VERSION = "diffusion_notes-webui"
+
+
+class WebUIState:
+    def __init__(self, registry: ModelRegistry, outputs_dir=None):
+        self.registry = registry
+        self.outputs_dir = Path(outputs_dir) if outputs_dir is not None else None
+        self.lock = threading.Lock()  # one job at a time, as the web UI's queue lock
+        self.options = {"samples_format": "png", "CLIP_stop_at_last_layers": 1, "eta_noise_seed_delta": 0,
+                        "outdir_samples": str(self.outputs_dir or "")}
+
+    def get_options(self) -> dict:
+        info = self.registry.current
+        return {**self.options, "sd_model_checkpoint": info.title, "sd_checkpoint_hash": info.sha256}
+
+    def set_options(self, values: dict) -> dict:
+        if not isinstance(values, dict):
+            raise ValueError("the options must be a JSON object")
+        updated, ignored = [], []
+        if "sd_model_checkpoint" in values:
+            with self.lock:
+                self.registry.select(values["sd_model_checkpoint"])
+            updated.append("sd_model_checkpoint")
+        for key, value in values.items():
+            if key in ("sd_model_checkpoint", "sd_checkpoint_hash"):
+                continue
+            (updated if key in self.options else ignored).append(key)
+            if key in self.options:
+                self.options[key] = value
+        return {"updated": updated, "ignored": ignored}
+
+    def run(self, settings: Settings, checkpoint: str | None = None, callback=None) -> Result:
+        """A job on the current checkpoint (or `checkpoint` for this job only); saves PNGs if there is a folder."""
+        with self.lock:
+            pipe, info = self.registry.pipeline(checkpoint)
+            result = generate(pipe, settings, (info.model_name, info.hash), callback=callback)
+        if self.outputs_dir is not None:
+            kind = "img2img-images" if settings.init_image is not None else "txt2img-images"
+            folder = self.outputs_dir / kind
+            folder.mkdir(parents=True, exist_ok=True)
+            stamp = time.strftime("%Y%m%d-%H%M%S")
+            result.paths = []
+            for i, (image, text) in enumerate(zip(result.images, result.infotexts)):
+                path = folder / f"{stamp}-{result.seeds[i]}-{i:02d}.png"
+                path.write_bytes(infotext.png_bytes(image, text))
+                result.paths.append(path)
+        return result

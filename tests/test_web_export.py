@@ -137,7 +137,8 @@ def test_panel_html_loads_only_files_of_the_site():
 
 
 @pytest.mark.parametrize("argv, words", [
-    (["export", "stable_diffusion", "--format", "diffusers"], "--format must be one of onnx, got 'diffusers'"),
+    (["export", "stable_diffusion", "--format", "tflite"],
+     "--format must be one of diffusers, onnx, single-file, got 'tflite'"),
     (["export", "unclip", "--format", "onnx"], "export knows the model stable_diffusion, got 'unclip'"),
 ])
 def test_unknown_formats_and_models_exit_2_with_a_message(tmp_path, capsys, argv, words):

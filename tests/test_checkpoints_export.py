@@ -7,19 +7,12 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing may be downloaded
 import pytest
 import torch
 
-from diffusion_notes import pretrained
 from diffusion_notes.__main__ import main
 from diffusion_notes.data.tokenizer import tokenize
 from diffusion_notes.practice.checkpoints import export, sd_keys, to_diffusers
 from diffusion_notes.practice.checkpoints.compare import max_difference
 
 PROMPTS = ["a small red circle on the left", "a large green star in the center"]
-
-
-@pytest.fixture(scope="module")
-def pipe():
-    torch.set_num_threads(1)
-    return pretrained.load("stable_diffusion", device="cpu")
 
 
 @pytest.fixture(scope="module")

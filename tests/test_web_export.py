@@ -27,14 +27,6 @@ FILES = {"text_encoder.onnx", "unet.onnx", "vae_decoder.onnx", "vocab.json", "co
 
 
 @pytest.fixture(scope="module")
-def pipe():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield pretrained.load("stable_diffusion", device="cpu")
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture(scope="module")
 def exported(pipe, tmp_path_factory):
     """The command's folder; it also runs the files against torch and fails (rc 1) past the tolerance."""
     out = tmp_path_factory.mktemp("web") / "stable_diffusion"

@@ -24,12 +24,6 @@ PROMPT = "a small red circle on the left"
 
 
 @pytest.fixture(scope="module")
-def pipe():
-    torch.set_num_threads(1)
-    return pretrained.load("stable_diffusion", device="cpu")
-
-
-@pytest.fixture(scope="module")
 def models_dir(tmp_path_factory):
     folder = tmp_path_factory.mktemp("Stable-diffusion")
     tensors, meta = load_checkpoint(pretrained.verify("ldm_unet"))

@@ -7,18 +7,11 @@ import pytest
 import torch
 from PIL import Image
 
-from diffusion_notes import pretrained
 from diffusion_notes.practice.webui import infotext, xyz
 from diffusion_notes.practice.webui.generate import Settings, check, generate, start_step
 from diffusion_notes.practice.webui.seeds import ImageRNG, slerp
 
 PROMPT = "a small red circle on the left"
-
-
-@pytest.fixture(scope="module")
-def pipe():
-    torch.set_num_threads(1)
-    return pretrained.load("stable_diffusion", device="cpu")
 
 
 def pixels(image):

@@ -11,11 +11,6 @@ from diffusion_notes.practice.webui.merger import merge, merge_tensors
 from diffusion_notes.practice.webui.models import ModelRegistry, checkpoint_info, read_unet
 
 
-@pytest.fixture(scope="module")
-def pipe():
-    return pretrained.load("stable_diffusion", device="cpu")
-
-
 @pytest.fixture
 def folder(tmp_path):
     """The shipped UNet (A), and a perturbed copy of it (B) in a user folder."""

@@ -90,14 +90,6 @@ def open_offline(browser, url: str):
 
 
 @pytest.fixture(scope="module")
-def pipe():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield pretrained.load("stable_diffusion", device="cpu")
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture(scope="module")
 def site(pipe, tmp_path_factory):
     """stable_diffusion/ (exported) and ort/ (onnxruntime-web) side by side, served; yields the base URL."""
     missing = [name for name in ORT_FILES if not (ORT / name).exists()]

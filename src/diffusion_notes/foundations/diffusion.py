@@ -21,7 +21,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from diffusion_notes.device import randn
+from diffusion_notes.device import per_item_randint, per_item_randn, randn
 from diffusion_notes.foundations.schedules import Schedule, broadcast_at, check_timestep_tensor, expand_like
 
 
@@ -223,20 +223,24 @@ def noise_prediction_loss(
     `eps_model(x_t, t, cond)` when `cond` is not None, with t a (B,) long
     tensor on x0's device. Returns the mean squared error, a scalar.
 
+    Both draws are per item (`device.per_item_randint`, `device.per_item_randn`): in one process
+    they are `torch.randint(0, T, (B,))` then `randn(x0.shape)`; in a data-parallel step
+    (`device.batch_shard`) every process draws them for the whole global batch and keeps its own
+    rows, so P processes see exactly the t and eps that one process sees for the same rows.
+
     Book: eq-simple-loss
     Paper: Ho et al. 2020, eq. 14
     """
     _check_data(x0, "x0")
     B, T = x0.shape[0], schedule.num_train_timesteps
     if t is None:
-        draw_device = generator.device if generator is not None else "cpu"
-        t = torch.randint(0, T, (B,), generator=generator, device=draw_device)  # (B,)
+        t = per_item_randint(0, T, B, generator)  # (B,) on the generator's device
     t = check_timesteps(t, T).reshape(-1)  # (B,) or (1,)
     if t.shape[0] not in (1, B):
         raise ValueError(f"t must be an int or have one entry per example ({B}), got {t.shape[0]}")
     t = t.expand(B).to(x0.device)  # (B,)
     if noise is None:
-        noise = randn(x0.shape, generator, device=x0.device, dtype=x0.dtype)  # (B, ...)
+        noise = per_item_randn(x0.shape, generator, device=x0.device, dtype=x0.dtype)  # (B, ...)
     _check_same_shape(x0, noise, "x0", "noise")
     x_t = q_sample(x0, t, noise, schedule)  # (B, ...)
     eps_hat = eps_model(x_t, t) if cond is None else eps_model(x_t, t, cond)  # (B, ...)

@@ -25,6 +25,8 @@ import math
 
 import torch
 
+from diffusion_notes.device import per_item_rand
+
 
 def check_guidance_scale(guidance_scale) -> float:
     """Return the scale as a float; ValueError unless it is a finite number >= 0."""
@@ -46,6 +48,8 @@ def drop_condition(cond, p: float, null, generator: torch.Generator | None = Non
     embedding shaped like one row, cond[0], or a dict with one such row per key. One uniform number
     per row is drawn from `generator` (on its device, then moved), as
     `torch.rand(B, generator=generator) < p`. Returns a new tensor (or dict); `cond` is unchanged.
+    The uniforms are per item (`device.per_item_rand`): in a data-parallel step each process draws
+    them for the whole global batch and keeps its own rows, so it drops exactly the rows one process would.
     DALL-E 2 drops the text 10% (prior) or 50% (decoder) of the time; GLIDE and SD about 10%.
 
     Book: eq-cfg-dropout
@@ -68,8 +72,7 @@ def drop_condition(cond, p: float, null, generator: torch.Generator | None = Non
 
 
 def _drop_rows(batch_size: int, p: float, generator) -> torch.Tensor:
-    draw_device = generator.device if generator is not None else "cpu"
-    return torch.rand(batch_size, generator=generator, device=draw_device) < p  # (B,)
+    return per_item_rand(batch_size, generator) < p  # (B,), one uniform per item (all N in a data-parallel shard)
 
 
 def _replace_rows(cond: torch.Tensor, drop: torch.Tensor, null) -> torch.Tensor:

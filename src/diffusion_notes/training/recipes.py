@@ -68,6 +68,12 @@ class Recipe:
     prepare: Callable[[nn.Module, int], None] | None = None  # (model, seed): fit data statistics before step 0
     dataset: str = ""
     description: str = ""
+    # Fine-tuning: `build` sets requires_grad=False on what stays frozen; only parameters that require
+    # grad go to the optimiser (and to DistributedDataParallel).
+    trainable_state: Callable[[nn.Module], dict[str, torch.Tensor]] | None = None  # model (EMA weights if any) ->
+    # the tensors saved as the run's final weights (a LoRA's, one embedding row); None: the whole state dict
+    after_step: Callable[[nn.Module], None] | None = None  # called under no_grad after each optimiser step
+    # (textual inversion restores the frozen rows of the embedding there), before the EMA update
 
 
 # ---------------------------------------------------------------------------

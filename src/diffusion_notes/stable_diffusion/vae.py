@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from diffusion_notes.data.shapes import ShapesDataset, check_images, render
+from diffusion_notes.device import per_item_randn
 from diffusion_notes.nn.resnet import Downsample, ResBlock, Upsample, group_norm
 
 
@@ -46,7 +47,7 @@ class DiagonalGaussian:
         self.std = torch.exp(0.5 * self.logvar)
 
     def sample(self, generator: torch.Generator | None = None) -> torch.Tensor:
-        eps = torch.randn(self.mean.shape, generator=generator, dtype=self.mean.dtype).to(self.mean.device)
+        eps = per_item_randn(self.mean.shape, generator, device=self.mean.device, dtype=self.mean.dtype)
         return self.mean + self.std * eps  # (B, c, h, w)
 
     def kl(self) -> torch.Tensor:

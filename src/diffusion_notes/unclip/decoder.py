@@ -28,7 +28,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from diffusion_notes.device import randn
+from diffusion_notes.device import per_item_rand, per_item_randn
 from diffusion_notes.foundations.diffusion import noise_prediction_loss
 from diffusion_notes.foundations.guidance import drop_condition
 from diffusion_notes.foundations.schedules import make_schedule
@@ -172,7 +172,7 @@ def augment_low_res(low: torch.Tensor, sigma, generator: torch.Generator | None 
     """Upsample (B, 3, h, w) to 32x32 and add Gaussian noise of std sigma (a float or a (B,) tensor)."""
     up = upsample(low)  # (B, 3, 32, 32)
     sigma = torch.as_tensor(sigma, dtype=up.dtype, device=up.device).reshape(-1, 1, 1, 1)
-    return up + sigma * randn(up.shape, generator, device=up.device, dtype=up.dtype)
+    return up + sigma * per_item_randn(up.shape, generator, device=up.device, dtype=up.dtype)
 
 
 def upsampler_loss(model: Upsampler, batch: dict, generator: torch.Generator | None = None) -> torch.Tensor:
@@ -185,8 +185,7 @@ def upsampler_loss(model: Upsampler, batch: dict, generator: torch.Generator | N
     device, c = next(model.parameters()).device, model.config
     x0 = batch["images"].to(device)  # (B, 3, 32, 32)
     low = downsample(x0, c.low_size)  # (B, 3, 16, 16)
-    draw_device = generator.device if generator is not None else "cpu"
-    sigma = c.aug_max * torch.rand(len(x0), generator=generator, device=draw_device).to(device)  # (B,)
+    sigma = c.aug_max * per_item_rand(len(x0), generator).to(device)  # (B,)
     cond = augment_low_res(low, sigma, generator)
     return noise_prediction_loss(model, x0 - upsample(low), decoder_schedule(), generator=generator, cond=cond)
 

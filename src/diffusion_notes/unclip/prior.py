@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from diffusion_notes.device import randn
+from diffusion_notes.device import per_item_randint, per_item_randn
 from diffusion_notes.foundations.diffusion import eps_from_x0, q_sample
 from diffusion_notes.foundations.guidance import check_guidance_scale
 from diffusion_notes.foundations.samplers import sample
@@ -208,9 +208,8 @@ def prior_loss(model: DiffusionPrior, batch: dict, generator: torch.Generator | 
     x0 = batch["z_i"].to(device) * embed_scale(model.config.embed_dim)  # (B, E)
     cond = drop_text({k: batch[k].to(device) for k in ("z_t", "tokens", "mask")}, p_uncond, null, generator)
     B, T = x0.shape[0], schedule.num_train_timesteps
-    draw_device = generator.device if generator is not None else "cpu"
-    t = torch.randint(0, T, (B,), generator=generator, device=draw_device).to(device)  # (B,)
-    noise = randn(x0.shape, generator, device=device)  # (B, E)
+    t = per_item_randint(0, T, B, generator).to(device)  # (B,) per item: sliced in a data-parallel step
+    noise = per_item_randn(x0.shape, generator, device=device)  # (B, E)
     z_i_t = q_sample(x0, t, noise, schedule)  # (B, E)
     return F.mse_loss(model(z_i_t, t, cond), x0)
 

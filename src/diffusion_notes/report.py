@@ -14,7 +14,9 @@ versions, so a printed figure must say only what every machine reproduces:
   does not hold: the lines are the same wherever the claims are true.
 """
 
+import json
 import math
+from pathlib import Path
 
 import torch
 
@@ -49,3 +51,12 @@ def check(claims: dict[str, bool]) -> None:
     failed = [claim for claim, holds in claims.items() if not holds]
     if failed:
         raise AssertionError("claims that do not hold on this run: " + "; ".join(failed))
+
+
+def benchmark_results(name: str) -> dict:
+    """The JSON a script in benchmarks/ wrote (benchmarks/results/<name>.json), found from the package, not the cwd."""
+    path = Path(__file__).resolve().parents[2] / "benchmarks" / "results" / f"{name}.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"no benchmark results {path}: run python benchmarks/{name}.py in a clone of the "
+                                "repository (the results ship with the repository, not with an installed package)")
+    return json.loads(path.read_text())

@@ -26,6 +26,11 @@ SHAPE_WORDS = {
     "cross": ("cross", "plus sign"),
     "star": ("star",),
 }
+# Words for the new concepts of Part IV (data.shapes.CONCEPT_SHAPES); kept apart from SHAPE_WORDS,
+# so the caption vocabulary the shipped text encoder knows stays as it was.
+CONCEPT_WORDS = {
+    "heart": ("heart",),
+}
 COLOUR_WORDS = {
     "red": ("red",),
     "orange": ("orange",),
@@ -105,7 +110,7 @@ def _object_fields(obj: dict, rng: np.random.Generator | None, suffix: str = "")
     fields = {
         "size": size,
         "colour": colour,
-        "shape": _pick(SHAPE_WORDS[obj["shape"]], rng),
+        "shape": _pick(SHAPE_WORDS.get(obj["shape"]) or CONCEPT_WORDS[obj["shape"]], rng),
         "pos": pos,
         "where": _position_phrase(obj["position"], pos),
         "a": _article(size),

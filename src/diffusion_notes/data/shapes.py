@@ -44,6 +44,9 @@ from torch.utils.data import Dataset
 from .captions import canonical_caption, caption_for
 
 SHAPES = ("circle", "square", "triangle", "diamond", "cross", "star")
+# Shapes no shipped model was trained on: the new concepts that Part IV's fine-tuning teaches.
+# They appear only where asked for (`concept_attributes`); the training splits never draw them.
+CONCEPT_SHAPES = ("heart",)
 COLOURS = ("red", "orange", "yellow", "green", "cyan", "blue", "purple", "white")
 SIZES = ("small", "large")
 POSITIONS = ("top left", "top", "top right",
@@ -110,7 +113,7 @@ def _sample_object(rng: np.random.Generator, pair: tuple[str, str], cell: int) -
     row, col = divmod(cell, 3)
     dx, dy = rng.uniform(-jitter, jitter, size=2)
     return {
-        "shape": shape, "shape_index": SHAPES.index(shape),
+        "shape": shape, "shape_index": (SHAPES + CONCEPT_SHAPES).index(shape),
         "colour": colour, "colour_index": COLOURS.index(colour),
         "size": SIZES[size_index], "size_index": size_index,
         "position": POSITIONS[cell], "position_index": cell, "row": row, "col": col,
@@ -193,20 +196,53 @@ _SDF = {
 }
 
 
+def _sd_heart(u, v):
+    """Signed distance to a heart with its tip at the origin and its lobes up (Inigo Quilez's sdHeart).
+
+    The heart spans |u| <= 0.604 and 0 <= v <= 1.104 in its own units.
+    """
+    u = np.abs(u)
+    lobe = np.hypot(u - 0.25, v - 0.75) - 2**0.5 / 4
+    t = np.maximum(u + v, 0.0) * 0.5
+    body = np.sqrt(np.minimum(u**2 + (v - 1.0) ** 2, (u - t) ** 2 + (v - t) ** 2)) * np.sign(u - v)
+    return np.where(u + v > 1.0, lobe, body)
+
+
+# scale and centre the heart into [-s, s]^2: 1.104 units tall -> 2s pixels
+_HEART_UNITS = 1.104
+_SDF["heart"] = lambda u, v, s: _sd_heart(u * _HEART_UNITS / (2 * s), (v + s) * _HEART_UNITS / (2 * s)) * (2 * s) / _HEART_UNITS
+
+
+def concept_attributes(index: int, seed: int = 0, concept: str = "heart", colours=COLOURS) -> dict:
+    """One object of the new shape `concept` (see CONCEPT_SHAPES) with a random colour, size and cell.
+
+    A pure function of (seed, index, concept), like `sample_attributes`; `colours` limits the
+    colours drawn. The object's shape_index is len(SHAPES) + its place in CONCEPT_SHAPES.
+    """
+    if concept not in CONCEPT_SHAPES:
+        raise ValueError(f"concept must be one of {CONCEPT_SHAPES}, got {concept!r}")
+    seed, index = _check_seed(seed), operator.index(index)
+    rng = np.random.default_rng([seed, 7, index, CONCEPT_SHAPES.index(concept)])  # 7: not a split id
+    colour = colours[int(rng.integers(len(colours)))]
+    obj = _sample_object(rng, (concept, colour), int(rng.integers(9)))
+    return {"n_objects": 1, "relation": None, "relation_index": None, "objects": [obj]}
+
+
 def _render_chunk(attributes_list: list[dict], canvas: np.ndarray) -> None:
     """Draw a few thousand images into canvas, (B, 3, H, W) float32, values in [-1, 1]."""
     objects = [(b, slot, obj) for b, attrs in enumerate(attributes_list)
                for slot, obj in enumerate(attrs["objects"])]
     image_idx = np.array([b for b, _, _ in objects])
     slot = np.array([k for _, k, _ in objects])
-    shape_idx = np.array([SHAPES.index(o["shape"]) for _, _, o in objects])
+    names = SHAPES + CONCEPT_SHAPES
+    shape_idx = np.array([names.index(o["shape"]) for _, _, o in objects])
     centre = np.array([(o["x"], o["y"]) for _, _, o in objects], dtype=np.float32)  # (N, 2)
     half = np.array([SIZE_RADII[o["size"]] for _, _, o in objects], dtype=np.float32)  # (N,)
     rgb = np.array([COLOUR_RGB[o["colour"]] for _, _, o in objects], dtype=np.float32)  # (N, 3)
 
     grid = np.arange(IMAGE_SIZE, dtype=np.float32) + 0.5  # pixel centres
     alpha = np.empty((len(objects), IMAGE_SIZE, IMAGE_SIZE), dtype=np.float32)  # (N, H, W)
-    for k, shape in enumerate(SHAPES):
+    for k, shape in enumerate(names):
         sel = np.flatnonzero(shape_idx == k)
         if sel.size == 0:
             continue

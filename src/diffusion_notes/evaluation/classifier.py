@@ -43,7 +43,17 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from diffusion_notes.data.shapes import COLOURS, POSITIONS, SHAPES, SIZES, ShapesDataset, check_images, render
+from diffusion_notes.data.shapes import (
+    CONCEPT_SHAPES,
+    COLOURS,
+    POSITIONS,
+    SHAPES,
+    SIZES,
+    ShapesDataset,
+    check_images,
+    concept_attributes,
+    render,
+)
 
 N_CELLS = 9
 EMPTY = 0  # shape class of an empty cell; shape k is class k + 1
@@ -62,6 +72,15 @@ class ClassifierConfig:
     width: int = 16          # channels of the first conv of the shape stream; later stages use 2x and 4x
     feature_dim: int = 96    # cell features of the shape stream
     colour_dim: int = 32     # cell features of the colour stream; features(images) has both (F = 128)
+    concepts: tuple = ()     # new shapes it also reads (data.shapes.CONCEPT_SHAPES): Part IV's judge of fine-tuning
+
+    @property
+    def shapes(self) -> tuple[str, ...]:
+        """The shape names of classes 1, 2, ... (class 0 is an empty cell)."""
+        unknown = [c for c in self.concepts if c not in CONCEPT_SHAPES]
+        if unknown:
+            raise ValueError(f"concepts must be among {CONCEPT_SHAPES}, got {unknown}")
+        return SHAPES + tuple(self.concepts)
 
 
 def _conv(c_in: int, c_out: int) -> nn.Sequential:
@@ -86,7 +105,8 @@ class ShapesClassifier(nn.Module):
             nn.Conv2d(3, c, 1), nn.ReLU(), nn.Conv2d(c, c, 1), nn.ReLU(),
             nn.MaxPool2d(12),                        # 36 -> 3
         )
-        self.shape_head = nn.Conv2d(f, len(SHAPES) + 1 + len(SIZES), 1)
+        self.shapes = config.shapes
+        self.shape_head = nn.Conv2d(f, len(self.shapes) + 1 + len(SIZES), 1)
         self.colour_head = nn.Conv2d(c, len(COLOURS), 1)
 
     def cell_features(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -98,10 +118,12 @@ class ShapesClassifier(nn.Module):
         return self.shape_stream(mask), self.colour_stream(x)
 
     def forward(self, images: torch.Tensor) -> dict:
-        """Logits per cell: {"shape": (B, 9, 7), "colour": (B, 9, 8), "size": (B, 9, 2)}; cell = 3 * row + col."""
+        """Logits per cell: {"shape": (B, 9, 1 + S), "colour": (B, 9, 8), "size": (B, 9, 2)}; cell = 3 * row + col.
+
+        S = 6 shapes, plus any `config.concepts`."""
         shape_feats, colour_feats = self.cell_features(images)
         shape_size = self.shape_head(shape_feats).flatten(2).transpose(1, 2)  # (B, 9, 9)
-        shape, size = shape_size.split([len(SHAPES) + 1, len(SIZES)], dim=-1)
+        shape, size = shape_size.split([len(self.shapes) + 1, len(SIZES)], dim=-1)
         colour = self.colour_head(colour_feats).flatten(2).transpose(1, 2)  # (B, 9, 8)
         return {"shape": shape, "colour": colour, "size": size}
 
@@ -118,15 +140,17 @@ class ShapesClassifier(nn.Module):
         moved to the classifier's device (a pipeline hands them back on the CPU).
         """
         logits = self(images.to(next(self.parameters()).device))
-        return decode_predictions({k: v.argmax(-1) for k, v in logits.items()})
+        return decode_predictions({k: v.argmax(-1) for k, v in logits.items()}, self.shapes)
 
 
-def decode_predictions(classes: dict) -> list[dict]:
-    """Per-cell classes {"shape", "colour", "size"}, each (B, 9) long, -> attribute dicts per image."""
+def decode_predictions(classes: dict, shapes: tuple[str, ...] = SHAPES) -> list[dict]:
+    """Per-cell classes {"shape", "colour", "size"}, each (B, 9) long, -> attribute dicts per image.
+
+    `shapes` names shape classes 1, 2, ... (a judge that reads new concepts has more)."""
     shape, colour, size = (classes[k].tolist() for k in ("shape", "colour", "size"))
     out = []
     for s_row, c_row, z_row in zip(shape, colour, size):
-        objects = [{"shape": SHAPES[s - 1], "colour": COLOURS[c], "size": SIZES[z], "position": POSITIONS[cell]}
+        objects = [{"shape": shapes[s - 1], "colour": COLOURS[c], "size": SIZES[z], "position": POSITIONS[cell]}
                    for cell, (s, c, z) in enumerate(zip(s_row, c_row, z_row)) if s != EMPTY]
         out.append({"n_objects": len(objects), "objects": objects})
     return out
@@ -158,6 +182,29 @@ def classifier_batch(step: int, batch_size: int, seed: int = 0) -> dict:
     dataset = ShapesDataset("train", length=10**9, seed=seed)
     start = step * batch_size
     attributes = [dataset.attributes(i) for i in range(start, start + batch_size)]
+    return {"images": render(attributes), "targets": cell_targets(attributes)}
+
+
+P_CONCEPT = 0.25  # the fraction of a concept judge's training images that show a new shape
+
+
+def concept_classifier_batch(step: int, batch_size: int, seed: int = 0,
+                             concepts: tuple = CONCEPT_SHAPES) -> dict:
+    """`classifier_batch`, with P_CONCEPT of the images replaced by one object of a new shape.
+
+    The judge of Part IV's fine-tuning must read hearts too; which items are replaced, and
+    by what, is a pure function of (seed, step, item) like everything else in Shapes.
+    """
+    if step < 0 or batch_size < 1:
+        raise ValueError(f"need step >= 0 and batch_size >= 1, got step={step}, batch_size={batch_size}")
+    dataset = ShapesDataset("train", length=10**9, seed=seed)
+    start = step * batch_size
+    attributes = [dataset.attributes(i) for i in range(start, start + batch_size)]
+    for k in range(batch_size):
+        u = ((start + k) * 2654435761 + seed) % 1000 / 1000  # a fixed spread of items, no RNG state
+        if u < P_CONCEPT:
+            concept = concepts[(start + k) % len(concepts)]
+            attributes[k] = concept_attributes(start + k, seed, concept)
     return {"images": render(attributes), "targets": cell_targets(attributes)}
 
 
@@ -218,4 +265,14 @@ def evaluate_classifier(model: ShapesClassifier, n: int = 2000) -> dict:
         attributes = [dataset.attributes(i) for i in range(n)]
         accuracy = classifier_accuracy(model, render(attributes), attributes)
         out.update({f"{name}/{k}": v for k, v in accuracy.items()})
+    return out
+
+
+def evaluate_concept_classifier(model: ShapesClassifier, n: int = 2000) -> dict:
+    """`evaluate_classifier`, plus accuracy on n images of each new shape the judge reads ("<concept>/...")."""
+    out = evaluate_classifier(model, n)
+    for concept in model.config.concepts:
+        attributes = [concept_attributes(10**6 + i, 1, concept) for i in range(n)]  # items training never drew
+        accuracy = classifier_accuracy(model, render(attributes), attributes)
+        out.update({f"{concept}/{k}": v for k, v in accuracy.items()})
     return out

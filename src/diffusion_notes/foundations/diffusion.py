@@ -21,7 +21,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from diffusion_notes.device import per_item_randint, per_item_randn, randn
+from diffusion_notes.device import per_item_randint, per_item_randn
 from diffusion_notes.foundations.schedules import Schedule, broadcast_at, check_timestep_tensor, expand_like
 
 

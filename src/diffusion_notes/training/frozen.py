@@ -9,6 +9,9 @@ once per process and device:
     stable_diffusion(device)      {"vae", "clip", "scale_factor"}: what the latent UNet trains against
     null_context(device)          tau(""), the empty caption's token states, encoded once
     classifier(device)            the Shapes judge of the evaluations
+    ldm_unet(device)              the shipped latent UNet (what Part IV's fine-tuning starts from)
+    concept_judge(device)         the judge that also reads the new concept (Part IV)
+    class_latents(seed)           DreamBooth's class pictures, drawn by the shipped pipeline once
     unclip_bank(seed)             the bank the unCLIP recipes train on (seed = the run's seed)
 """
 
@@ -21,6 +24,7 @@ from pathlib import Path
 import torch
 
 from diffusion_notes import pretrained
+from diffusion_notes.practice.finetune.learner import class_latents as draw_class_latents
 from diffusion_notes.stable_diffusion.ldm import null_context as _null_context
 from diffusion_notes.unclip.conditions import BANK_SIZE, Bank, TextConditions, build_bank
 
@@ -77,3 +81,21 @@ def unclip_bank(seed: int = 0, n: int = BANK_SIZE) -> Bank:
                 "text": bank.text.as_dict()}, tmp)
     tmp.replace(path)
     return bank
+
+
+@lru_cache(maxsize=4)
+def ldm_unet(device: str = "cpu"):
+    """The shipped latent UNet on `device`, frozen (fine-tuning copies it)."""
+    return _frozen(pretrained.load("ldm_unet", device))
+
+
+@lru_cache(maxsize=4)
+def concept_judge(device: str = "cpu"):
+    """The attribute classifier that also reads hearts, frozen: Part IV's judge of fine-tuning."""
+    return _frozen(pretrained.load("concept_classifier", device))
+
+
+@lru_cache(maxsize=2)
+def class_latents(seed: int = 0, n: int = 48) -> tuple[torch.Tensor, torch.Tensor]:
+    """DreamBooth's class pictures: n latents the shipped pipeline draws for ordinary captions, and their ids."""
+    return draw_class_latents(pretrained.stable_diffusion("cpu"), n, seed)

@@ -93,7 +93,11 @@ def ship(run_dir, name: str | None = None, weights_dir=None, evaluate: bool = Tr
     metrics = {}
     if evaluate and recipe.evaluate is not None:
         model = recipe.build(config_from_dict(type(recipe.config), run["config"]))
-        model.load_state_dict(load_checkpoint(target)[0])
+        # a fine-tuning run ships only what it trained (recipe.trainable_state): loaded on top of the built model
+        unexpected = model.load_state_dict(load_checkpoint(target)[0], strict=recipe.trainable_state is None)
+        if unexpected and unexpected.unexpected_keys:
+            raise ValueError(f"{target} holds tensors the {run['recipe']} model does not have: "
+                             f"{unexpected.unexpected_keys[0]!r}")
         metrics = recipe.evaluate(model.eval())
     losses = load_checkpoint(ckpt)[0]["log.loss"].tolist()
     ship_words = ["python -m diffusion_notes ship", shlex.quote(str(run_dir))]

@@ -9,9 +9,7 @@ from __future__ import annotations
 
 import io
 import re
-from typing import Callable, NamedTuple, Sequence
 
-import matplotlib.image as mpimg
 import numpy as np
 import torch
 from IPython.display import HTML

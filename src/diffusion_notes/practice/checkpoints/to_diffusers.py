@@ -32,7 +32,7 @@ from torch import nn
 
 from diffusion_notes.data.tokenizer import END_ID, PAD_ID, START_ID, to_compact
 from diffusion_notes.nn.attention import SpatialTransformer
-from diffusion_notes.nn.resnet import Downsample, ResBlock, Upsample
+from diffusion_notes.nn.resnet import ResBlock
 
 OPEN_CLIP_VOCAB_SIZE = 49408
 VAE_GROUPS = 32  # diffusers' AutoencoderKL: one GroupNorm group count for every layer (SD's 32)

@@ -20,7 +20,7 @@ from __future__ import annotations
 import torch
 
 from diffusion_notes.data.tokenizer import CONTEXT_LENGTH, END_ID, PAD_ID, START_ID, tokenize
-from diffusion_notes.practice.webui.prompts import parse_prompt_attention, prompt_schedule, split_and, text_at_step
+from diffusion_notes.practice.webui.prompts import parse_prompt_attention, prompt_schedule, split_and
 
 CHUNK = CONTEXT_LENGTH - 2  # 75 tokens between start and end
 

@@ -58,8 +58,11 @@ def _run_train(args) -> int:
             device=args.device,
         )
     except KeyboardInterrupt as stop:
-        print(f"\n{stop}" if str(stop) else "\ninterrupted", file=sys.stderr)
+        if _main_process():
+            print(f"\n{stop}" if str(stop) else "\ninterrupted", file=sys.stderr)
         return 130
+    if not _main_process():  # under torchrun / accelerate launch rank 0 reports for every process
+        return 0
     if result.finished:
         weights = result.run_dir / "model.safetensors"
         print(f"done: {result.step} steps in {result.seconds:.1f} s; weights in {weights}")
@@ -68,6 +71,11 @@ def _run_train(args) -> int:
         resume = f"python -m diffusion_notes train {args.model} --out {out} --resume"
         print(f"stopped at step {result.step}; continue with: {resume}")
     return 0
+
+
+def _main_process() -> bool:
+    """Rank 0 of a data-parallel launch (torchrun, accelerate launch set RANK), or a plain run."""
+    return os.environ.get("RANK", "0") == "0"
 
 
 def _add_ship(p: argparse.ArgumentParser) -> None:
@@ -249,6 +257,8 @@ def _add_webui(p: argparse.ArgumentParser) -> None:
     p.add_argument("--models-dir", default=os.path.join("models", "Stable-diffusion"),
                    help="folder of extra checkpoints, where the merger writes (default models/Stable-diffusion)")
     p.add_argument("--outputs-dir", default="outputs", help="where generated PNGs are saved (default outputs)")
+    p.add_argument("--lora-dir", default=os.path.join("models", "Lora"),
+                   help="folder of LoRA files (kohya or diffusers .safetensors) for <lora:name:w> (default models/Lora)")
     p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's)")
 
 
@@ -263,8 +273,12 @@ def _run_webui(args) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     os.makedirs(args.models_dir, exist_ok=True)
-    registry = ModelRegistry(pretrained.load("stable_diffusion"), pretrained.verify("ldm_unet"), args.models_dir)
-    serve(create_app(WebUIState(registry, args.outputs_dir)), args.host, args.port)
+    pipe = pretrained.load("stable_diffusion")
+    registry = ModelRegistry(pipe, pretrained.verify("ldm_unet"), args.models_dir)
+    os.makedirs(args.lora_dir, exist_ok=True)
+    state = WebUIState(registry, args.outputs_dir, loras=pretrained.lora_library(pipe.unet, args.lora_dir),
+                       embeddings=pretrained.embeddings(), controlnets=pretrained.controlnets())
+    serve(create_app(state), args.host, args.port)
     return 0
 
 

@@ -20,11 +20,19 @@ import json
 import os
 from pathlib import Path
 
+import torch
+
 from diffusion_notes.checkpoint import config_from_dict, load_checkpoint, read_metadata, sha256
+from diffusion_notes.data.tokenizer import caption_vocabulary
 from diffusion_notes.device import default_device
 from diffusion_notes.evaluation.classifier import ClassifierConfig, ShapesClassifier
 from diffusion_notes.foundations.toy2d import ToyDenoiser, ToyDenoiserConfig
 from diffusion_notes.nn.unet import UNet, UNetConfig
+from diffusion_notes.practice.controlnet.model import ControlNet, ControlNetConfig
+from diffusion_notes.practice.controlnet.pipeline import ControlNetPipeline
+from diffusion_notes.practice.finetune.learner import ConceptLearner, FineTuneConfig, TokenEmbedding, new_row
+from diffusion_notes.practice.finetune.lora_files import network_from_state
+from diffusion_notes.practice.webui.extra_networks import LoRALibrary
 from diffusion_notes.stable_diffusion.pipeline import LatentDiffusionPipeline
 from diffusion_notes.stable_diffusion.vae import AutoencoderKL, VAEConfig
 from diffusion_notes.unclip.ar_prior import ARPrior, ARPriorConfig
@@ -40,6 +48,7 @@ ARCHITECTURES = {
     "toy2d": (ToyDenoiser, ToyDenoiserConfig),
     "clip": (CLIP, CLIPConfig),
     "shapes_classifier": (ShapesClassifier, ClassifierConfig),
+    "concept_classifier": (ShapesClassifier, ClassifierConfig),
     "vae": (AutoencoderKL, VAEConfig),
     "ldm_unet": (UNet, UNetConfig),
     "unclip_prior": (DiffusionPrior, PriorConfig),
@@ -47,7 +56,16 @@ ARCHITECTURES = {
     "unclip_decoder": (Decoder, DecoderConfig),
     "glide_decoder": (Decoder, DecoderConfig),
     "unclip_upsampler": (Upsampler, UpsamplerConfig),
+    "lora": (ConceptLearner, FineTuneConfig),
+    "textual_inversion": (ConceptLearner, FineTuneConfig),
+    "dreambooth": (ConceptLearner, FineTuneConfig),
+    "dreambooth_prior": (ConceptLearner, FineTuneConfig),
+    "dreambooth_lora_prior": (ConceptLearner, FineTuneConfig),
+    "controlnet": (ControlNet, ControlNetConfig),
 }
+# Fine-tuning results that ship as what they add, not as a whole model: load(name) returns
+# a LoRANetwork (apply it with practice.finetune.lora_files.applied), a TokenEmbedding, or (DreamBooth) a UNet.
+ADAPTERS = ("lora", "textual_inversion", "dreambooth", "dreambooth_prior", "dreambooth_lora_prior")
 
 
 class WeightsError(ValueError):
@@ -139,8 +157,11 @@ def load(name: str, device=None, weights_dir=None):
     entry = info(name, weights_dir)
     path = verify(name, weights_dir)
     model_class, config_class = _architecture(entry, name)
-    model = model_class(config_from_dict(config_class, entry["config"]))
+    config = config_from_dict(config_class, entry["config"])
     tensors, _ = load_checkpoint(path)
+    if entry["recipe"] in ADAPTERS:
+        return _adapter(name, entry, config, tensors, device)
+    model = model_class(config)
     try:
         model.load_state_dict(tensors)
     except RuntimeError as err:
@@ -148,6 +169,40 @@ def load(name: str, device=None, weights_dir=None):
             f"{path} does not fit the {entry['recipe']} model: {err}. Retrain it with: {retrain_command(entry)}"
         ) from None
     return model.float().to(device).eval()
+
+
+def _adapter(name: str, entry: dict, config: FineTuneConfig, tensors: dict, device):
+    """A shipped LoRA (LoRANetwork), textual-inversion embedding (TokenEmbedding) or DreamBooth UNet."""
+    if entry["recipe"].startswith("dreambooth") and config.method == "dreambooth":  # the whole fine-tuned UNet
+        unet = UNet(config_from_dict(UNetConfig, info("ldm_unet")["config"]))
+        unet.load_state_dict({k[len("unet."):]: v for k, v in tensors.items()})
+        return unet.float().to(device).eval()
+    if entry["recipe"] == "textual_inversion":
+        row = new_row(torch.tensor(caption_vocabulary()), config.token)
+        return TokenEmbedding(config.token, tensors["text.token_embedding.weight"][row].float().to(device))
+    metadata = {"name": name, "base_model": "ldm_unet", "trigger": config.token, "rank": config.rank,
+                "alpha": config.alpha}
+    network = network_from_state(tensors, config.alpha, metadata)
+    network.layers = {k: (A.to(device), B.to(device), alpha) for k, (A, B, alpha) in network.layers.items()}
+    return network
+
+
+def shipped_adapters(kind: str, weights_dir=None) -> list[str]:
+    """Names of the shipped adapters of one kind ("lora" or "textual_inversion")."""
+    if kind not in ADAPTERS:
+        raise ValueError(f"kind must be one of {', '.join(ADAPTERS)}, got {kind!r}")
+    return sorted(n for n, e in read_manifest(weights_dir)["models"].items() if e["recipe"] == kind)
+
+
+def lora_library(unet, folder=None, weights_dir=None) -> LoRALibrary:
+    """The web UI's LoRAs: every shipped LoRA by name, and the .safetensors files in `folder`."""
+    shipped = {name: load(name, "cpu", weights_dir) for name in shipped_adapters("lora", weights_dir)}
+    return LoRALibrary(unet, shipped, folder)
+
+
+def embeddings(weights_dir=None) -> list[TokenEmbedding]:
+    """Every shipped textual-inversion embedding (the web UI keeps them on)."""
+    return [load(name, "cpu", weights_dir) for name in shipped_adapters("textual_inversion", weights_dir)]
 
 
 # ---------------------------------------------------------------------------
@@ -172,4 +227,17 @@ def glide(device=None, weights_dir=None) -> GLIDEPipeline:
     return GLIDEPipeline(*(load(part, device, weights_dir) for part in ("glide_decoder", "unclip_upsampler", "clip")))
 
 
-PIPELINES = {"stable_diffusion": stable_diffusion, "unclip": unclip, "glide": glide}
+def controlnets(device=None, weights_dir=None) -> dict:
+    """{name: ControlNet} for every shipped model of the "controlnet" recipe (what the web UI's units may name)."""
+    names = sorted(n for n, e in read_manifest(weights_dir)["models"].items() if e["recipe"] == "controlnet")
+    return {name: load(name, device, weights_dir) for name in names}
+
+
+def stable_diffusion_controlnet(device=None, weights_dir=None, controlnet: str = "controlnet") -> ControlNetPipeline:
+    """The shipped Stable Diffusion with the shipped ControlNet `controlnet` (Chapter 17)."""
+    sd = stable_diffusion(device, weights_dir)
+    return ControlNetPipeline(sd.unet, sd.vae, sd.clip, sd.scale_factor, load(controlnet, device, weights_dir))
+
+
+PIPELINES = {"stable_diffusion": stable_diffusion, "unclip": unclip, "glide": glide,
+             "stable_diffusion_controlnet": stable_diffusion_controlnet}

@@ -3,6 +3,8 @@
     POST /sdapi/v1/txt2img   {"prompt": ..., "steps": 20, "cfg_scale": 4, "sampler_name": "Euler a", ...}
     POST /sdapi/v1/img2img   the same plus "init_images": [base64 PNG], "denoising_strength", "mask"
     POST /sdapi/v1/png-info  {"image": base64 PNG} -> {"info": infotext, "items": {...}, "parameters": {...}}
+    GET  /sdapi/v1/loras, /sdapi/v1/embeddings; POST /sdapi/v1/refresh-loras   (<lora:name:w> works in any prompt)
+    GET  /controlnet/model_list; "alwayson_scripts": {"controlnet": {"args": [...]}} in txt2img and img2img
     GET  /sdapi/v1/sd-models, /sdapi/v1/samplers;  GET and POST /sdapi/v1/options;  POST /sdapi/v1/refresh-checkpoints
 
 Responses carry base64 PNGs (each with its infotext), "parameters" (the request as understood) and
@@ -21,6 +23,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
+from diffusion_notes.practice.controlnet.units import ControlUnit
 from diffusion_notes.practice.webui import infotext
 from diffusion_notes.practice.webui.generate import SAMPLER_ALIASES, WEBUI_NAME, Settings
 from diffusion_notes.practice.webui.state import VERSION, WebUIState
@@ -68,7 +71,42 @@ def settings_from(body: dict, img2img: bool) -> Settings:
         settings.init_image = decode_image(images[0], "init_images[0]")
         if body.get("mask"):
             settings.mask = decode_image(body["mask"], "mask")
+    settings.controlnet = control_units(body.get("alwayson_scripts"))
     return settings
+
+
+def control_units(scripts) -> list[ControlUnit]:
+    """alwayson_scripts.controlnet.args, as the ControlNet extension reads it -> ControlUnits (ch. 17).
+
+    Each arg: {"image" (base64 PNG; also "input_image"), "model", "weight", "guidance_start", "guidance_end",
+    "enabled"}; a disabled unit or one without an image is skipped; "module" (a preprocessor) must be "none".
+    """
+    if not scripts:
+        return []
+    if not isinstance(scripts, dict):
+        raise BadRequest("alwayson_scripts must be a JSON object")
+    script = scripts.get("controlnet") or scripts.get("ControlNet")
+    if script is None:
+        return []
+    args = script.get("args") if isinstance(script, dict) else None
+    if not isinstance(args, list) or not all(isinstance(a, dict) for a in args):
+        raise BadRequest('alwayson_scripts.controlnet must be {"args": [unit, ...]}, each unit a JSON object')
+    units = []
+    for i, arg in enumerate(args):
+        image = arg.get("image", arg.get("input_image"))
+        if arg.get("enabled", True) is False or not image:
+            continue
+        if isinstance(image, dict):  # the extension also sends {"image": ..., "mask": ...}
+            image = image.get("image")
+        if arg.get("module", "none") not in ("none", None):
+            raise ValueError(f"controlnet unit {i}: preprocessors are not supported; send the condition image "
+                             f"itself with module 'none', got module {arg['module']!r}")
+        values = {k: arg[k] for k in ("model", "weight", "guidance_start", "guidance_end") if arg.get(k) is not None}
+        for key in ("weight", "guidance_start", "guidance_end"):
+            if isinstance(values.get(key), int) and not isinstance(values[key], bool):
+                values[key] = float(values[key])
+        units.append(ControlUnit(decode_image(image, f"alwayson_scripts.controlnet.args[{i}].image"), **values))
+    return units
 
 
 def error(status: int, err: Exception) -> JSONResponse:
@@ -133,6 +171,24 @@ def add_routes(app: FastAPI, state: WebUIState) -> FastAPI:
             text, items = infotext.read(decode_image(body["image"], "image"))
             return {"info": text, "items": items, "parameters": infotext.parse(text) if text else {}}
         return await run(request, work)
+
+    @app.get("/sdapi/v1/loras")
+    def loras():
+        return [] if state.loras is None else state.loras.api()
+
+    @app.post("/sdapi/v1/refresh-loras")
+    def refresh_loras():
+        return None
+
+    @app.get("/sdapi/v1/embeddings")
+    def embeddings():
+        return {"loaded": {e.word: {"step": None, "sd_checkpoint": None, "sd_checkpoint_name": None,
+                                    "shape": e.vector.shape[-1], "vectors": 1} for e in state.embeddings},
+                "skipped": {}}
+
+    @app.get("/controlnet/model_list")
+    def controlnet_models():
+        return {"model_list": sorted(state.controlnets)}
 
     @app.get("/sdapi/v1/sd-models")
     def sd_models():

@@ -3,7 +3,8 @@
     app = create_app(WebUIState(ModelRegistry(pipe, unet_path, "models/Stable-diffusion")))
     serve(app, "127.0.0.1", 7860)
 
-Tabs: txt2img (with the X/Y/Z plot script), img2img (with an inpainting mask drawn or uploaded),
+Tabs: txt2img (with the X/Y/Z plot script and a ControlNet panel, ch. 17),
+img2img (with an inpainting mask drawn or uploaded),
 PNG Info (read an image's parameters, send them to txt2img) and Checkpoint Merger. Nothing leaves
 the machine: analytics off, no share link, a system font, Gradio's run history and footer links off.
 """
@@ -17,6 +18,9 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # before gradio is i
 import gradio as gr  # noqa: E402
 from fastapi import FastAPI  # noqa: E402
 
+from PIL import Image  # noqa: E402
+
+from diffusion_notes.practice.controlnet.units import unit_from_panel  # noqa: E402
 from diffusion_notes.practice.webui import infotext, merger, xyz  # noqa: E402
 from diffusion_notes.practice.webui.api import add_routes  # noqa: E402
 from diffusion_notes.practice.webui.generate import LIMITS, SAMPLER_ALIASES, Settings  # noqa: E402
@@ -47,6 +51,26 @@ def _gallery(result):
 
 def _info(result) -> str:
     return "\n\n".join([result.infotexts[0], *result.warnings])
+
+
+def controlnet_panel(state: WebUIState) -> list:
+    """The ControlNet unit's controls: enable, an uploaded or drawn condition (white on black), model, weight, window."""
+    enabled = gr.Checkbox(False, label="Enable", elem_id="controlnet_enable")
+    with gr.Tabs():
+        with gr.Tab("Upload"):
+            upload = gr.Image(type="pil", label="Condition image (32x32, white on black)", image_mode="RGB",
+                              elem_classes="dn-input")
+        with gr.Tab("Draw"):
+            drawing = gr.ImageEditor(type="pil", label="Draw the outline", canvas_size=(256, 256),
+                                     value={"background": Image.new("RGB", (256, 256)), "layers": [], "composite": None},
+                                     brush=gr.Brush(colors=["#ffffff"], color_mode="fixed", default_size=8))
+    names = sorted(state.controlnets)
+    model = gr.Dropdown(names, value=names[0] if names else None, label="Model", elem_id="controlnet_model")
+    weight = gr.Slider(0, 2, value=1.0, step=0.05, label="Control Weight")
+    with gr.Row():
+        start = gr.Slider(0, 1, value=0.0, step=0.01, label="Starting Control Step")
+        end = gr.Slider(0, 1, value=1.0, step=0.01, label="Ending Control Step")
+    return [enabled, upload, drawing, model, weight, start, end]
 
 
 def build_blocks(state: WebUIState) -> gr.Blocks:
@@ -92,6 +116,8 @@ def build_blocks(state: WebUIState) -> gr.Blocks:
                                     axes.append(gr.Dropdown(list(xyz.AXES), value=default, label=f"{axis} type"))
                                     axes.append(gr.Textbox(label=f"{axis} values", placeholder="1, 4, 7"))
                             use_xyz = gr.Checkbox(False, label="Use the X/Y/Z plot")
+                        with gr.Accordion("ControlNet (ch. 17)", open=False, elem_id="txt2img_controlnet"):
+                            cn_inputs = controlnet_panel(state)
                     with gr.Column():
                         t2i_button = gr.Button("Generate", variant="primary", elem_id="txt2img_generate")
                         t2i_gallery = gr.Gallery(label="Output", columns=4, elem_id="txt2img_gallery",
@@ -99,14 +125,16 @@ def build_blocks(state: WebUIState) -> gr.Blocks:
                         t2i_info = gr.Textbox(label="Generation info", lines=4, elem_id="txt2img_info")
 
             def txt2img(*values):
-                settings = _settings(*values[:10])
+                values, unit = values[:17], unit_from_panel(*values[17:])
+                settings = _settings(*values[:10], controlnet=[unit] if unit else [])
                 if values[-1]:
                     plot = xyz.run(lambda s: state.run(s), settings, *values[10:16])
                     return [(plot.grid, "X/Y/Z plot")] + [(im, None) for im in plot.images], plot.describe()
                 result = state.run(settings)
                 return _gallery(result), _info(result)
 
-            t2i_button.click(lambda *v: call(txt2img, *v), t2i + axes + [use_xyz], [t2i_gallery, t2i_info])
+            t2i_button.click(lambda *v: call(txt2img, *v), t2i + axes + [use_xyz] + cn_inputs,
+                             [t2i_gallery, t2i_info])
 
             with gr.Tab("img2img", id="img2img"):
                 with gr.Row():

@@ -14,16 +14,19 @@ back at the end.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, fields, replace
 
 import numpy as np
 import torch
 from PIL import Image, ImageFilter
 
-from diffusion_notes.data.images import check_image_input, to_pil
+from diffusion_notes.data.images import to_pil
 from diffusion_notes.foundations.grids import make_grid, noise_to_grid_point
 from diffusion_notes.foundations.samplers import SAMPLER_ALIASES, SAMPLERS, init_noise_scale, prepare_step, resolve_sampler
+from diffusion_notes.practice.controlnet.units import ControlUnit, controlled_unet_call
+from diffusion_notes.practice.finetune.lora_files import applied
 from diffusion_notes.practice.webui import infotext
+from diffusion_notes.practice.webui.extra_networks import parse_extra_networks
 from diffusion_notes.practice.webui.conditioning import Conditioning, PromptEncoder, WebUIDenoiser
 from diffusion_notes.practice.webui.prompts import parse_prompt_attention
 from diffusion_notes.practice.webui.seeds import ImageRNG, loop, resolve_seed
@@ -60,10 +63,12 @@ class Settings:
     inpainting_mask_invert: bool = False
     inpaint_full_res: bool = False  # "Only masked"
     inpaint_full_res_padding: int = 4
+    controlnet: list[ControlUnit] = field(default_factory=list)  # ControlNet units (Chapter 17)
 
     def public(self) -> dict:
-        """The settings as JSON (without the images)."""
-        return {k: v for k, v in asdict(self).items() if k not in ("init_image", "mask")}
+        """The settings as JSON (without the images; ControlNet units without their images)."""
+        out = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in ("init_image", "mask", "controlnet")}
+        return {**out, "controlnet": [unit.public() for unit in self.controlnet]} if self.controlnet else out
 
 
 @dataclass
@@ -115,6 +120,8 @@ def check(settings: Settings) -> Settings:
     settings.sampler_name = sampler_name(settings.sampler_name)
     if settings.mask is not None and settings.init_image is None:
         raise ValueError("a mask needs an init image (inpainting redraws part of an image)")
+    for unit in settings.controlnet:
+        unit.check()
     return settings
 
 
@@ -173,7 +180,10 @@ def run_batch(pipe, settings: Settings, seeds: list[int], subseeds: list[int], e
 
     conds = [Conditioning(encoder, settings.prompt, n) for _ in range(B)]
     unconds = [Conditioning(encoder, settings.negative_prompt, n, split=False) for _ in range(B)]
-    model = WebUIDenoiser(pipe.unet, conds, unconds, settings.cfg_scale, encoder(""), start)
+    unet = pipe.unet
+    if settings.controlnet:  # Chapter 17: the units' residuals on every row the denoiser sends
+        unet = controlled_unet_call(unet, [(u, u.net) for u in settings.controlnet], grid.timesteps.tolist(), start)
+    model = WebUIDenoiser(unet, conds, unconds, settings.cfg_scale, encoder(""), start)
     step = prepare_step(sampler, grid, pipe.schedule, dtype=x.dtype)
     z = loop(model, x, grid, step, rng, start_step=start, after_step=after_step, callback=callback)
     return pipe.decode_latents(z).cpu()  # (B, 3, 32, 32)
@@ -192,9 +202,29 @@ def _crop_box(mask: torch.Tensor, padding: int) -> tuple[int, int, int, int]:
     return x0, y0, x0 + side, y0 + side
 
 
-def generate(pipe, settings: Settings, model: tuple[str, str] = ("", ""), callback=None) -> Result:
-    """Run a job: `model` is (name, hash) for the infotext. Returns PIL images, seeds and infotexts."""
+def generate(pipe, settings: Settings, model: tuple[str, str] = ("", ""), callback=None, loras=None,
+             controlnets=None) -> Result:
+    """Run a job: `model` is (name, hash) for the infotext. Returns PIL images, seeds and infotexts.
+
+    `<lora:name:weight>` tags in the prompt are looked up in `loras` (an extra_networks.LoRALibrary),
+    merged into the UNet for this job and removed from the text the encoder sees. ControlNet units
+    name their model in `controlnets` ({name: ControlNet}).
+    """
     settings = check(settings)
+    if settings.controlnet:
+        known = controlnets or {}
+        settings = replace(settings, controlnet=[replace(u.check(known), net=known[u.model]) for u in settings.controlnet])
+    prompt, tags = parse_extra_networks(settings.prompt)
+    if tags and loras is None:
+        raise ValueError(f"the prompt names {len(tags)} extra network(s) ({tags[0][0]}:{tags[0][1]}) "
+                         "but no LoRAs are loaded")
+    networks = loras.networks(tags) if tags else []
+    with applied(pipe.unet, networks):
+        return _generate(pipe, settings, replace(settings, prompt=prompt), model, callback)
+
+
+def _generate(pipe, settings: Settings, encoded: Settings, model, callback) -> Result:
+    """The job itself; `encoded` is `settings` with the text the encoder reads (extra-network tags removed)."""
     seed, subseed = resolve_seed(settings.seed), resolve_seed(settings.subseed)
     total = settings.batch_size * settings.n_iter
     seeds = [seed + i for i in range(total)]
@@ -213,7 +243,7 @@ def generate(pipe, settings: Settings, model: tuple[str, str] = ("", ""), callba
     pictures = []
     for j in range(settings.n_iter):
         batch = slice(j * settings.batch_size, (j + 1) * settings.batch_size)
-        images = run_batch(pipe, settings, seeds[batch], subseeds[batch], encoder, init,
+        images = run_batch(pipe, encoded, seeds[batch], subseeds[batch], encoder, init,
                            None if mask is None else _crop(mask, box), callback)
         if mask is not None:  # paste the result into the input's pixels under the mask
             images = _uncrop(images, box, original)

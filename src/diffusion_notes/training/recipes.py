@@ -366,7 +366,7 @@ def _finetune(name: str, config: FineTuneConfig, steps: int, lr: float, device: 
                              "(textual_inversion, lora, dreambooth, dreambooth_prior, dreambooth_lora_prior)")
         parts = frozen.stable_diffusion(device)
         return ConceptLearner(cfg, unet=frozen.ldm_unet(device), text_encoder=parts["clip"].text, vae=parts["vae"],
-                              scale_factor=parts["scale_factor"], null=frozen.null_context(device))
+                              scale_factor=parts["scale_factor"])
 
     def make_batch(step, batch_size, seed):
         parts = frozen.stable_diffusion(device)

@@ -111,14 +111,13 @@ class ConceptLearner(nn.Module):
     the originals stay untouched); the VAE only encodes pictures and stays frozen.
     """
 
-    def __init__(self, config: FineTuneConfig, *, unet, text_encoder, vae, scale_factor: float, null: torch.Tensor):
+    def __init__(self, config: FineTuneConfig, *, unet, text_encoder, vae, scale_factor: float):
         super().__init__()
         self.config = config
         self.unet = copy.deepcopy(unet).requires_grad_(False)
         self.text = copy.deepcopy(text_encoder).requires_grad_(False)
         self.vae = vae  # frozen, shared
         self.scale_factor = float(scale_factor)
-        self.register_buffer("null", null.detach().clone(), persistent=False)  # tau(""), (77, D)
         self.row = None
         if config.method == "textual_inversion":
             self.row = add_token(self.text, config.token, init_word=config.init_token)
@@ -154,11 +153,11 @@ class ConceptLearner(nn.Module):
 
 
 @torch.no_grad()
-def instance_batch(learner_vae, scale_factor: float, n: int, generator: torch.Generator, word: str = CONCEPT) -> dict:
+def instance_batch(vae, scale_factor: float, n: int, generator: torch.Generator, word: str = CONCEPT) -> dict:
     """{"z0": (n, 4, 8, 8), "ids": (n, 77)}: the instance pictures' latents (a fresh sample of q(z|x)) and captions."""
     images, captions = instance_images(n, word)
-    device = next(learner_vae.parameters()).device
-    z0 = encode_latents(learner_vae, images.to(device), scale_factor, generator)
+    device = next(vae.parameters()).device
+    z0 = encode_latents(vae, images.to(device), scale_factor, generator)
     return {"z0": z0, "ids": tokenize(captions)}
 
 

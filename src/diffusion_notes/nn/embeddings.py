@@ -8,11 +8,15 @@ import torch
 def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10_000.0) -> torch.Tensor:
     r"""Sinusoidal embedding of integer (or real) timesteps.
 
-    .. math:: e(t)_{2k} = \cos(t\,\omega_k),\quad e(t)_{2k+1} = \sin(t\,\omega_k),\quad
-              \omega_k = \text{max\_period}^{-k/(D/2)}
+    .. math:: e(t)_k = \cos(t\,\omega_k),\quad e(t)_{D/2+k} = \sin(t\,\omega_k),\quad
+              \omega_k = \text{max\_period}^{-k/(D/2)},\quad k = 0, \dots, D/2 - 1
 
-    The same frequencies as the Transformer's positional encoding (Vaswani et al. 2017),
-    used for the timestep by DDPM (Ho et al. 2020, Appendix B) and every model after it.
+    All the cosines first, then all the sines. The same frequencies as the Transformer's
+    positional encoding (Vaswani et al. 2017), used for the timestep by DDPM (Ho et al. 2020,
+    Appendix B) and every model after it.
+
+    Book: eq-timestep-embedding
+    Paper: Vaswani et al. 2017, section 3.5; Ho et al. 2020, Appendix B
 
     Args:
         t: (B,) timesteps.

@@ -1,17 +1,20 @@
-"""unCLIP against GLIDE under a guidance sweep; writes benchmarks/results/unclip_vs_glide.json.
+"""unCLIP against GLIDE (and Stable Diffusion) with bootstrap intervals; writes benchmarks/results/unclip_vs_glide.json.
 
 The paper's claim (Ramesh et al. 2022, section 5): unCLIP matches GLIDE in photorealism and caption
-similarity and beats it in diversity, most clearly at high guidance. Measured here, with the shipped
-weights, on the same captions (seen colour-shape combinations, not in training) for both models:
+similarity and beats it in diversity, most clearly at high guidance. Measured here with the shipped
+weights, on captions no model trained on, the same captions and seeds for every pipeline:
 
-* fidelity: colour and shape both right, and every attribute right (the evaluation kit's classifier);
-* diversity: mean pairwise distance, in classifier feature space, between the images of one caption;
-* precision and recall (k = 3) and the Fréchet distance against real images of the training split;
-* CLIP score: 100 x the mean cosine of each image's CLIP embedding with its caption's.
+* fidelity: colour and shape both right (the evaluation kit's classifier), per image;
+* precision (k = 3) and the Fréchet distance against real pictures of the same kind (one or two objects);
+* diversity: mean pairwise distance, in classifier feature space, between the pictures of one caption.
 
-For each decoder guidance scale both pipelines draw `per_prompt` images per caption with the
-same seeds; unCLIP's prior keeps its default guidance (2) and best-of-two. unCLIP with the
-autoregressive prior is measured at the default decoder scale. Chapter 8 reads the JSON.
+Every number comes with a 95% percentile bootstrap interval that resamples captions and, within each
+caption, its pictures (seeds): `evaluation.metrics.bootstrap_interval`.
+
+Caption sets: "seen" (one object, colour-shape pairs of the training split, new captions and pictures),
+"heldout" (one object, the held-out colour-shape pairs) and "two" (two objects, training split).
+The guidance sweep runs on "seen" for unCLIP and GLIDE; the three sets at the default scale for
+unCLIP, unCLIP with the autoregressive prior, GLIDE, Stable Diffusion and the pixel-space cascades. Chapter 8 reads the JSON.
 
 Run: python benchmarks/unclip_vs_glide.py [--prompts 32] [--per-prompt 8] [--threads 2]
 """
@@ -20,35 +23,75 @@ import argparse
 import json
 import sys
 import time
-from datetime import date
 from pathlib import Path
 
 import torch
 
 from diffusion_notes import pretrained
 from diffusion_notes.data.shapes import ShapesDataset
-from diffusion_notes.evaluation.metrics import clip_score, evaluate_images
-from diffusion_notes.stable_diffusion import ldm
-from diffusion_notes.training.ship import machine_info
+from diffusion_notes.evaluation.metrics import (
+    bootstrap_interval,
+    classifier_features,
+    diversity,
+    fidelity_per_image,
+    frechet_distance,
+    precision_per_image,
+)
 from diffusion_notes.unclip.pipeline import DEFAULT_GUIDANCE_SCALE
 
-SCALES = (1.0, 2.0, 3.0, 4.0, 6.0, 8.0)
-KEYS = ("fidelity/colour_shape", "fidelity/all", "diversity", "precision", "recall", "frechet_distance")
+SCALES = (1.0, 2.0, 3.0, 5.0, 8.0)
+SETS = {"seen": ("train", 0.0, 11), "heldout": ("heldout", 0.0, 12), "two": ("train", 1.0, 13)}  # split, p_two, seed
 
 
-def measure(pipe, prompts, attributes, per_prompt, scale, classifier, real, clip) -> dict:
+def caption_set(name: str, n: int) -> tuple[list[str], list[dict]]:
+    split, p_two, seed = SETS[name]
+    dataset = ShapesDataset(split, n, seed=seed, p_two_objects=p_two)
+    attributes = [dataset.attributes(i) for i in range(n)]
+    return [dataset.caption(i, a) for i, a in enumerate(attributes)], attributes
+
+
+def reference(name: str, classifier, n: int = 2000) -> torch.Tensor:
+    """Classifier features of n real pictures of the set's kind (unseen seed)."""
+    split, p_two, _ = SETS[name]
+    return classifier_features(classifier, ShapesDataset(split, n, seed=3, p_two_objects=p_two).images())
+
+
+def draw(pipe, prompts, per_prompt, scale) -> tuple[torch.Tensor, float]:
     start = time.perf_counter()
     out = pipe(prompts, num_images_per_prompt=per_prompt, guidance_scale=scale,
                generator=torch.Generator().manual_seed(0))
-    seconds = time.perf_counter() - start
-    images = out.images * 2 - 1  # (N, 3, 32, 32) in [-1, 1]
-    repeated = [a for a in attributes for _ in range(per_prompt)]
-    metrics = evaluate_images(images, repeated, classifier, reference_images=real)
-    result = {k: round(float(metrics[k]), 4) for k in KEYS}
-    captions = [p for p in prompts for _ in range(per_prompt)]
-    result["clip_score"] = round(clip_score(clip, images, captions), 3)
-    result["seconds"] = round(seconds, 1)
-    return result
+    return out.images * 2 - 1, time.perf_counter() - start  # (P k, 3, 32, 32) in [-1, 1]
+
+
+def summarise(images, attributes, per_prompt, classifier, real, resamples: int, fd_resamples: int) -> dict:
+    """Point values and intervals, resampling captions and then each caption's pictures."""
+    P, k = len(attributes), per_prompt
+    repeated = [a for a in attributes for _ in range(k)]
+    right = fidelity_per_image(images, repeated, classifier)["colour_shape"].view(P, k).double()
+    feats = classifier_features(classifier, images).view(P, k, -1).double()  # (P, k, F)
+    inside = precision_per_image(real, feats.flatten(0, 1)).view(P, k).double()
+    inner = torch.Generator().manual_seed(1)
+
+    def pick(idx):  # (P,) captions -> (P, k) pictures, each caption's pictures drawn again with replacement
+        return idx[:, None], torch.randint(k, (len(idx), k), generator=inner)
+
+    def div(f):  # (P, k, F) -> mean over captions of the pairwise distance (repeated draws excluded)
+        return sum(diversity(torch.unique(f[p], dim=0)) if len(torch.unique(f[p], dim=0)) > 1 else 0.0
+                   for p in range(len(f))) / len(f)
+
+    stats = {
+        "fidelity": lambda idx: right[pick(idx)].mean(),
+        "precision": lambda idx: inside[pick(idx)].mean(),
+        "diversity": lambda idx: div(feats[pick(idx)]),
+    }
+    out = {"fidelity": float(right.mean()), "precision": float(inside.mean()), "diversity": div(feats)}
+    for name, fn in stats.items():
+        out[name + "_ci"] = [round(v, 4) for v in bootstrap_interval(fn, P, resamples if name != "diversity" else
+                                                                     max(resamples // 5, 50))]
+    out["frechet_distance"] = frechet_distance(real, feats.flatten(0, 1))
+    out["frechet_distance_ci"] = [round(v, 3) for v in bootstrap_interval(
+        lambda idx: frechet_distance(real, feats[pick(idx)].flatten(0, 1)), P, fd_resamples)]
+    return {key: (round(v, 4) if isinstance(v, float) else v) for key, v in out.items()}
 
 
 def main(argv=None) -> int:
@@ -56,19 +99,23 @@ def main(argv=None) -> int:
     parser.add_argument("--prompts", type=int, default=32)
     parser.add_argument("--per-prompt", type=int, default=8)
     parser.add_argument("--scales", default=",".join(str(s) for s in SCALES))
+    parser.add_argument("--resamples", type=int, default=1000)
+    parser.add_argument("--fd-resamples", type=int, default=200)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "unclip_vs_glide.json"))
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     scales = [float(s) for s in args.scales.split(",")]
-    classifier, clip = pretrained.load("shapes_classifier"), pretrained.load("clip")
-    pipes = {"glide": pretrained.load("glide"), "unclip": pretrained.load("unclip")}
-    prompts, attributes = ldm.eval_prompts("train", args.prompts)
-    real = ShapesDataset("train", 2000, seed=3).images()
+    classifier = pretrained.load("shapes_classifier")
+    pipes = {"unclip": pretrained.unclip(), "glide": pretrained.glide()}
+    others = {"unclip_ar": pretrained.unclip(prior="ar_prior"), "stable_diffusion": pretrained.stable_diffusion(),
+              "unclip_pixel": pretrained.unclip(space="pixel"), "glide_pixel": pretrained.glide(space="pixel")}
+    sets = {name: caption_set(name, args.prompts) for name in SETS}
+    reals = {name: reference(name, classifier) for name in SETS}
     results = {"command": "python benchmarks/" + Path(__file__).name + " " + " ".join(sys.argv[1:] if argv is None else argv),
-               "date": date.today().isoformat(), "machine": machine_info("cpu", args.threads),
                "prompts": args.prompts, "per_prompt": args.per_prompt, "scales": scales,
-               "default_guidance_scale": DEFAULT_GUIDANCE_SCALE, "sweep": {}}
+               "resamples": args.resamples, "fd_resamples": args.fd_resamples,
+               "default_guidance_scale": DEFAULT_GUIDANCE_SCALE, "sweep": {}, "sets": {}}
     started = time.perf_counter()
     out_path = Path(args.out)
     out_path.parent.mkdir(parents=True, exist_ok=True)
@@ -76,21 +123,30 @@ def main(argv=None) -> int:
     def save():  # after every setting, so an interrupted run keeps what it measured
         out_path.write_text(json.dumps(results, indent=2) + "\n")
 
+    def run(pipe, set_name, scale):
+        prompts, attributes = sets[set_name]
+        images, seconds = draw(pipe, prompts, args.per_prompt, scale)
+        r = summarise(images, attributes, args.per_prompt, classifier, reals[set_name], args.resamples,
+                      args.fd_resamples)
+        r["seconds"] = round(seconds, 1)
+        return r
+
     for name, pipe in pipes.items():
         results["sweep"][name] = {}
         for scale in scales:
-            r = measure(pipe, prompts, attributes, args.per_prompt, scale, classifier, real, clip)
-            results["sweep"][name][str(scale)] = r
+            r = results["sweep"][name][str(scale)] = run(pipe, "seen", scale)
             print(f"{name:7s} scale {scale:>4}: " + ", ".join(f"{k} {v}" for k, v in r.items()), flush=True)
             save()
-    ar_pipe = pretrained.unclip(prior="ar_prior")
-    r = measure(ar_pipe, prompts, attributes, args.per_prompt, DEFAULT_GUIDANCE_SCALE, classifier, real, clip)
-    results["unclip_ar"] = r
-    print(f"unclip with the AR prior, scale {DEFAULT_GUIDANCE_SCALE}: {r}", flush=True)
-    real_b = ShapesDataset("train", len(prompts) * args.per_prompt, seed=4).images()
-    floor = evaluate_images(real_b, [ShapesDataset("train", 1, seed=4).attributes(0)] * len(real_b), classifier,
-                            reference_images=real)
-    results["real"] = {k: round(float(floor[k]), 4) for k in ("precision", "recall", "frechet_distance")}
+    for name, pipe in {**pipes, **others}.items():
+        results["sets"][name] = {}
+        scale = 4.0 if name == "stable_diffusion" else DEFAULT_GUIDANCE_SCALE  # each pipeline's default
+        for set_name in SETS:
+            if set_name == "seen" and str(scale) in results["sweep"].get(name, {}):  # measured in the sweep
+                results["sets"][name][set_name] = results["sweep"][name][str(scale)]
+                continue
+            r = results["sets"][name][set_name] = run(pipe, set_name, scale)
+            print(f"{name} on {set_name} (scale {scale}): " + ", ".join(f"{k} {v}" for k, v in r.items()), flush=True)
+            save()
     results["total_seconds"] = round(time.perf_counter() - started, 1)
     save()
     print(f"wrote {args.out} in {results['total_seconds']:.0f} s")

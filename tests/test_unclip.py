@@ -362,12 +362,18 @@ def test_variations_interpolations_and_text_diffs(pipe):
     assert not torch.equal(variations.images[0], variations.images[1])  # new noise for each
 
     frames = []
-    path = pipe.interpolate(a, b, 4, generator=torch.Generator().manual_seed(0),
+    path = pipe.interpolate(a, b, 4, invert=False, generator=torch.Generator().manual_seed(0),
                             callback=lambda i, t, x, x0: frames.append(x.clone()) if i == 0 else None, **FAST)
     assert torch.allclose(path.image_embeddings[0], z_a[0], atol=1e-5)
     assert torch.allclose(path.image_embeddings[-1], z_b[0], atol=1e-5)
     x_T = frames[0]
-    assert all(torch.equal(x_T[i], x_T[0]) for i in range(4))  # one noise for the whole path
+    assert all(torch.equal(x_T[i], x_T[0]) for i in range(4))  # without inversion, one noise for the whole path
+    frames.clear()
+    pipe.interpolate(a, b, 4, callback=lambda i, t, x, x0: frames.append(x.clone()) if i == 0 else None, **FAST)
+    inverted = pipe.invert(torch.stack([a, b]), num_inference_steps=2)
+    assert torch.allclose(frames[0][0], inverted[0], atol=1e-5) and torch.allclose(frames[0][-1], inverted[1], atol=1e-5)
+    with pytest.raises(ValueError, match="ddim"):
+        pipe.interpolate(a, b, 3, sampler="euler_a", **FAST)
 
     diff = pipe.text_diff(a, "a red circle", "a blue circle", 3, max_theta=0.5, **FAST)
     assert torch.allclose(diff.image_embeddings[0], z_a[0], atol=1e-5)

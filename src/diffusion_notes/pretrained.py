@@ -22,7 +22,12 @@ from pathlib import Path
 
 import torch
 
-from diffusion_notes.checkpoint import config_from_dict, load_checkpoint, read_metadata, sha256
+from diffusion_notes.checkpoint import (
+    config_from_dict,
+    load_checkpoint,
+    read_metadata,
+    sha256,
+)
 from diffusion_notes.data.tokenizer import caption_vocabulary
 from diffusion_notes.device import default_device
 from diffusion_notes.evaluation.classifier import ClassifierConfig, ShapesClassifier
@@ -30,14 +35,24 @@ from diffusion_notes.foundations.toy2d import ToyDenoiser, ToyDenoiserConfig
 from diffusion_notes.nn.unet import UNet, UNetConfig
 from diffusion_notes.practice.controlnet.model import ControlNet, ControlNetConfig
 from diffusion_notes.practice.controlnet.pipeline import ControlNetPipeline
-from diffusion_notes.practice.finetune.learner import ConceptLearner, FineTuneConfig, TokenEmbedding, new_row
+from diffusion_notes.practice.finetune.learner import (
+    ConceptLearner,
+    FineTuneConfig,
+    TokenEmbedding,
+    new_row,
+)
 from diffusion_notes.practice.finetune.lora_files import network_from_state
 from diffusion_notes.practice.webui.extra_networks import LoRALibrary
 from diffusion_notes.stable_diffusion.pipeline import LatentDiffusionPipeline
 from diffusion_notes.stable_diffusion.vae import AutoencoderKL, VAEConfig
 from diffusion_notes.unclip.ar_prior import ARPrior, ARPriorConfig
 from diffusion_notes.unclip.clip import CLIP, CLIPConfig
-from diffusion_notes.unclip.decoder import Decoder, DecoderConfig, Upsampler, UpsamplerConfig
+from diffusion_notes.unclip.decoder import (
+    Decoder,
+    DecoderConfig,
+    Upsampler,
+    UpsamplerConfig,
+)
 from diffusion_notes.unclip.pipeline import GLIDEPipeline, UnCLIPPipeline
 from diffusion_notes.unclip.prior import DiffusionPrior, PriorConfig
 
@@ -56,6 +71,8 @@ ARCHITECTURES = {
     "unclip_decoder": (Decoder, DecoderConfig),
     "glide_decoder": (Decoder, DecoderConfig),
     "unclip_upsampler": (Upsampler, UpsamplerConfig),
+    "unclip_latent_decoder": (Decoder, DecoderConfig),
+    "glide_latent_decoder": (Decoder, DecoderConfig),
     "lora": (ConceptLearner, FineTuneConfig),
     "textual_inversion": (ConceptLearner, FineTuneConfig),
     "dreambooth": (ConceptLearner, FineTuneConfig),
@@ -216,15 +233,33 @@ def stable_diffusion(device=None, weights_dir=None) -> LatentDiffusionPipeline:
                                    scale_factor)
 
 
-def unclip(device=None, weights_dir=None, prior: str = "unclip_prior") -> UnCLIPPipeline:
-    """A prior ("unclip_prior", or "ar_prior"), "unclip_decoder", "unclip_upsampler" and "clip"."""
-    return UnCLIPPipeline(*(load(part, device, weights_dir)
-                            for part in (prior, "unclip_decoder", "unclip_upsampler", "clip")))
+SPACES = ("latent", "pixel")
 
 
-def glide(device=None, weights_dir=None) -> GLIDEPipeline:
-    """The baseline's parts: "glide_decoder", "unclip_upsampler" and "clip"."""
-    return GLIDEPipeline(*(load(part, device, weights_dir) for part in ("glide_decoder", "unclip_upsampler", "clip")))
+def _decoder_parts(name: str, space: str, device, weights_dir) -> dict:
+    """The decoder of `name` ("unclip", "glide") in `space`, and what turns its output into pictures."""
+    if space not in SPACES:
+        raise ValueError(f"space must be one of {', '.join(SPACES)}, got {space!r}")
+    if space == "pixel":  # DALL-E 2's cascade: a 16x16 decoder and the upsampler
+        return {"decoder": load(f"{name}_decoder", device, weights_dir),
+                "upsampler": load("unclip_upsampler", device, weights_dir)}
+    return {"decoder": load(f"{name}_latent_decoder", device, weights_dir), "upsampler": None,
+            "vae": load("vae", device, weights_dir), "scale_factor": info("vae", weights_dir)["metrics"]["scale_factor"]}
+
+
+def unclip(device=None, weights_dir=None, prior: str = "unclip_prior", space: str = "latent") -> UnCLIPPipeline:
+    """A prior ("unclip_prior", or "ar_prior"), a decoder and "clip".
+
+    space="latent" (the default): "unclip_latent_decoder" and the "vae" that decodes its latents;
+    space="pixel": DALL-E 2's cascade, "unclip_decoder" at 16x16 and "unclip_upsampler".
+    """
+    parts = _decoder_parts("unclip", space, device, weights_dir)
+    return UnCLIPPipeline(load(prior, device, weights_dir), clip=load("clip", device, weights_dir), **parts)
+
+
+def glide(device=None, weights_dir=None, space: str = "latent") -> GLIDEPipeline:
+    """The baseline: "glide_latent_decoder" (or, space="pixel", "glide_decoder" and "unclip_upsampler") and "clip"."""
+    return GLIDEPipeline(clip=load("clip", device, weights_dir), **_decoder_parts("glide", space, device, weights_dir))
 
 
 def controlnets(device=None, weights_dir=None) -> dict:

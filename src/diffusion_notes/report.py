@@ -12,6 +12,9 @@ versions, so a printed figure must say only what every machine reproduces:
   compared; the assertion is what the test checks;
 - `check({claim: holds, ...})` prints each claim the prose makes about a live run and fails if one
   does not hold: the lines are the same wherever the claims are true.
+
+`html_table(header, rows)` shows a table, and `benchmark_results(name)` reads what a script in
+`benchmarks/` measured.
 """
 
 import json
@@ -60,3 +63,20 @@ def benchmark_results(name: str) -> dict:
         raise FileNotFoundError(f"no benchmark results {path}: run python benchmarks/{name}.py in a clone of the "
                                 "repository (the results ship with the repository, not with an installed package)")
     return json.loads(path.read_text())
+
+
+def html_table(header: list, rows: list[list]):
+    """A small HTML table (rendered the same in JupyterLab and on the book's static pages).
+
+    Cells are written as given, so a cell may hold inline HTML (<b>, <br>).
+    """
+    from IPython.display import HTML
+
+    if any(len(row) != len(header) for row in rows):
+        raise ValueError(f"every row needs {len(header)} cells, got lengths {sorted({len(r) for r in rows})}")
+
+    def cells(row, tag):
+        return "".join(f"<{tag}>{c}</{tag}>" for c in row)
+
+    body = "".join(f"<tr>{cells(r, 'td')}</tr>" for r in rows)
+    return HTML(f"<table><thead><tr>{cells(header, 'th')}</tr></thead><tbody>{body}</tbody></table>")

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import itertools
 import json
-from collections import Counter, defaultdict
+from collections import defaultdict
 
 import torch
 
@@ -70,17 +70,42 @@ def prompt_fidelity(images: torch.Tensor, attributes: list[dict], classifier) ->
                          f"and {len(attributes)} attribute dicts")
     if len(images) == 0:
         raise ValueError("prompt_fidelity needs at least one image")
+    return {name: float(right.double().mean()) for name, right in fidelity_per_image(images, attributes, classifier).items()}
+
+
+def fidelity_per_image(images: torch.Tensor, attributes: list[dict], classifier) -> dict:
+    """`prompt_fidelity`'s checks image by image: {name: (B,) bool}, the same names. What bootstrap
+    intervals resample."""
+    if len(images) != len(attributes):
+        raise ValueError(f"need one attribute dict per image, got {len(images)} images "
+                         f"and {len(attributes)} attribute dicts")
     predicted = _predict(classifier, images)
     checks = {k: (k,) for k in ATTRIBUTE_KEYS}
     checks["colour_shape"] = ("colour", "shape")
     checks["all"] = ATTRIBUTE_KEYS
-    right = Counter()
+    right = {name: [] for name in (*ATTRIBUTE_KEYS, "count", "colour_shape", "all")}
     for prompt, reading in zip(attributes, predicted):
-        right["count"] += len(prompt["objects"]) == len(reading["objects"])
+        right["count"].append(len(prompt["objects"]) == len(reading["objects"]))
         for name, keys in checks.items():
-            right[name] += _same_objects(prompt["objects"], reading["objects"], keys)
-    names = (*ATTRIBUTE_KEYS, "count", "colour_shape", "all")
-    return {name: right[name] / len(images) for name in names}
+            right[name].append(_same_objects(prompt["objects"], reading["objects"], keys))
+    return {name: torch.tensor(values, dtype=torch.bool) for name, values in right.items()}
+
+
+def bootstrap_interval(statistic, n_groups: int, n_resamples: int = 1000, level: float = 0.95,
+                       seed: int = 0) -> tuple[float, float]:
+    """A percentile bootstrap interval: `statistic(groups)` on n_resamples draws, with replacement, of
+    n_groups group indices (captions, or captions and seeds), and the central `level` of the results.
+
+    Resampling whole groups keeps the images of one caption together, so the interval counts the
+    captions as the unit of variation (Efron and Tibshirani 1993, chapter 13).
+    """
+    if n_groups < 2:
+        raise ValueError(f"a bootstrap needs at least 2 groups, got {n_groups}")
+    g = torch.Generator().manual_seed(seed)
+    values = torch.tensor([float(statistic(torch.randint(n_groups, (n_groups,), generator=g)))
+                           for _ in range(n_resamples)], dtype=torch.float64)
+    tail = (1 - level) / 2
+    return float(values.quantile(tail)), float(values.quantile(1 - tail))
 
 
 # --------------------------------------------------------------------------- Fréchet distance
@@ -157,6 +182,12 @@ def _inside_manifold(manifold: torch.Tensor, radii: torch.Tensor, queries: torch
     """For each query, is it within radii[j] of some manifold point j? (M,) bool."""
     dist = torch.cdist(queries, manifold)  # (M, N)
     return (dist <= radii[None, :]).any(dim=1)
+
+
+def precision_per_image(real_feats: torch.Tensor, fake_feats: torch.Tensor, k: int = 3) -> torch.Tensor:
+    """(M,) bool: is each fake sample inside the real manifold? `precision_recall`'s precision is its mean."""
+    real, fake = _check_feats(real_feats, "real_feats", k + 1), _check_feats(fake_feats, "fake_feats", 1)
+    return _inside_manifold(real, _knn_radii(real, k), fake)
 
 
 def precision_recall(real_feats: torch.Tensor, fake_feats: torch.Tensor, k: int = 3) -> dict:

@@ -30,7 +30,10 @@ from diffusion_notes.foundations.diffusion import noise_prediction_loss
 from diffusion_notes.foundations.schedules import make_schedule
 from diffusion_notes.foundations.toy2d import ToyDenoiser, ToyDenoiserConfig, sample_toy
 from diffusion_notes.nn.unet import UNet, UNetConfig
-from diffusion_notes.practice.controlnet.conditions import controlnet_batch, controlnet_loss
+from diffusion_notes.practice.controlnet.conditions import (
+    controlnet_batch,
+    controlnet_loss,
+)
 from diffusion_notes.practice.controlnet.evaluate import evaluate_controlnet
 from diffusion_notes.practice.controlnet.model import ControlNet, ControlNetConfig
 from diffusion_notes.practice.controlnet.pipeline import ControlNetPipeline
@@ -43,8 +46,14 @@ from diffusion_notes.practice.finetune.learner import (
     learner_pipeline,
 )
 from diffusion_notes.stable_diffusion.evaluate import evaluate_ldm
-from diffusion_notes.stable_diffusion.ldm import ldm_batch, ldm_loss
-from diffusion_notes.stable_diffusion.vae import AutoencoderKL, VAEConfig, evaluate_vae, vae_batch, vae_training_loss
+from diffusion_notes.stable_diffusion.ldm import encode_latents, ldm_batch, ldm_loss
+from diffusion_notes.stable_diffusion.vae import (
+    AutoencoderKL,
+    VAEConfig,
+    evaluate_vae,
+    vae_batch,
+    vae_training_loss,
+)
 from diffusion_notes.training import frozen
 from diffusion_notes.unclip.ar_prior import ARPrior, ARPriorConfig, ar_prior_loss
 from diffusion_notes.unclip.clip import CLIP, CLIPConfig, clip_batch, clip_training_loss
@@ -58,9 +67,14 @@ from diffusion_notes.unclip.decoder import (
     Upsampler,
     UpsamplerConfig,
     decoder_loss,
+    latent_decoder_config,
     upsampler_loss,
 )
-from diffusion_notes.unclip.evaluate import evaluate_decoder, evaluate_prior, evaluate_upsampler
+from diffusion_notes.unclip.evaluate import (
+    evaluate_decoder,
+    evaluate_prior,
+    evaluate_upsampler,
+)
 from diffusion_notes.unclip.prior import DiffusionPrior, PriorConfig, prior_loss
 
 
@@ -338,6 +352,48 @@ def _decoder(name: str, image_embedding: bool, device: str) -> Recipe:
     )
 
 
+def _latent_decoder(name: str, image_embedding: bool, device: str) -> Recipe:
+    """The decoder in the autoencoder's latent space, warm-started from the shipped latent UNet (Stable unCLIP, Karlo).
+
+    The unCLIP and GLIDE variants start from the same weights and train the same number of steps on the
+    same batches, so the comparison spends equal compute on each.
+    """
+    config = latent_decoder_config(image_embedding)
+
+    def make_batch(step, batch_size, seed):
+        batch = _unclip_batch(step, batch_size, seed)
+        parts = frozen.stable_diffusion(device)
+        batch["z0"] = encode_latents(parts["vae"], batch["images"].to(device), parts["scale_factor"],
+                                     step_generator(seed, step, stream=2))
+        return batch
+
+    def evaluate(decoder):
+        where = _device_of(decoder)
+        parts = frozen.stable_diffusion(where)
+        return evaluate_decoder(decoder, frozen.clip(where), frozen.classifier(where),
+                                vae=parts["vae"], scale_factor=parts["scale_factor"])
+
+    what = ("unCLIP decoder eps(z_t, t, z_i, y) on 8x8x4 latents, from the shipped ldm_unet: z_i added to the "
+            "timestep embedding and as 4 extra tokens; z_i zeroed 10%, caption dropped 50%") if image_embedding else \
+        "GLIDE baseline on 8x8x4 latents, from the shipped ldm_unet: pooled caption and tokens only, caption dropped 20%"
+    return Recipe(
+        name=name,
+        config=config,
+        build=Decoder,
+        prepare=lambda model, seed: model.warm_start(frozen.ldm_unet(_device_of(model))),
+        make_batch=make_batch,
+        loss=lambda model, batch, generator: decoder_loss(model, batch, generator, null=_null_text()),
+        steps=2000,
+        batch_size=64,
+        lr=3e-4,
+        warmup_steps=100,
+        ema_decay=0.999,
+        evaluate=evaluate,
+        dataset=_UNCLIP_DATA + ", the images as latents of the shipped vae",
+        description=what,
+    )
+
+
 def _unclip_upsampler(device: str) -> Recipe:
     return Recipe(
         name="unclip_upsampler",
@@ -422,6 +478,8 @@ _FACTORIES: dict[str, Callable[[str], Recipe]] = {
     "unclip_decoder": lambda device: _decoder("unclip_decoder", True, device),
     "glide_decoder": lambda device: _decoder("glide_decoder", False, device),
     "unclip_upsampler": _unclip_upsampler,
+    "unclip_latent_decoder": lambda device: _latent_decoder("unclip_latent_decoder", True, device),
+    "glide_latent_decoder": lambda device: _latent_decoder("glide_latent_decoder", False, device),
     "textual_inversion": lambda device: _finetune("textual_inversion",
                                                   FineTuneConfig("textual_inversion", token="valentine"),
                                                   400, 5e-3, device),

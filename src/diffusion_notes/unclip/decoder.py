@@ -50,14 +50,25 @@ UPSAMPLER_AUG_MAX = 0.2  # training: noise of std U[0, 0.2] added to the low-res
 UPSAMPLER_AUG = 0.1  # sampling: the noise added to the base model's output
 
 
-def decoder_schedule():
-    """The pixel-space schedule of GLIDE's and DALL-E 2's decoders: cosine, T = 1000."""
+SPACES = ("pixel", "latent")
+
+
+def decoder_schedule(config: DecoderConfig | None = None):
+    """The decoder's noise schedule, T = 1000.
+
+    Pixel space: cosine, as GLIDE's and DALL-E 2's decoders. Latent space: Stable Diffusion's
+    scaled_linear (0.00085 to 0.012), the schedule of the latent UNet the latent decoder starts from.
+    """
+    if config is not None and config.space == "latent":
+        return make_schedule("scaled_linear", 1000, beta_start=0.00085, beta_end=0.012)
     return make_schedule("cosine", 1000)
 
 
 @dataclass(frozen=True)
 class DecoderConfig:
     image_embedding: bool = True  # False: the GLIDE baseline, text only
+    space: str = "pixel"  # "latent": x is the autoencoder's (4, 8, 8) latent, as in Stable unCLIP and Karlo
+    in_channels: int = 3  # 4 in latent space
     embed_dim: int = 64  # E
     text_width: int = 128  # D
     n_tokens: int = N_TOKENS
@@ -70,6 +81,19 @@ class DecoderConfig:
     norm_groups: int = 8  # 4 to 16 channels per group: one channel per group would hide the picture's colour
     p_drop_image: float = P_DROP_IMAGE
     p_drop_text: float = P_DROP_TEXT
+    scale_shift_norm: bool = True  # GLIDE's AdaGN; the latent decoder keeps the latent UNet's additive embedding
+
+    def __post_init__(self):
+        if self.space not in SPACES:
+            raise ValueError(f"space must be one of {', '.join(SPACES)}, got {self.space!r}")
+
+
+def latent_decoder_config(image_embedding: bool = True) -> DecoderConfig:
+    """The decoder in the autoencoder's latent space: the shipped latent UNet's shape (8x8x4, widths 64 and 128,
+    attention at 8x8 and in the middle), plus the unCLIP conditioning (or GLIDE's pooled caption only)."""
+    return DecoderConfig(image_embedding=image_embedding, space="latent", in_channels=4, sample_size=8,
+                         channels=(64, 128), attention=(True, False), norm_groups=32, scale_shift_norm=False,
+                         p_drop_text=P_DROP_TEXT if image_embedding else P_DROP_TEXT_GLIDE)
 
 
 class Decoder(nn.Module):
@@ -84,15 +108,27 @@ class Decoder(nn.Module):
     def __init__(self, config: DecoderConfig | None = None):
         super().__init__()
         self.config = c = config or DecoderConfig()
-        self.unet = UNet(UNetConfig(in_channels=3, out_channels=3, sample_size=c.sample_size, channels=c.channels,
-                                    layers_per_block=c.layers_per_block, attention=c.attention, heads=c.heads,
-                                    context_dim=c.text_width, scale_shift_norm=True,
+        self.unet = UNet(UNetConfig(in_channels=c.in_channels, out_channels=c.in_channels, sample_size=c.sample_size,
+                                    channels=c.channels, layers_per_block=c.layers_per_block, attention=c.attention,
+                                    heads=c.heads, context_dim=c.text_width, scale_shift_norm=c.scale_shift_norm,
                                     norm_groups=c.norm_groups))
         temb_dim = self.unet.temb_dim
         self.text_embedding = nn.Linear(c.embed_dim, temb_dim)  # GLIDE: the pooled caption joins the timestep embedding
         if c.image_embedding:
             self.image_embedding = nn.Linear(c.embed_dim, temb_dim)  # change 1: z_i added to the timestep embedding
             self.image_tokens = nn.Linear(c.embed_dim, c.n_image_tokens * c.text_width)  # change 2: four extra tokens
+
+    @torch.no_grad()
+    def warm_start(self, unet: nn.Module) -> Decoder:
+        """Copy a trained text-conditional UNet (the shipped latent UNet) into self.unet and zero the projections
+        of z_t and z_i, so training starts from that UNet's predictions (how Stable unCLIP began from SD 2.1)."""
+        self.unet.load_state_dict(unet.state_dict())
+        for name in ("text_embedding", "image_embedding", "image_tokens"):
+            layer = getattr(self, name, None)
+            if layer is not None:
+                layer.weight.zero_()
+                layer.bias.zero_()
+        return self
 
     def condition(self, cond: dict) -> tuple[torch.Tensor, torch.Tensor]:
         """(emb (B, 4 C_0) added to the timestep embedding, context (B, N [+ 4], D) for cross-attention)."""
@@ -107,7 +143,7 @@ class Decoder(nn.Module):
         return emb, context
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, cond: dict, return_attention: bool = False):
-        """x_t (B, 3, 16, 16), t (B,), cond -> eps (B, 3, 16, 16) [, attention maps]."""
+        """x_t (B, C, s, s), t (B,), cond -> eps (B, C, s, s) [, attention maps]; C, s = 3, 16 or 4, 8 (latent)."""
         if self.config.image_embedding and "z_i" not in cond:
             raise ValueError("the unCLIP decoder needs cond['z_i'], a (B, E) CLIP image embedding")
         emb, context = self.condition(cond)
@@ -123,16 +159,22 @@ def decoder_loss(model: Decoder, batch: dict, generator: torch.Generator | None 
                  null: TextConditions) -> torch.Tensor:
     """The simple loss at 16x16 with the caption dropped (p_drop_text) and, for unCLIP, z_i zeroed (p_drop_image).
 
-    A dropped caption becomes `null`, the empty caption's conditions from the frozen CLIP.
+    A dropped caption becomes `null`, the empty caption's conditions from the frozen CLIP. A latent decoder
+    reads batch["z0"] (B, 4, 8, 8), the images' latents, which the caller encodes with its frozen autoencoder.
 
     Book: eq-decoder-loss
     """
     device, c = next(model.parameters()).device, model.config
-    x0 = downsample(batch["images"].to(device), c.sample_size)  # (B, 3, 16, 16) in [-1, 1]
+    if c.space == "latent":
+        if "z0" not in batch:
+            raise ValueError("a latent decoder trains on batch['z0'], the (B, 4, 8, 8) latents of the images")
+        x0 = batch["z0"].to(device)  # (B, 4, 8, 8), about unit variance
+    else:
+        x0 = downsample(batch["images"].to(device), c.sample_size)  # (B, 3, 16, 16) in [-1, 1]
     cond = drop_text({k: batch[k].to(device) for k in ("z_t", "tokens", "mask")}, c.p_drop_text, null, generator)
     if c.image_embedding:
         cond["z_i"] = drop_image_embedding(batch["z_i"].to(device), c.p_drop_image, generator)
-    return noise_prediction_loss(model, x0, decoder_schedule(), generator=generator, cond=cond)
+    return noise_prediction_loss(model, x0, decoder_schedule(c), generator=generator, cond=cond)
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,13 @@ import torch.nn.functional as F
 
 from diffusion_notes.data.shapes import render
 from diffusion_notes.evaluation.metrics import prompt_fidelity
-from diffusion_notes.unclip.conditions import Bank, build_bank, downsample, null_text, upsample
+from diffusion_notes.unclip.conditions import (
+    Bank,
+    build_bank,
+    downsample,
+    null_text,
+    upsample,
+)
 from diffusion_notes.unclip.pipeline import decode_base, upsample_images
 from diffusion_notes.unclip.prior import DiffusionPrior
 
@@ -37,17 +43,28 @@ def evaluate_prior(prior, clip, n: int = 256) -> dict:
 
 
 @torch.no_grad()
-def evaluate_decoder(decoder, clip, classifier, n: int = 64, steps: int = 25, guidance_scale: float = 3.0) -> dict:
-    """Decode n held-back items from their true z_i (and caption); CLIP cosine of the result with z_i, and fidelity."""
+def evaluate_decoder(decoder, clip, classifier, n: int = 64, steps: int = 25, guidance_scale: float = 3.0,
+                     vae=None, scale_factor: float | None = None) -> dict:
+    """Decode n held-back items from their true z_i (and caption); CLIP cosine of the result with z_i, and fidelity.
+
+    A latent decoder's samples are decoded by `vae` (latents divided by scale_factor).
+    """
     bank = eval_bank(clip, n)
     z_i = bank.z_i if decoder.config.image_embedding else None
+    latent = decoder.config.space == "latent"
+    if latent and (vae is None or scale_factor is None):
+        raise ValueError("a latent decoder is evaluated through an autoencoder: pass vae= and scale_factor=")
     low = decode_base(decoder.eval(), bank.text, z_i, null=null_text(clip), num_inference_steps=steps,
-                      guidance_scale=guidance_scale, generator=torch.Generator().manual_seed(0))  # (n, 3, 16, 16)
-    images = upsample(low).clamp(-1, 1)  # (n, 3, 32, 32): bilinear, to read with CLIP and the classifier
+                      guidance_scale=guidance_scale, generator=torch.Generator().manual_seed(0))  # (n, C, s, s)
+    if latent:
+        images = vae.decode(low / scale_factor).clamp(-1, 1)  # (n, 3, 32, 32)
+    else:
+        images = upsample(low).clamp(-1, 1)  # (n, 3, 32, 32): bilinear, to read with CLIP and the classifier
     cos = (clip.encode_image(images) * bank.z_i.to(images.device)).sum(-1)  # (n,)
     fidelity = prompt_fidelity(images, bank.attributes, classifier)
     return {"clip_cos_z_i": round(float(cos.mean()), 4), "colour_shape": round(fidelity["colour_shape"], 4),
-            "guidance_scale": guidance_scale, "note": "16x16 samples upsampled bilinearly"}
+            "guidance_scale": guidance_scale,
+            "note": "8x8x4 latents decoded by the vae" if latent else "16x16 samples upsampled bilinearly"}
 
 
 @torch.no_grad()

@@ -246,3 +246,63 @@ def noise_prediction_loss(
     eps_hat = eps_model(x_t, t) if cond is None else eps_model(x_t, t, cond)  # (B, ...)
     _check_same_shape(noise, eps_hat, "noise", "the model's output")
     return F.mse_loss(eps_hat, noise)
+
+
+# --- the theory under the loss: the bound's weights, Tweedie's formula, the score ----------
+
+
+def elbo_weight(t, schedule: Schedule) -> torch.Tensor:
+    r"""The weight the likelihood bound puts on step t's noise error, which `L_simple` sets to 1.
+
+    With the reverse variance sigma_t^2 = beta_tilde_t (`q_posterior`'s), the bound's KL term is
+
+    $$L_{t-1} = \lambda_t\,\lVert\epsilon - \epsilon_\theta(x_t, t)\rVert^2 + C,\qquad
+      \lambda_t = \frac{\beta_t^2}{2\sigma_t^2\,\alpha_t\,(1 - \bar\alpha_t)}
+                = \frac{\beta_t}{2\,\alpha_t\,(1 - \bar\alpha_{t-1})}$$
+
+    t is a code timestep (an int or a (B,) tensor) in [1, T - 1]: at t = 0 (the paper's first step)
+    the posterior variance is 0 and the bound's term is the decoder L_0, not a KL. Returns (B,) float64.
+
+    Book: eq-elbo-weight
+    Paper: Ho et al. 2020, eq. 12 (sigma_t^2 = beta_tilde_t, Sec. 3.2)
+    """
+    t = check_timesteps(t, schedule.num_train_timesteps).reshape(-1)  # (B,)
+    if (t < 1).any():
+        raise ValueError(
+            f"t must be at least 1: at t = 0 the bound's term is the decoder L_0, not a KL; got {t.tolist()}"
+        )
+    beta, alpha, alpha_bar_prev = schedule.betas[t], schedule.alphas[t], schedule.alphas_cumprod[t - 1]  # (B,) each
+    return beta / (2 * alpha * (1 - alpha_bar_prev))
+
+
+def tweedie_x0(x_t: torch.Tensor, t, score: torch.Tensor, schedule: Schedule) -> torch.Tensor:
+    r"""The posterior mean E[x0 | x_t] from the score of the noised data: Tweedie's formula.
+
+    $$\mathbb E[x_0 \mid x_t] = \frac{x_t + (1 - \bar\alpha_t)\,\nabla_{x_t}\log p_t(x_t)}{\sqrt{\bar\alpha_t}}$$
+
+    Exact for any data distribution, because q(x_t | x0) is Gaussian (`q_sample`).
+
+    Book: eq-tweedie
+    Paper: Efron 2011 (Tweedie's formula and selection bias), for q(x_t | x0) of Ho et al. 2020, eq. 4
+    """
+    _check_data(x_t, "x_t")
+    _check_same_shape(x_t, score, "x_t", "score")
+    alpha_bar = broadcast_at(schedule.alphas_cumprod, t, x_t)  # (B, 1, ...)
+    return (x_t + (1 - alpha_bar) * score) / alpha_bar.sqrt()
+
+
+def score_from_eps(eps: torch.Tensor, t, schedule: Schedule) -> torch.Tensor:
+    r"""The score of the noised data that a noise prediction implies: eps is a scaled score.
+
+    $$\nabla_{x_t}\log p_t(x_t) = -\frac{\epsilon^*(x_t, t)}{\sqrt{1 - \bar\alpha_t}},
+      \qquad \epsilon^*(x_t, t) = \mathbb E[\epsilon \mid x_t]$$
+
+    For the minimiser eps* of `noise_prediction_loss` this is exact; for a trained eps_theta it is
+    the model's estimate of the score.
+
+    Book: eq-eps-score
+    Paper: Dhariwal & Nichol 2021, Sec. 4.2; Song et al. 2021 (score SDE), Sec. 3-4
+    """
+    _check_data(eps, "eps")
+    alpha_bar = broadcast_at(schedule.alphas_cumprod, t, eps)  # (B, 1, ...)
+    return -eps / (1 - alpha_bar).sqrt()

@@ -17,6 +17,11 @@ so s = 1 + w: SD's default s = 7.5 is w = 6.5, and w = 0 is plain conditional sa
 `guided_eps` evaluates both predictions in ONE model call on a batch of 2B. `CFGDenoiser`
 wraps a conditional model into the plain `model(x_t, t) -> eps` every sampler's loop calls,
 and picks one 2B call or two B calls by the batch size (`MAX_GUIDED_BATCH`).
+
+Classifier guidance (Dhariwal & Nichol 2021), the method classifier-free guidance replaced, is here
+beside it: `classifier_guidance` shifts an (unconditional) prediction along the gradient of a
+separately trained noisy-input classifier, `eps_hat = eps - s sqrt(1 - alpha_bar_t) grad log p_phi(y | x_t)`,
+and `ClassifierGuidedDenoiser` wraps a model and a classifier into the same `model(x_t, t) -> eps`.
 """
 
 from __future__ import annotations
@@ -26,6 +31,8 @@ import math
 import torch
 
 from diffusion_notes.device import per_item_rand
+from diffusion_notes.foundations.sampler_steps import sigma_at
+from diffusion_notes.foundations.schedules import Schedule, broadcast_at, expand_like
 
 
 def check_guidance_scale(guidance_scale) -> float:
@@ -195,3 +202,79 @@ def guided_eps(eps_model, x_t: torch.Tensor, t: torch.Tensor, cond=None, uncond=
     `cfg_combine`. t is a (B,) tensor. (`CFGDenoiser` with max_batch=None.)
     """
     return CFGDenoiser(eps_model, cond, uncond, guidance_scale, max_batch=None)(x_t, t)
+
+
+# --- classifier guidance: an explicit classifier's gradient instead of a second prediction ---------
+
+
+def classifier_guidance(eps: torch.Tensor, grad_log_p: torch.Tensor, alpha_bar_t, scale) -> torch.Tensor:
+    r"""The classifier-guided noise prediction: move eps against the gradient of log p_phi(y | x_t).
+
+    $$\hat\epsilon = \epsilon - s\,\sqrt{1 - \bar\alpha_t}\;\nabla_{x_t}\log p_\phi(y \mid x_t, t)$$
+
+    Since eps = -sqrt(1 - alpha_bar_t) grad log p_t(x_t) (`diffusion.score_from_eps`), eps_hat is the scaled
+    score of p_t(x_t) p_phi(y | x_t)^s. s = 0 gives eps back. `alpha_bar_t` is a float or a tensor that
+    broadcasts against eps, (B, 1, ...); `scale` a number >= 0 (or such a tensor, one scale per example).
+
+    Book: eq-classifier-guidance
+    Paper: Dhariwal & Nichol 2021 (Diffusion Models Beat GANs on Image Synthesis), Sec. 4.2, Algorithm 2
+    """
+    if eps.shape != grad_log_p.shape:
+        raise ValueError(
+            f"eps and grad_log_p must have the same shape, got {tuple(eps.shape)} and {tuple(grad_log_p.shape)}"
+        )
+    if not isinstance(scale, torch.Tensor):
+        scale = check_guidance_scale(scale)
+    alpha_bar_t = torch.as_tensor(alpha_bar_t, dtype=eps.dtype, device=eps.device)
+    if ((alpha_bar_t <= 0) | (alpha_bar_t > 1)).any():
+        raise ValueError(f"alpha_bar_t must be in (0, 1], got {alpha_bar_t.flatten()[:4].tolist()}")
+    return eps - scale * (1 - alpha_bar_t).sqrt() * grad_log_p
+
+
+def classifier_log_prob_grad(classifier, x_t: torch.Tensor, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """grad_x log p_phi(y | x_t, t) for each example, by autograd through `classifier(x_t, t) -> logits`.
+
+    `classifier` returns (B, K) logits; y is (B,) class indices. Works inside `torch.no_grad()` (the
+    samplers run there): the gradient is taken in its own `torch.enable_grad()` block. Returns (B, ...).
+    """
+    if y.shape != (x_t.shape[0],):
+        raise ValueError(f"y must hold one class index per example, shape ({x_t.shape[0]},), got {tuple(y.shape)}")
+    with torch.enable_grad():
+        x = x_t.detach().requires_grad_(True)
+        logits = classifier(x, t)  # (B, K)
+        if logits.ndim != 2 or logits.shape[0] != x_t.shape[0]:
+            raise ValueError(f"classifier must return (B, K) logits with B = {x_t.shape[0]}, got {tuple(logits.shape)}")
+        log_p = torch.log_softmax(logits, dim=1).gather(1, y.to(logits.device)[:, None])  # (B, 1)
+        (grad,) = torch.autograd.grad(log_p.sum(), x)  # each row's log p depends on its own x only
+    return grad  # (B, ...)
+
+
+def _alpha_bar_at(t: torch.Tensor, schedule: Schedule, like: torch.Tensor) -> torch.Tensor:
+    """alpha_bar at integer t, or at fractional t (Euler/Karras grids) through sigma = sqrt((1 - ab) / ab)."""
+    if not t.is_floating_point():
+        return broadcast_at(schedule.alphas_cumprod, t, like)  # (B, 1, ...)
+    sigma = sigma_at(t.cpu(), schedule).reshape(-1)  # (B,)
+    return expand_like(1 / (1 + sigma**2), like).to(like)  # (B, 1, ...)
+
+
+class ClassifierGuidedDenoiser:
+    """Classifier guidance as a model: `ClassifierGuidedDenoiser(model, classifier, y, schedule, s)(x_t, t)`.
+
+    Each call makes one prediction, `model(x_t, t)` (or `model(x_t, t, cond)` when `cond` is given: a
+    conditional model can be guided too), takes the classifier's gradient for the classes y
+    (`classifier_log_prob_grad`) and combines them with `classifier_guidance`. Pass it to
+    `samplers.sample` or `samplers.loop` as the eps model; t may be integer or fractional.
+    """
+
+    def __init__(self, model, classifier, y: torch.Tensor, schedule: Schedule, guidance_scale: float = 1.0,
+                 cond=None):
+        self.model, self.classifier, self.y, self.schedule, self.cond = model, classifier, y, schedule, cond
+        self.guidance_scale = check_guidance_scale(guidance_scale)
+
+    def __call__(self, x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        eps = self.model(x_t, t) if self.cond is None else self.model(x_t, t, self.cond)  # (B, ...)
+        if self.guidance_scale == 0.0:
+            return eps
+        grad = classifier_log_prob_grad(self.classifier, x_t, t, self.y)  # (B, ...)
+        alpha_bar = _alpha_bar_at(t, self.schedule, x_t)  # (B, 1, ...)
+        return classifier_guidance(eps, grad, alpha_bar, self.guidance_scale)

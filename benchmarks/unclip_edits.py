@@ -40,7 +40,7 @@ from diffusion_notes.evaluation.metrics import (
 )
 from diffusion_notes.unclip.pipeline import DEFAULT_VARIATION_ETA
 
-THETAS = (0.0, 0.25, 0.5, 0.75, 1.0)
+THETAS = (0.0, 0.3, 0.4, 0.5, 0.6, 0.7, 1.0)
 
 
 def share(values: torch.Tensor, resamples: int = 1000) -> dict:
@@ -130,7 +130,9 @@ def text_diffs(pipe, classifier, attrs) -> dict:
             others = [k for k in ("colour", "shape", "size", "position") if k != key]
             changed[theta].append(obj is not None and obj[key] == value
                                   and all(obj[k] == source[k] for k in others))
-    return {"edits": len(attrs), "by_theta": {str(t): share(torch.tensor(v)) for t, v in changed.items()}}
+    some = torch.tensor([any(changed[t][j] for t in THETAS if 0.3 <= t <= 0.7) for j in range(len(attrs))])
+    return {"edits": len(attrs), "by_theta": {str(t): share(torch.tensor(v)) for t, v in changed.items()},
+            "some_theta_0.3_to_0.7": share(some)}
 
 
 def main(argv=None) -> int:

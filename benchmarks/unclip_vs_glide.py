@@ -13,10 +13,10 @@ caption, its pictures (seeds): `evaluation.metrics.bootstrap_interval`.
 
 Caption sets: "seen" (one object, colour-shape pairs of the training split, new captions and pictures),
 "heldout" (one object, the held-out colour-shape pairs) and "two" (two objects, training split).
-The guidance sweep runs on "seen" for unCLIP and GLIDE; the three sets at the default scale for
-unCLIP, unCLIP with the autoregressive prior, GLIDE, Stable Diffusion and the pixel-space cascades. Chapter 8 reads the JSON.
+The guidance sweep runs on "seen" for unCLIP and GLIDE, and the three sets at the default scale for
+both; unCLIP with the autoregressive prior, Stable Diffusion and the pixel-space cascades run on "seen". Chapter 8 reads the JSON.
 
-Run: python benchmarks/unclip_vs_glide.py [--prompts 32] [--per-prompt 8] [--threads 2]
+Run: python benchmarks/unclip_vs_glide.py [--prompts 32] [--per-prompt 8] [--threads 2] [--resume]
 """
 
 import argparse
@@ -94,6 +94,21 @@ def summarise(images, attributes, per_prompt, classifier, real, resamples: int, 
     return {key: (round(v, 4) if isinstance(v, float) else v) for key, v in out.items()}
 
 
+@torch.no_grad()
+def ceilings(vae, classifier, real, n: int, resamples: int) -> dict:
+    """Precision and Fréchet distance of n other real pictures of the seen kind, as they are and after a round
+    trip through the autoencoder: what a perfect pixel model and a perfect latent model would score."""
+    x = ShapesDataset("train", n, seed=4, p_two_objects=0.0).images()  # (n, 3, 32, 32) in [-1, 1]
+    out = {}
+    for name, images in (("real", x), ("real_through_vae", vae.decode(vae.encode(x).mean).clamp(-1, 1))):
+        feats = classifier_features(classifier, images).double()
+        inside = precision_per_image(real, feats).double()
+        out[name] = {"precision": round(float(inside.mean()), 4),
+                     "precision_ci": [round(v, 4) for v in bootstrap_interval(lambda idx: inside[idx].mean(), n, resamples)],
+                     "frechet_distance": round(frechet_distance(real, feats), 4)}
+    return out
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--prompts", type=int, default=32)
@@ -102,6 +117,7 @@ def main(argv=None) -> int:
     parser.add_argument("--resamples", type=int, default=1000)
     parser.add_argument("--fd-resamples", type=int, default=200)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--resume", action="store_true", help="keep the settings already measured in --out")
     parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "unclip_vs_glide.json"))
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -119,6 +135,10 @@ def main(argv=None) -> int:
     started = time.perf_counter()
     out_path = Path(args.out)
     out_path.parent.mkdir(parents=True, exist_ok=True)
+    if args.resume and out_path.is_file():  # keep what an interrupted run with the same settings measured
+        saved = json.loads(out_path.read_text())
+        if all(saved.get(k) == results[k] for k in ("prompts", "per_prompt", "resamples", "fd_resamples")):
+            results["sweep"], results["sets"] = saved.get("sweep", {}), saved.get("sets", {})
 
     def save():  # after every setting, so an interrupted run keeps what it measured
         out_path.write_text(json.dumps(results, indent=2) + "\n")
@@ -128,25 +148,32 @@ def main(argv=None) -> int:
         images, seconds = draw(pipe, prompts, args.per_prompt, scale)
         r = summarise(images, attributes, args.per_prompt, classifier, reals[set_name], args.resamples,
                       args.fd_resamples)
-        r["seconds"] = round(seconds, 1)
+        r["seconds"], r["guidance_scale"] = round(seconds, 1), scale
         return r
 
     for name, pipe in pipes.items():
-        results["sweep"][name] = {}
+        results["sweep"][name] = results["sweep"].get(name, {})
         for scale in scales:
+            if str(scale) in results["sweep"][name]:
+                continue
             r = results["sweep"][name][str(scale)] = run(pipe, "seen", scale)
             print(f"{name:7s} scale {scale:>4}: " + ", ".join(f"{k} {v}" for k, v in r.items()), flush=True)
             save()
     for name, pipe in {**pipes, **others}.items():
-        results["sets"][name] = {}
-        scale = 4.0 if name == "stable_diffusion" else DEFAULT_GUIDANCE_SCALE  # each pipeline's default
-        for set_name in SETS:
+        results["sets"][name] = results["sets"].get(name, {})
+        scale = 4.0 if name == "stable_diffusion" else float(DEFAULT_GUIDANCE_SCALE)  # each pipeline's default
+        for set_name in SETS if name in pipes else ("seen",):  # the others on the seen captions only
+            if results["sets"][name].get(set_name, {}).get("guidance_scale") == scale:
+                continue
             if set_name == "seen" and str(scale) in results["sweep"].get(name, {}):  # measured in the sweep
                 results["sets"][name][set_name] = results["sweep"][name][str(scale)]
                 continue
             r = results["sets"][name][set_name] = run(pipe, set_name, scale)
             print(f"{name} on {set_name} (scale {scale}): " + ", ".join(f"{k} {v}" for k, v in r.items()), flush=True)
             save()
+    results["ceilings"] = ceilings(pretrained.load("vae"), classifier, reals["seen"], args.prompts * args.per_prompt,
+                                   args.resamples)
+    print("ceilings:", results["ceilings"], flush=True)
     results["total_seconds"] = round(time.perf_counter() - started, 1)
     save()
     print(f"wrote {args.out} in {results['total_seconds']:.0f} s")

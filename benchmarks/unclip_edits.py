@@ -45,9 +45,7 @@ THETAS = (0.0, 0.3, 0.4, 0.5, 0.6, 0.7, 1.0)
 
 def share(values: torch.Tensor, resamples: int = 1000) -> dict:
     """Mean of a (N,) 0/1 tensor and its bootstrap interval over the N items."""
-    v = values.double()
-    lo, hi = bootstrap_interval(lambda idx: v[idx].mean(), len(v), resamples)
-    return {"mean": round(float(v.mean()), 4), "ci": [round(lo, 4), round(hi, 4)]}
+    return mean_ci(values.double().tolist(), resamples)
 
 
 def mean_ci(values: list[float], resamples: int = 1000) -> dict:
@@ -72,7 +70,7 @@ def reading(classifier, images01: torch.Tensor) -> list[dict]:
             for r in classifier.predict_attributes(images01 * 2 - 1)]
 
 
-def variations(pipe, classifier, vae, scale_factor, attrs, k: int, eta: float) -> dict:
+def variations(pipe, classifier, vae, attrs, k: int, eta: float) -> dict:
     x = (render(attrs) + 1) / 2  # (n, 3, 32, 32) in [0, 1]
     kept = {"inverted": [], "fresh": []}
     div = {"inverted": [], "fresh": [], "re_encoded": []}
@@ -151,7 +149,7 @@ def main(argv=None) -> int:
     out_path = Path(args.out)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
-    for name, fn in (("variations", lambda: variations(pipe, classifier, pipe.vae, pipe.scale_factor, attrs,
+    for name, fn in (("variations", lambda: variations(pipe, classifier, pipe.vae, attrs,
                                                        args.per_source, args.eta)),
                      ("interpolations", lambda: interpolations(pipe, attrs, args.frames)),
                      ("text_diffs", lambda: text_diffs(pipe, classifier, attrs))):

@@ -206,7 +206,7 @@ def precision_recall(real_feats: torch.Tensor, fake_feats: torch.Tensor, k: int 
     real, fake = _check_feats(real_feats, "real_feats", k + 1), _check_feats(fake_feats, "fake_feats", k + 1)
     if real.shape[1] != fake.shape[1]:
         raise ValueError(f"real and fake features differ in width: {real.shape[1]} vs {fake.shape[1]}")
-    precision = _inside_manifold(real, _knn_radii(real, k), fake).double().mean()
+    precision = precision_per_image(real, fake, k).double().mean()
     recall = _inside_manifold(fake, _knn_radii(fake, k), real).double().mean()
     return {"precision": float(precision), "recall": float(recall)}
 

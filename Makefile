@@ -22,11 +22,11 @@ export MPLCONFIGDIR        := $(STATE)/matplotlib
 export PYDEVD_DISABLE_FILE_VALIDATION := 1
 export PYTHONHASHSEED      := 0
 
-.PHONY: help setup web serve state stamp check-home venv vendor lock book test unit nbval build-strict browser lab bench execute clean distclean
+.PHONY: help setup web serve state stamp check-home venv vendor lock book test checks unit nbval build-strict browser lab bench execute clean distclean
 
 help:
 	@echo "make book    set up, execute every chapter, render HTML into _build/html"
-	@echo "make test    set up, unit tests, chapters against stored outputs (nbval), strict build, browser check"
+	@echo "make test    set up, unit tests and chapters against stored outputs (nbval) side by side, strict build, browser check"
 	@echo "make serve   serve _build/html on http://127.0.0.1:8000 (PORT=...)"
 	@echo "make lab     JupyterLab on book/"
 	@echo "make bench   run the benchmarks in benchmarks/"
@@ -87,7 +87,13 @@ book: setup state web
 
 # Unit tests, then every chapter re-executed against its stored outputs (nbval),
 # then a strict build (warnings are errors), then a headless-browser check of the pages.
-test: setup state stamp unit nbval build-strict browser check-home
+test: setup state stamp checks build-strict browser check-home
+
+# The unit tests and the chapters under nbval, side by side: JOBS pytest processes at once, one torch
+# thread each, longest first (tests/run_jobs.py; JOBS=1 runs them one after another).
+JOBS ?= $(shell nproc 2>/dev/null || echo 1)
+checks: setup state
+	$(PY) tests/run_jobs.py --jobs $(JOBS) --unit --nbval $(BOOK_NBS) --nbval-env $(NBVAL_ENV)
 
 unit: setup state
 	$(PY) -m pytest tests --ignore=tests/browser -q
@@ -98,7 +104,7 @@ unit: setup state
 # machine's own path; adding ONEDNN_MAX_CPU_ISA=SSE41 also moves the convolutions (slower).
 NBVAL_ENV ?= ATEN_CPU_CAPABILITY=default
 nbval: setup state
-	env $(NBVAL_ENV) $(PY) -m pytest --nbval $(BOOK_NBS) --nbval-sanitize-with tests/nbval_sanitize.cfg -q
+	$(PY) tests/run_jobs.py --jobs $(JOBS) --nbval $(BOOK_NBS) --nbval-env $(NBVAL_ENV)
 
 # The strict build renders the stored outputs: in `make test` nbval has just re-executed every
 # chapter and compared it with them (`make book` executes the chapters for the pages it builds).

@@ -94,3 +94,18 @@ def test_seed_must_be_a_valid_int(seed):
         seed_everything(seed)
     with pytest.raises(ValueError, match="seed must be"):
         make_generator(seed)
+
+
+def test_set_threads_obeys_a_smaller_omp_num_threads(monkeypatch):
+    before = torch.get_num_threads()
+    try:
+        monkeypatch.setenv("OMP_NUM_THREADS", "1")
+        assert dev.set_threads(2) == 1 and torch.get_num_threads() == 1
+        monkeypatch.setenv("OMP_NUM_THREADS", "4")
+        assert dev.set_threads(2) == 2 and torch.get_num_threads() == 2
+        monkeypatch.delenv("OMP_NUM_THREADS")
+        assert dev.set_threads(2) == 2
+        with pytest.raises(ValueError, match="at least one thread"):
+            dev.set_threads(0)
+    finally:
+        torch.set_num_threads(before)

@@ -65,6 +65,21 @@ def default_device() -> torch.device:
     return torch.device("cpu")
 
 
+def set_threads(n: int) -> int:
+    """Give torch n CPU threads, or fewer if OMP_NUM_THREADS asks for fewer; returns the number set.
+
+    A chapter whose batches are big enough to gain from a second core asks for two. A runner that
+    executes chapters side by side, one core each, sets OMP_NUM_THREADS=1, and this keeps the
+    chapter on its one core instead of oversubscribing the machine.
+    """
+    if int(n) < 1:
+        raise ValueError(f"set_threads needs at least one thread, got {n}")
+    cap = os.environ.get("OMP_NUM_THREADS", "").strip()
+    n = min(int(n), int(cap)) if cap.isdigit() and int(cap) > 0 else int(n)
+    torch.set_num_threads(n)
+    return n
+
+
 def _check_seed(seed: int) -> int:
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
         raise ValueError(f"seed must be an int, got {type(seed).__name__} {seed!r}")

@@ -14,6 +14,7 @@ from diffusion_notes import pretrained
 from diffusion_notes.data.shapes import ShapesDataset
 from diffusion_notes.data.tokenizer import END_ID, START_ID
 from diffusion_notes.foundations.diffusion import noise_prediction_loss
+from diffusion_notes.stable_diffusion import ldm
 from diffusion_notes.stable_diffusion.ldm import (
     P_TWO_OBJECTS_TRAIN,
     P_UNCOND,
@@ -209,3 +210,23 @@ def test_the_ldm_recipe_encodes_the_empty_caption_once_per_run(parts, monkeypatc
     for step in range(5):
         recipe.loss(model, batch, torch.Generator().manual_seed(step))
     assert len(calls) == 1, f"tau('') was encoded {len(calls)} times in 5 steps"
+
+
+def test_the_mix_ablation_differs_from_the_shipped_recipe_only_in_its_two_object_share(monkeypatch):
+    from diffusion_notes.training.recipes import get_recipe
+
+    shipped, ablation = get_recipe("ldm_unet"), get_recipe("ldm_unet_mix30")
+    same = ("config", "steps", "batch_size", "lr", "weight_decay", "warmup_steps", "grad_clip", "ema_decay")
+    assert all(getattr(shipped, k) == getattr(ablation, k) for k in same)
+    assert "half of the images" in shipped.dataset and "30% of the images" in ablation.dataset
+    seen = []
+
+    class Recording(ShapesDataset):  # what the batches are drawn from
+        def __init__(self, *args, p_two_objects, **kwargs):
+            seen.append(p_two_objects)
+            super().__init__(*args, p_two_objects=p_two_objects, **kwargs)
+
+    monkeypatch.setattr(ldm, "ShapesDataset", Recording)
+    for recipe in (shipped, ablation):
+        assert recipe.make_batch(0, 2, 0)["z0"].shape == (2, 4, 8, 8)
+    assert seen == [0.5, 0.3]

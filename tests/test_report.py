@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from diffusion_notes.report import below, live
+from diffusion_notes.report import below, ci, live
 
 SANITIZE = Path(__file__).with_name("nbval_sanitize.cfg")
 
@@ -73,3 +73,10 @@ def test_check_prints_every_claim_and_fails_on_a_false_one(capsys):
     with pytest.raises(AssertionError, match="loss falls"):
         check({"DDIM beats DDPM at 10 steps": True, "loss falls": False})
     assert "FAILS: loss falls" in capsys.readouterr().out
+
+
+def test_ci_writes_a_value_with_its_interval_in_both_of_the_benchmarks_forms():
+    assert ci({"fidelity": 0.9961, "fidelity_ci": [0.981, 1.0]}, "fidelity") == "1.00 [0.98, 1.00]"
+    assert ci({"mean": 40.63, "ci": [39.94, 41.2]}, fmt=".1f") == "40.6 [39.9, 41.2]"
+    with pytest.raises(KeyError, match="fidelity_ci"):
+        ci({"fidelity": 0.5}, "fidelity")

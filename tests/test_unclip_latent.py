@@ -15,6 +15,7 @@ from diffusion_notes.foundations.grids import make_grid
 from diffusion_notes.foundations.samplers import ddim_invert, sample
 from diffusion_notes.foundations.schedules import make_schedule
 from diffusion_notes.nn.unet import UNet, UNetConfig
+from diffusion_notes.stable_diffusion.ldm import ldm_schedule
 from diffusion_notes.stable_diffusion.vae import AutoencoderKL, VAEConfig
 from diffusion_notes.unclip.conditions import build_bank
 from diffusion_notes.unclip.decoder import (
@@ -58,6 +59,7 @@ def test_latent_config_is_the_latent_unets_shape_and_checks_its_space():
     with pytest.raises(ValueError, match="space"):
         DecoderConfig(space="wavelet")
     assert decoder_schedule(c).betas[0] == pytest.approx(0.00085) and decoder_schedule().betas[0] < 1e-4  # cosine
+    assert torch.equal(decoder_schedule(c).alphas_cumprod, ldm_schedule().alphas_cumprod)  # the warm start's own schedule
 
 
 def test_a_warm_started_glide_decoder_predicts_what_its_unet_predicts(bank):

@@ -66,6 +66,7 @@ ARCHITECTURES = {
     "concept_classifier": (ShapesClassifier, ClassifierConfig),
     "vae": (AutoencoderKL, VAEConfig),
     "ldm_unet": (UNet, UNetConfig),
+    "ldm_unet_mix30": (UNet, UNetConfig),  # the training-mix ablation (benchmarks/two_object_mix.py); not shipped
     "unclip_prior": (DiffusionPrior, PriorConfig),
     "ar_prior": (ARPrior, ARPriorConfig),
     "unclip_decoder": (Decoder, DecoderConfig),

@@ -13,8 +13,8 @@ versions, so a printed figure must say only what every machine reproduces:
 - `check({claim: holds, ...})` prints each claim the prose makes about a live run and fails if one
   does not hold: the lines are the same wherever the claims are true.
 
-`html_table(header, rows)` shows a table, and `benchmark_results(name)` reads what a script in
-`benchmarks/` measured.
+`html_table(header, rows)` shows a table, `benchmark_results(name)` reads what a script in
+`benchmarks/` measured, and `ci(record, key)` writes one of its values with its interval.
 """
 
 import json
@@ -63,6 +63,18 @@ def benchmark_results(name: str) -> dict:
         raise FileNotFoundError(f"no benchmark results {path}: run python benchmarks/{name}.py in a clone of the "
                                 "repository (the results ship with the repository, not with an installed package)")
     return json.loads(path.read_text())
+
+
+def ci(record: dict, key: str = "mean", fmt: str = ".2f") -> str:
+    """`'0.97 [0.95, 0.99]'`: record[key] and its 95% interval, as the benchmarks write them.
+
+    The interval is record[key + "_ci"], or record["ci"] for the key "mean" (`{"mean": m, "ci": [lo, hi]}`).
+    """
+    interval_key = "ci" if key == "mean" else f"{key}_ci"
+    if key not in record or interval_key not in record:
+        raise KeyError(f"the record needs {key!r} and {interval_key!r}, it has {sorted(record)}")
+    lo, hi = record[interval_key]
+    return f"{record[key]:{fmt}} [{lo:{fmt}}, {hi:{fmt}}]"
 
 
 def html_table(header: list, rows: list[list]):

@@ -34,7 +34,7 @@ P_TWO_OBJECTS_TRAIN = 0.5
 
 def ldm_schedule():
     """Stable Diffusion v1's noise schedule: scaled_linear from 0.00085 to 0.012 over T = 1000 steps."""
-    return make_schedule("scaled_linear", 1000, beta_start=0.00085, beta_end=0.012)
+    return make_schedule("scaled_linear", 1000)  # its default betas are Stable Diffusion v1's
 
 
 @torch.no_grad()
@@ -51,14 +51,17 @@ def encode_latents(vae, images: torch.Tensor, scale_factor: float,
 
 
 @torch.no_grad()
-def ldm_batch(step: int, batch_size: int, seed: int = 0, *, vae, clip, scale_factor: float) -> dict:
+def ldm_batch(step: int, batch_size: int, seed: int = 0, *, vae, clip, scale_factor: float,
+              p_two_objects: float = P_TWO_OBJECTS_TRAIN) -> dict:
     """Training batch `step`: latents z0 (B, 4, 8, 8) and caption token states (B, 77, D_c), on the vae's device.
+
+    A share p_two_objects of the pictures shows two objects (the shipped UNet's 0.5; the Shapes default is 0.3).
 
     The frozen autoencoder and CLIP encode the batch where they are; it is a pure
     function of its arguments (the latent's sample is drawn from a generator seeded by (seed, step)).
     """
     device = next(vae.parameters()).device
-    dataset = ShapesDataset("train", length=10**9, seed=seed, p_two_objects=P_TWO_OBJECTS_TRAIN)
+    dataset = ShapesDataset("train", length=10**9, seed=seed, p_two_objects=p_two_objects)
     start = step * batch_size
     attributes = [dataset.attributes(i) for i in range(start, start + batch_size)]
     captions = [dataset.caption(start + k, a) for k, a in enumerate(attributes)]

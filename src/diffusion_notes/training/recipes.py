@@ -46,7 +46,7 @@ from diffusion_notes.practice.finetune.learner import (
     learner_pipeline,
 )
 from diffusion_notes.stable_diffusion.evaluate import evaluate_ldm
-from diffusion_notes.stable_diffusion.ldm import encode_latents, ldm_batch, ldm_loss
+from diffusion_notes.stable_diffusion.ldm import P_TWO_OBJECTS_TRAIN, encode_latents, ldm_batch, ldm_loss
 from diffusion_notes.stable_diffusion.vae import (
     AutoencoderKL,
     VAEConfig,
@@ -210,9 +210,13 @@ def _vae(device: str) -> Recipe:
     )
 
 
-def _ldm_unet(device: str) -> Recipe:
+def _ldm_unet(device: str, name: str = "ldm_unet", p_two_objects: float = P_TWO_OBJECTS_TRAIN) -> Recipe:
+    """The latent UNet. `ldm_unet_mix30` is the same recipe on the Shapes default of 30% two-object
+    pictures instead of 50%: the ablation of the training mix (benchmarks/two_object_mix.py)."""
+
     def make_batch(step, batch_size, seed):
-        return ldm_batch(step, batch_size, seed, **frozen.stable_diffusion(device))  # encoded on `device`
+        return ldm_batch(step, batch_size, seed, **frozen.stable_diffusion(device),  # encoded on `device`
+                         p_two_objects=p_two_objects)
 
     def loss(model, batch, generator):
         return ldm_loss(model, batch, generator, null=frozen.null_context(device))  # tau("") encoded once
@@ -222,7 +226,7 @@ def _ldm_unet(device: str) -> Recipe:
         return evaluate_ldm(unet, **frozen.stable_diffusion(where), classifier=frozen.classifier(where))
 
     return Recipe(
-        name="ldm_unet",
+        name=name,
         config=UNetConfig(),
         build=UNet,
         make_batch=make_batch,
@@ -233,7 +237,8 @@ def _ldm_unet(device: str) -> Recipe:
         warmup_steps=200,
         ema_decay=0.999,
         evaluate=evaluate,
-        dataset="Shapes train split, seed 0, half of the images with two objects, as latents of the shipped vae and token states of the shipped clip",
+        dataset=f"Shapes train split, seed 0, {'half' if p_two_objects == 0.5 else f'{p_two_objects:.0%}'} of the images "
+                "with two objects, as latents of the shipped vae and token states of the shipped clip",
         description="latent UNet eps_theta(z_t, t, tau(y)) with cross-attention to CLIP's token states",
     )
 
@@ -473,6 +478,7 @@ _FACTORIES: dict[str, Callable[[str], Recipe]] = {
     "concept_classifier": _concept_classifier,
     "vae": _vae,
     "ldm_unet": _ldm_unet,
+    "ldm_unet_mix30": lambda device: _ldm_unet(device, "ldm_unet_mix30", p_two_objects=0.3),
     "unclip_prior": _unclip_prior,
     "ar_prior": _ar_prior,
     "unclip_decoder": lambda device: _decoder("unclip_decoder", True, device),

@@ -60,7 +60,7 @@ def decoder_schedule(config: DecoderConfig | None = None):
     scaled_linear (0.00085 to 0.012), the schedule of the latent UNet the latent decoder starts from.
     """
     if config is not None and config.space == "latent":
-        return make_schedule("scaled_linear", 1000, beta_start=0.00085, beta_end=0.012)
+        return make_schedule("scaled_linear", 1000)  # its default betas are Stable Diffusion v1's
     return make_schedule("cosine", 1000)
 
 

@@ -11,7 +11,7 @@ percentile bootstraps over captions and, within each, pictures; the difference b
 paired (same caption, same seed). The shipped UNet (the 50% mix, trained longer) is measured too.
 
 Run: python benchmarks/two_object_mix.py [--steps 2500] [--train] [--max-seconds S] [--threads 1]
-     [--prompts 64] [--per-prompt 4]
+     [--prompts 96] [--per-prompt 4]
 With --train, a run that has not finished is trained (or resumed) first, in runs/mix/<recipe>; the two
 runs can also be trained side by side by hand, one thread each:
      python -m diffusion_notes train ldm_unet_mix30 --steps 2500 --threads 1 --out runs/mix/ldm_unet_mix30
@@ -70,7 +70,7 @@ def main(argv=None) -> int:
     parser.add_argument("--train", action="store_true", help="train (or resume) a run that has not finished")
     parser.add_argument("--max-seconds", type=float, default=None, help="passed to train: stop with a checkpoint")
     parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--prompts", type=int, default=64)
+    parser.add_argument("--prompts", type=int, default=96)
     parser.add_argument("--per-prompt", type=int, default=4)
     parser.add_argument("--resamples", type=int, default=1000)
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "two_object_mix.json"))

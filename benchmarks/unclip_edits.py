@@ -34,9 +34,9 @@ from diffusion_notes.data.shapes import (
     render,
 )
 from diffusion_notes.evaluation.metrics import (
-    bootstrap_interval,
     classifier_features,
     diversity,
+    mean_interval,
 )
 from diffusion_notes.unclip.pipeline import DEFAULT_VARIATION_ETA
 
@@ -49,9 +49,8 @@ def share(values: torch.Tensor, resamples: int = 1000) -> dict:
 
 
 def mean_ci(values: list[float], resamples: int = 1000) -> dict:
-    v = torch.tensor(values, dtype=torch.float64)
-    lo, hi = bootstrap_interval(lambda idx: v[idx].mean(), len(v), resamples)
-    return {"mean": round(float(v.mean()), 4), "ci": [round(lo, 4), round(hi, 4)]}
+    mean, lo, hi = mean_interval(values, resamples)
+    return {"mean": round(mean, 4), "ci": [round(lo, 4), round(hi, 4)]}
 
 
 def psnr(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:

@@ -51,8 +51,8 @@ def plan(unit: bool, notebooks: list[Path], nbval_env: dict[str, str]) -> list[d
     return sorted(jobs, key=lambda job: -job["seconds"])
 
 
-def run(job: dict, threads: str) -> tuple[dict, int, float]:
-    env = {**os.environ, "OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads, **job["env"]}
+def run(job: dict, one_thread: bool) -> tuple[dict, int, float]:
+    env = {**os.environ, **({"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"} if one_thread else {}), **job["env"]}
     log = LOGS / f"{job['name']}.log"
     start = time.perf_counter()
     with open(log, "w", encoding="utf-8") as out:
@@ -82,13 +82,12 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("nothing to run: give --unit and/or --nbval NB ...")
 
     LOGS.mkdir(parents=True, exist_ok=True)
-    threads = "1" if args.jobs > 1 else os.environ.get("OMP_NUM_THREADS", "")
-    threads = threads or str(os.cpu_count() or 1)
-    print(f"== {len(jobs)} test jobs on {args.jobs} workers, {threads} torch thread(s) each; logs in {LOGS.relative_to(ROOT)}/",
-          flush=True)
+    one_thread = args.jobs > 1  # side by side, each job on one core; alone, torch's own count
+    print(f"== {len(jobs)} test jobs on {args.jobs} worker(s){', one torch thread each' if one_thread else ''}; "
+          f"logs in {LOGS.relative_to(ROOT)}/", flush=True)
     start, failed = time.perf_counter(), []
     with ThreadPoolExecutor(max_workers=args.jobs) as pool:
-        for job, code, seconds in pool.map(lambda job: run(job, threads), jobs):
+        for job, code, seconds in pool.map(lambda job: run(job, one_thread), jobs):
             # pool.map yields in submission order; each job already ran as soon as a worker was free
             last = (LOGS / f"{job['name']}.log").read_text(encoding="utf-8").strip().splitlines()
             print(f"   {job['name']:<28} {'ok' if code == 0 else f'FAILED ({code})':<12} {seconds:6.0f} s   "

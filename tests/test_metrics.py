@@ -18,6 +18,7 @@ from diffusion_notes.evaluation.metrics import (
     feature_stats,
     frechet_distance,
     frechet_distance_gaussians,
+    mean_interval,
     precision_recall,
     prompt_fidelity,
 )
@@ -208,3 +209,13 @@ def test_evaluate_images_on_real_images(sets, classifier):
     assert out["fidelity/all"] == 1.0
     assert out["diversity"] == pytest.approx(0.0, abs=1e-6)  # identical images of each prompt
     assert {"frechet_distance", "precision", "recall"} <= set(out)
+
+
+def test_mean_interval_brackets_the_mean_and_narrows_with_more_items():
+    few = torch.tensor([0.0, 1.0] * 8)  # 16 fair coin flips
+    many = torch.tensor([0.0, 1.0] * 512)
+    (m_few, lo_few, hi_few), (m_many, lo_many, hi_many) = mean_interval(few), mean_interval(many)
+    assert m_few == m_many == 0.5
+    assert lo_few < 0.5 < hi_few and lo_many < 0.5 < hi_many
+    assert hi_many - lo_many < (hi_few - lo_few) / 4  # the width falls as 1/sqrt(N): 64 times the items, an eighth of the width
+    assert mean_interval(torch.ones(5)) == (1.0, 1.0, 1.0)

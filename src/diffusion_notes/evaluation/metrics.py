@@ -108,6 +108,14 @@ def bootstrap_interval(statistic, n_groups: int, n_resamples: int = 1000, level:
     return float(values.quantile(tail)), float(values.quantile(1 - tail))
 
 
+def mean_interval(values, n_resamples: int = 1000, level: float = 0.95, seed: int = 0) -> tuple[float, float, float]:
+    """The mean of (N,) per-item values (0/1 checks, cosines, dB) and its percentile bootstrap interval over the
+    N items: (mean, lo, hi). `bootstrap_interval` with the statistic "mean of the resampled items"."""
+    v = torch.as_tensor(values, dtype=torch.float64).reshape(-1)
+    lo, hi = bootstrap_interval(lambda idx: v[idx].mean(), len(v), n_resamples, level, seed)
+    return float(v.mean()), lo, hi
+
+
 # --------------------------------------------------------------------------- Fréchet distance
 
 def feature_stats(feats: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

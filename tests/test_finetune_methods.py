@@ -101,3 +101,15 @@ def test_the_shipped_lora_and_embedding_load_through_pretrained(one_thread):
     assert [e.word for e in pretrained.embeddings()] == ["valentine"]
     library = pretrained.lora_library(frozen.ldm_unet())
     assert library.names() == ["heart_lora"] and library.get("heart_lora") is not None
+
+
+def test_a_run_draws_the_same_numbers_whether_or_not_its_frozen_models_were_loaded_before(tmp_path, one_thread):
+    """Loading builds modules, whose initial weights are random draws; they must not shift the run's own draws
+    (the LoRA factors A start random), or a run in a notebook that loaded the pipeline first differs from the CLI."""
+    for cached in vars(frozen).values():
+        if hasattr(cached, "cache_clear"):
+            cached.cache_clear()
+    cold = train("lora", steps=3, out_dir=tmp_path / "cold", progress=False)  # loads the frozen models itself
+    warm = train("lora", steps=3, out_dir=tmp_path / "warm", progress=False)  # finds them loaded
+    assert cold.losses == warm.losses
+    assert all(torch.equal(v, warm.model.state_dict()[k]) for k, v in cold.model.state_dict().items())

@@ -65,6 +65,15 @@ def test_load_round_trip(shipped, monkeypatch):
     assert all(torch.equal(v, expected[k]) for k, v in load("toy2d").state_dict().items())
 
 
+def test_loading_leaves_the_global_random_state_alone(shipped):
+    _, weights_dir = shipped
+    torch.manual_seed(11)
+    expected = torch.rand(3)
+    torch.manual_seed(11)
+    load("toy2d", weights_dir=weights_dir)  # building the module draws initial weights, inside its own fork
+    assert torch.equal(torch.rand(3), expected)
+
+
 def test_the_manifest_command_reproduces_the_weights(shipped, tmp_path, one_thread):
     _, weights_dir = shipped
     entry = info("toy2d", weights_dir)

@@ -165,3 +165,24 @@ def test_the_app_starts_with_the_network_blocked():
     assert run.returncode == 0, run.stderr[-2000:]
     assert "PAGE True [] True" in run.stdout, run.stdout
     assert "ATTEMPTS []" in run.stdout, run.stdout
+
+
+def test_create_api_serves_the_api_without_the_pages_or_gradio(pipe, models_dir):
+    code = textwrap.dedent("""
+        import sys
+        from diffusion_notes.practice.webui import api
+        print("gradio" in sys.modules)
+    """)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "False"  # the API module alone does not pull in Gradio
+
+    from diffusion_notes.practice.webui.api import create_api
+
+    state = WebUIState(ModelRegistry(pipe, pretrained.verify("ldm_unet"), models_dir))
+    with TestClient(create_api(state)) as c:
+        assert c.get("/sdapi/v1/samplers").status_code == 200
+        assert c.get("/").status_code == 404  # no pages
+        body = c.post("/sdapi/v1/txt2img", json={"prompt": PROMPT, "steps": 3, "seed": 5}).json()
+    with TestClient(create_app(state)) as c:
+        assert c.get("/").status_code == 200
+        assert c.post("/sdapi/v1/txt2img", json={"prompt": PROMPT, "steps": 3, "seed": 5}).json()["images"] == body["images"]

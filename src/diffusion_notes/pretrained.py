@@ -168,7 +168,15 @@ def load(name: str, device=None, weights_dir=None):
     """The shipped model `name`, verified, in eval mode, float32, on `device` (default: `default_device()`).
 
     A name in PIPELINES ("stable_diffusion", "unclip", "glide") returns that pipeline, built from its shipped parts.
+    Loading leaves torch's global random state as it was: building a module draws its initial
+    weights before the shipped ones replace them, and a run seeded before a load would otherwise
+    draw different numbers afterwards depending on whether the model was loaded already.
     """
+    with torch.random.fork_rng(devices=[]):
+        return _load(name, device, weights_dir)
+
+
+def _load(name: str, device, weights_dir):
     device = device if device is not None else default_device()
     if name in PIPELINES:
         return PIPELINES[name](device, weights_dir)

@@ -113,6 +113,11 @@ def error(status: int, err: Exception) -> JSONResponse:
     return JSONResponse({"error": type(err).__name__, "detail": str(err)}, status_code=status)
 
 
+def create_api(state: WebUIState) -> FastAPI:
+    """The API alone, without the pages (and without importing Gradio): for scripts and tests."""
+    return add_routes(FastAPI(title="diffusion_notes web UI", docs_url="/docs", redoc_url=None), state)
+
+
 def add_routes(app: FastAPI, state: WebUIState) -> FastAPI:
     async def body_of(request: Request):
         raw = await request.body()

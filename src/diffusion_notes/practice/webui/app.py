@@ -22,7 +22,7 @@ from PIL import Image  # noqa: E402
 
 from diffusion_notes.practice.controlnet.units import unit_from_panel  # noqa: E402
 from diffusion_notes.practice.webui import infotext, merger, xyz  # noqa: E402
-from diffusion_notes.practice.webui.api import add_routes  # noqa: E402
+from diffusion_notes.practice.webui.api import create_api  # noqa: E402
 from diffusion_notes.practice.webui.generate import LIMITS, SAMPLER_ALIASES, Settings  # noqa: E402
 from diffusion_notes.practice.webui.state import WebUIState  # noqa: E402
 
@@ -249,8 +249,7 @@ def build_blocks(state: WebUIState) -> gr.Blocks:
 
 def create_app(state: WebUIState) -> FastAPI:
     """One FastAPI app: the API under /sdapi/v1 and the Gradio pages at /."""
-    app = FastAPI(title="diffusion_notes web UI", docs_url="/docs", redoc_url=None)
-    add_routes(app, state)
+    app = create_api(state)
     allowed = [str(state.outputs_dir.resolve())] if state.outputs_dir is not None else None
     return gr.mount_gradio_app(app, build_blocks(state), path="/", footer_links=[], run_history=False,
                                ssr_mode=False, mcp_server=False, pwa=False, theme=THEME, css=CSS,

@@ -73,6 +73,23 @@ def test_tokenizer_matches_open_clip_and_round_trips():
     assert torch.equal(tokenize(decode(ids)), ids)
 
 
+def test_tokenizing_loads_open_clips_tokenizer_without_the_rest_of_open_clip():
+    import json
+    import subprocess
+    import sys
+
+    import open_clip
+
+    captions = ["a small red circle on the left", "a large white square at the top, below a tiny cyan star", "zebra!"]
+    code = ("import json, sys; from diffusion_notes.data.tokenizer import tokenize; "
+            f"ids = tokenize({captions!r}).tolist(); "
+            "print(json.dumps([ids, 'open_clip' in sys.modules, 'torchvision' in sys.modules]))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    ids, loaded_open_clip, loaded_torchvision = json.loads(out)
+    assert not loaded_open_clip and not loaded_torchvision
+    assert ids == open_clip.get_tokenizer("ViT-B-32")(captions).tolist()
+
+
 def test_stored_caption_vocabulary_equals_the_derived_one():
     assert caption_vocabulary() == derive_caption_vocabulary()
 

@@ -12,15 +12,18 @@ including pad, start and end) and :func:`to_compact` maps any open_clip id to it
 row in that list, or to one extra ``<unk>`` row for a word no caption uses.
 
 open_clip's tokenizer works offline (its BPE merges ship in the package). It is
-imported on first use, because importing open_clip takes a few seconds.
+loaded on first use, and by itself: importing all of open_clip takes a few seconds.
 """
 
 from __future__ import annotations
 
 import functools
+import importlib.util
 import re
 import string
+import sys
 import warnings
+from pathlib import Path
 
 import torch
 
@@ -32,9 +35,29 @@ PAD_ID, START_ID, END_ID = 0, 49406, 49407
 
 @functools.lru_cache(maxsize=1)
 def _bpe():
-    from open_clip.tokenizer import SimpleTokenizer
+    return _open_clip_tokenizer().SimpleTokenizer(context_length=CONTEXT_LENGTH)
 
-    return SimpleTokenizer(context_length=CONTEXT_LENGTH)
+
+def _open_clip_tokenizer():
+    """open_clip's own tokenizer module, without importing the rest of open_clip when that is not loaded yet.
+
+    The package's __init__ imports its models, and with them torchvision and transformers (about 5 s);
+    the tokenizer module needs none of them, so it is run from its file. If that ever fails (a new
+    open_clip whose tokenizer imports its siblings), the package is imported the ordinary way.
+    """
+    if "open_clip.tokenizer" in sys.modules:
+        return sys.modules["open_clip.tokenizer"]
+    try:
+        package = importlib.util.find_spec("open_clip")
+        path = Path(package.submodule_search_locations[0]) / "tokenizer.py"
+        spec = importlib.util.spec_from_file_location("diffusion_notes.data._open_clip_tokenizer", path)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        return module
+    except (ImportError, OSError, AttributeError, TypeError):
+        from open_clip import tokenizer
+
+        return tokenizer
 
 
 def _check_texts(texts) -> list[str]:

@@ -73,6 +73,9 @@ def make_timesteps(
 class Grid(NamedTuple):
     timesteps: torch.Tensor  # (n,) what the model is called at: long, or float64 when fractional
     sigmas: torch.Tensor | None  # (n + 1,) float64 noise levels ending in 0, for sigma-based samplers
+    # (N,) long: the user-facing step each loop iteration belongs to, for samplers that call the model
+    # twice per step (Heun, DPM2 visit 2n - 1 points); None means iteration i is step i
+    step_index: torch.Tensor | None = None
 
 
 def _sigma_grid(timesteps, schedule, use_karras_sigmas, karras_range):

@@ -4,10 +4,10 @@ import pytest
 import torch
 
 from diffusion_notes.foundations.grids import make_grid
-from diffusion_notes.foundations.samplers import prepare_step
+from diffusion_notes.foundations.samplers import loop, prepare_step
 from diffusion_notes.practice.webui.conditioning import CHUNK, Conditioning, PromptEncoder, WebUIDenoiser
 from diffusion_notes.practice.webui.prompts import parse_prompt_attention, prompt_schedule, split_and
-from diffusion_notes.practice.webui.seeds import ImageRNG, loop
+from diffusion_notes.practice.webui.seeds import ImageRNG
 from diffusion_notes.stable_diffusion.ldm import ldm_schedule
 
 A, S = 1.1, 1 / 1.1
@@ -101,7 +101,8 @@ def test_prompt_editing_switches_at_the_right_step(sampler):
     name, karras = ("dpmpp_2m", False) if sampler == "DPM++ 2M" else ("euler_a", False)
     grid = make_grid(name, steps, schedule, None, 0, karras)
     model = WebUIDenoiser(unet, [cond], [uncond], 4.0, encoder(""))
-    loop(model, torch.zeros(1, 4, 8, 8), grid, prepare_step(name, grid, schedule), ImageRNG((4, 8, 8), [0]))
+    loop(model, torch.zeros(1, 4, 8, 8), grid, prepare_step(name, grid, schedule),
+         noise=ImageRNG((4, 8, 8), [0]).next)
     red, blue, empty = (encoder.ids[t] for t in ("a red circle", "a blue circle", ""))
     assert len(unet.calls) == steps
     assert unet.calls == [[red, empty]] * 4 + [[blue, empty]] * 6  # steps 1-4 red, 5-10 blue
@@ -110,11 +111,11 @@ def test_prompt_editing_switches_at_the_right_step(sampler):
 def test_prompt_editing_in_img2img_counts_from_the_grid_start():
     steps, encoder, unet = 10, FakeEncoder(), CountingUNet()
     model = WebUIDenoiser(unet, [Conditioning(encoder, "[red:blue:0.5]", steps)],
-                          [Conditioning(encoder, "", steps)], 1.0, encoder(""), start_step=3)
+                          [Conditioning(encoder, "", steps)], 1.0, encoder(""))
     schedule = ldm_schedule()
     grid = make_grid("ddim", steps, schedule, None, 0, False)
-    loop(model, torch.zeros(1, 4, 8, 8), grid, prepare_step("ddim", grid, schedule), ImageRNG((4, 8, 8), [0]),
-         start_step=3)
+    loop(model, torch.zeros(1, 4, 8, 8), grid, prepare_step("ddim", grid, schedule),
+         noise=ImageRNG((4, 8, 8), [0]).next, start_step=3)
     assert [c[0] for c in unet.calls] == [encoder.ids["red"]] * 2 + [encoder.ids["blue"]] * 5  # steps 4-5, 6-10
 
 
@@ -123,7 +124,7 @@ def test_and_composes_guided_differences():
     cond = Conditioning(encoder, "a AND b :0.5", 5)
     model = WebUIDenoiser(lambda x, t, c: c[:, :4, :1].reshape(-1, 1, 2, 2).expand(-1, 4, 2, 2) * 1.0,
                           [cond], [Conditioning(encoder, "", 5)], 3.0, encoder(""))
-    eps = model(torch.zeros(1, 4, 2, 2), torch.zeros(1, dtype=torch.long))
+    eps = model(torch.zeros(1, 4, 2, 2), torch.zeros(1, dtype=torch.long), step=0)
     a, b, u = (encoder.ids[t] for t in ("a", "b", ""))
     assert torch.allclose(eps, torch.full_like(eps, u + 3.0 * (a - u) + 0.5 * 3.0 * (b - u)))
 

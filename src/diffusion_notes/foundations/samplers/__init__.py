@@ -150,26 +150,51 @@ def prepare_step(sampler: str, grid: Grid, schedule: Schedule, eta: float = 0.0,
     return PreparedStep(UPDATES[sampler], coefficients, draws_noise)
 
 
-def loop(model, x: torch.Tensor, grid: Grid, step: PreparedStep, *, generator: torch.Generator | None = None,
-         clip_x0: float | None = None, callback=None, start_step: int = 0, progress: bool = False) -> torch.Tensor:
+def model_call(model, x: torch.Tensor, t: torch.Tensor, step: int) -> torch.Tensor:
+    """model(x, t) -> eps; a model with `takes_step = True` also gets the sampler step, model(x, t, step=k).
+
+    The step is the user-facing one (`Grid.step_index`), so prompt editing never counts calls: a
+    sampler that calls the model twice per step hands both calls the same step.
+    """
+    if getattr(model, "takes_step", False):
+        return model(x, t, step=step)
+    return model(x, t)
+
+
+def generator_noise(generator: torch.Generator | None, like: torch.Tensor) -> Callable[[int], torch.Tensor]:
+    """noise(i) -> fresh N(0, I) shaped like `like`, drawn on the generator's device (the CPU without one), moved."""
+    draw_device = generator.device if generator is not None else torch.device("cpu")
+
+    def noise(i: int) -> torch.Tensor:
+        z = torch.randn(like.shape, generator=generator, device=draw_device, dtype=like.dtype)  # (B, ...)
+        return z if draw_device == like.device else z.to(like.device)
+
+    return noise
+
+
+def loop(model, x: torch.Tensor, grid: Grid, step: PreparedStep, *, noise: Callable | None = None,
+         generator: torch.Generator | None = None, after_step: Callable | None = None, callback=None,
+         start_step: int = 0, clip_x0: float | None = None, progress: bool = False) -> torch.Tensor:
     """Run `step` over `grid` from x (at grid point `start_step`) down to x_0, as k-diffusion's samplers do.
 
         for i, t in enumerate(grid.timesteps):
             eps = model(x, t)                                            # (B,) t; model(x, t) -> eps only
-            x, x0_hat = step.update(x, eps, step.coefficients[i], noise=z)   # z ~ N(0, I) where it draws
+            x, x0_hat = step.update(x, eps, step.coefficients[i], noise=noise(i))   # where it draws
+            x = after_step(i, x)                                         # inpainting's blend, if any
 
-    Conditioning and guidance live in the model (`guidance.CFGDenoiser`). The model gets t as
-    (B,) long, or float32 on fractional grids. Noise is drawn on the generator's device (the CPU
-    without one) and moved, as `device.randn` draws it. `callback(i, t, x_t, x0_hat)` sees x_t before
-    each step. Everything that does not depend on x is done before the loop. A result holding NaN
-    is a ValueError.
+    Conditioning and guidance live in the model (`guidance.CFGDenoiser`); a model with
+    `takes_step = True` also gets the step index (`model_call`). The model gets t as (B,) long, or
+    float32 on fractional grids. `noise(i)` gives step i's fresh N(0, I) (k-diffusion's
+    `noise_sampler`); without it, noise comes from `generator` (`generator_noise`). `after_step(i,
+    x_prev)` may replace x after step i. `callback(i, t, x_t, x0_hat)` sees x_t before each step.
+    Everything that does not depend on x is done before the loop. A result holding NaN is a ValueError.
     """
     timesteps = grid.timesteps.tolist()
+    steps = range(len(timesteps)) if grid.step_index is None else grid.step_index.tolist()
     B, device = x.shape[0], x.device
     model_dtype = torch.float32 if grid.timesteps.is_floating_point() else torch.long
     t_in = grid.timesteps.to(device, model_dtype)[:, None].expand(-1, B).contiguous().unbind(0)  # n x (B,)
-    draw_device = generator.device if generator is not None else torch.device("cpu")
-    move_noise = draw_device != device
+    noise = generator_noise(generator, x) if noise is None else noise
     state: dict = {}  # what a multistep update keeps between steps
     indices = range(start_step, len(timesteps))
     if progress:
@@ -177,19 +202,16 @@ def loop(model, x: torch.Tensor, grid: Grid, step: PreparedStep, *, generator: t
 
         indices = tqdm(indices, total=len(timesteps), initial=start_step, desc="sampling")
     for i in indices:
-        eps = model(x, t_in[i])  # (B, ...)
+        eps = model_call(model, x, t_in[i], steps[i])  # (B, ...)
         if eps.shape != x.shape:
             raise ValueError(
                 f"eps_model must return a tensor shaped like x_t {tuple(x.shape)}, got {tuple(eps.shape)}"
             )
-        noise = None
-        if step.draws_noise[i]:
-            noise = torch.randn(x.shape, generator=generator, device=draw_device, dtype=x.dtype)  # (B, ...)
-            noise = noise.to(device) if move_noise else noise
-        x_prev, x0_hat = step.update(x, eps, step.coefficients[i], noise=noise, clip_x0=clip_x0, state=state)
+        z = noise(i).to(device, x.dtype) if step.draws_noise[i] else None
+        x_prev, x0_hat = step.update(x, eps, step.coefficients[i], noise=z, clip_x0=clip_x0, state=state)
         if callback is not None:
             callback(i, timesteps[i], x, x0_hat)
-        x = x_prev
+        x = x_prev if after_step is None else after_step(i, x_prev)
     if torch.isnan(x).any():  # once per run, not per step: a solver's 0 * inf (DPM++ 2M with n = T) ends here
         raise ValueError(f"the sampler produced NaN values in x_0 ({len(timesteps)} steps)")
     return x

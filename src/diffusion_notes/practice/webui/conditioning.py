@@ -108,18 +108,20 @@ def _pad(states: list[torch.Tensor], null: torch.Tensor) -> torch.Tensor:
 class WebUIDenoiser:
     """model(x, t) -> eps for a batch of images, each with its own (scheduled, composed) conditioning.
 
-    `calls` counts the model calls; call number c is sampler step start_step + c + 1 (1-based), the
-    step prompt editing counts in.
+    The sampling loop hands it the sampler's step index k (0-based, `takes_step`); prompt editing
+    counts in the 1-based step k + 1. The step is passed, never counted from calls, so a sampler that
+    calls the model twice per step schedules its prompts as one that calls it once.
     """
 
-    def __init__(self, unet, conds: list[Conditioning], unconds: list[Conditioning], cfg_scale: float,
-                 null: torch.Tensor, start_step: int = 0):
-        self.unet, self.conds, self.unconds = unet, conds, unconds
-        self.s, self.null, self.start_step, self.calls = float(cfg_scale), null, start_step, 0
+    takes_step = True  # samplers.loop calls it as model(x, t, step=k)
 
-    def __call__(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        step = self.start_step + self.calls + 1
-        self.calls += 1
+    def __init__(self, unet, conds: list[Conditioning], unconds: list[Conditioning], cfg_scale: float,
+                 null: torch.Tensor):
+        self.unet, self.conds, self.unconds = unet, conds, unconds
+        self.s, self.null = float(cfg_scale), null
+
+    def __call__(self, x: torch.Tensor, t: torch.Tensor, step: int) -> torch.Tensor:
+        step = step + 1
         parts = [cond.at(step) for cond in self.conds]  # B x [(states, weight), ...]
         B, s = x.shape[0], self.s
         plain = all(len(p) == 1 and p[0][1] == 1.0 for p in parts)

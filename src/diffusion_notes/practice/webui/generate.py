@@ -22,14 +22,15 @@ from PIL import Image, ImageFilter
 
 from diffusion_notes.data.images import to_pil
 from diffusion_notes.foundations.grids import make_grid, noise_to_grid_point
-from diffusion_notes.foundations.samplers import SAMPLER_ALIASES, SAMPLERS, init_noise_scale, prepare_step, resolve_sampler
+from diffusion_notes.foundations.samplers import (SAMPLER_ALIASES, SAMPLERS, init_noise_scale, loop, prepare_step,
+                                                  resolve_sampler)
 from diffusion_notes.practice.controlnet.units import ControlUnit, controlled_unet_call
 from diffusion_notes.practice.finetune.lora_files import applied
 from diffusion_notes.practice.webui import infotext
 from diffusion_notes.practice.webui.extra_networks import parse_extra_networks
 from diffusion_notes.practice.webui.conditioning import Conditioning, PromptEncoder, WebUIDenoiser
 from diffusion_notes.practice.webui.prompts import parse_prompt_attention
-from diffusion_notes.practice.webui.seeds import ImageRNG, loop, resolve_seed
+from diffusion_notes.practice.webui.seeds import ImageRNG, resolve_seed
 
 SIZE = 32  # the only size our models draw
 LIMITS = {"steps": (1, 150), "cfg_scale": (0.0, 30.0), "batch_size": (1, 8), "n_iter": (1, 100),
@@ -183,9 +184,9 @@ def run_batch(pipe, settings: Settings, seeds: list[int], subseeds: list[int], e
     unet = pipe.unet
     if settings.controlnet:  # Chapter 17: the units' residuals on every row the denoiser sends
         unet = controlled_unet_call(unet, [(u, u.net) for u in settings.controlnet], grid.timesteps.tolist(), start)
-    model = WebUIDenoiser(unet, conds, unconds, settings.cfg_scale, encoder(""), start)
+    model = WebUIDenoiser(unet, conds, unconds, settings.cfg_scale, encoder(""))
     step = prepare_step(sampler, grid, pipe.schedule, dtype=x.dtype)
-    z = loop(model, x, grid, step, rng, start_step=start, after_step=after_step, callback=callback)
+    z = loop(model, x, grid, step, noise=rng.next, start_step=start, after_step=after_step, callback=callback)
     return pipe.decode_latents(z).cpu()  # (B, 3, 32, 32)
 
 

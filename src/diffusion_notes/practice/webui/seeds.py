@@ -11,8 +11,6 @@ import random
 
 import torch
 
-from diffusion_notes.foundations.grids import Grid
-from diffusion_notes.foundations.samplers import PreparedStep
 
 MAX_SEED = 2**32 - 1
 
@@ -65,30 +63,6 @@ class ImageRNG:
                 noise[b] = slerp(self.subseed_strength, noise[b], other)
         return torch.cat(noise)
 
-    def next(self) -> torch.Tensor:
-        """Fresh N(0, I) for one step, (B, C, h, w), each image's from its own generator."""
+    def next(self, i: int | None = None) -> torch.Tensor:
+        """Fresh N(0, I) for step i, (B, C, h, w), each image's from its own generator (`samplers.loop`'s noise)."""
         return torch.cat([torch.randn((1, *self.shape), generator=g) for g in self.generators])
-
-
-def loop(model, x: torch.Tensor, grid: Grid, step: PreparedStep, rng: ImageRNG, *, start_step: int = 0,
-         after_step=None, callback=None) -> torch.Tensor:
-    """`samplers.loop` with each image's step noise drawn from its own generator (`ImageRNG.next`).
-
-    `after_step(i, x_prev)` may change x after step i (inpainting blends the known latent back there);
-    `callback(i, t, x_t, x0_hat)` sees every step, as in `samplers.loop`.
-    """
-    timesteps = grid.timesteps.tolist()
-    B, device = x.shape[0], x.device
-    model_dtype = torch.float32 if grid.timesteps.is_floating_point() else torch.long
-    t_in = grid.timesteps.to(device, model_dtype)[:, None].expand(-1, B).contiguous().unbind(0)  # n x (B,)
-    state: dict = {}
-    for i in range(start_step, len(timesteps)):
-        eps = model(x, t_in[i])  # (B, C, h, w)
-        noise = rng.next().to(device, x.dtype) if step.draws_noise[i] else None
-        x_prev, x0_hat = step.update(x, eps, step.coefficients[i], noise=noise, clip_x0=None, state=state)
-        if callback is not None:
-            callback(i, timesteps[i], x, x0_hat)
-        x = x_prev if after_step is None else after_step(i, x_prev)
-    if torch.isnan(x).any():
-        raise ValueError(f"the sampler produced NaN values in x_0 ({len(timesteps)} steps)")
-    return x

@@ -2,11 +2,13 @@
 
 The ONNX graphs against the torch modules (onnxruntime, any batch size), the tokenizer's table
 against open_clip's tokenizer on the caption generator's captions, the page's noise (its
-Python twin) against torch's generator, and the command's errors. The page itself runs in
+Python twin, tests/web_noise.py) against torch's generator, and the command's errors. The page itself runs in
 tests/browser/test_page_model.py.
 """
 
 import json
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -17,8 +19,10 @@ from diffusion_notes.__main__ import main
 from diffusion_notes.data.shapes import ShapesDataset
 from diffusion_notes.data.tokenizer import tokenize
 from diffusion_notes.stable_diffusion import web_export
-from diffusion_notes.stable_diffusion.web_noise import TorchCPUGenerator
 from diffusion_notes.stable_diffusion.web_vocab import tokenize_with_table, unknown_word_message
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from web_noise import TorchCPUGenerator  # noqa: E402  (the page's noise, in Python: a test helper)
 
 pytestmark = pytest.mark.skipif("ldm_unet" not in pretrained.available(),
                                 reason="the ldm_unet weights are not shipped in this checkout")

@@ -12,6 +12,7 @@ import functools
 import http.server
 import shutil
 import socket
+import sys
 import threading
 from pathlib import Path
 
@@ -22,8 +23,10 @@ import torch
 from diffusion_notes import pretrained
 from diffusion_notes.foundations.grids import make_grid
 from diffusion_notes.stable_diffusion import web_export
-from diffusion_notes.stable_diffusion.web_noise import TorchCPUGenerator
 from diffusion_notes.stable_diffusion.web_vocab import unknown_word_message, vocab_table
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from web_noise import TorchCPUGenerator  # noqa: E402  (tests/web_noise.py: the page's noise, in Python)
 
 ROOT = Path(__file__).resolve().parents[2]
 ORT = ROOT / "_vendor" / "ort"

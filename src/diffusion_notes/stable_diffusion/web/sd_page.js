@@ -7,8 +7,8 @@
  *
  * It follows the Python pipeline step for step (LatentDiffusionPipeline with the same settings):
  *   tokens    the table of vocab.json (web_vocab.py, its Python twin); "" is the unconditional caption
- *   noise     torch's CPU torch.randn: mt19937 + torch's Box-Muller normal_fill (web_noise.py, its
- *             Python twin): seed N here is torch.Generator().manual_seed(N) there, the same draws in
+ *   noise     torch's CPU torch.randn: mt19937 + torch's Box-Muller normal_fill (tests/web_noise.py,
+ *             its Python twin): seed N here is torch.Generator().manual_seed(N) there, the same draws in
  *             the same order (x_T first, then Euler a's noise after each UNet call)
  *   grids     foundations/grids.py make_grid: DDIM "leading", Euler a float32 "linspace" with
  *             sigmas interpolated in t, DPM++ 2M linspace over n + 1 points, rounded
@@ -36,7 +36,7 @@
   const DEFAULT_ORT_URL = new URL("../ort/", SCRIPT_URL).href;
   const SAMPLERS = { "DDIM": "ddim", "Euler a": "euler_a", "DPM++ 2M": "dpmpp_2m" };
 
-  // ---- noise: torch's CPU generator (web_noise.py) -------------------------------------------
+  // ---- noise: torch's CPU generator (tests/web_noise.py) -------------------------------------
   class TorchGenerator {
     constructor(seed) {
       if (!Number.isInteger(seed) || seed < 0 || seed >= 2 ** 32) {

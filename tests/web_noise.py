@@ -1,9 +1,10 @@
-"""torch's CPU `torch.randn`, written out: the noise the in-page Stable Diffusion draws (`web/sd_page.js`).
+"""torch's CPU `torch.randn`, written out: the noise the in-page Stable Diffusion draws
+(src/diffusion_notes/stable_diffusion/web/sd_page.js).
 
 Seed N in Chapter 13's page is `torch.Generator().manual_seed(N)` in Python: the page's
 JavaScript (`TorchGenerator` in sd_page.js) runs the algorithm below, and this module is its
-Python twin, so a test can hold both against torch. The algorithm, as torch draws a float32
-tensor of n >= 16 elements on the CPU:
+Python twin, so the tests (test_web_export.py, browser/test_page_model.py) can hold both
+against torch. The algorithm, as torch draws a float32 tensor of n >= 16 elements on the CPU:
 
 1. a Mersenne Twister, mt19937 (Matsumoto & Nishimura 1998), seeded by `init_genrand(seed)`:
    mt[0] = seed, mt[i] = 1812433253 (mt[i-1] ^ (mt[i-1] >> 30)) + i (mod 2^32);

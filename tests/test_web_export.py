@@ -1,12 +1,14 @@
 """`export stable_diffusion --format onnx`: the files Chapter 13's page runs, held against torch and open_clip.
 
 The ONNX graphs against the torch modules (onnxruntime, any batch size), the tokenizer's table
-against open_clip's tokenizer on the caption generator's captions, the page's noise (its
-Python twin, tests/web_noise.py) against torch's generator, and the command's errors. The page itself runs in
-tests/browser/test_page_model.py.
+against open_clip's tokenizer on the caption generator's captions, the sampling tables against
+`make_grid` and `prepare_step`, the page's noise (its Python twin, tests/web_noise.py) against
+torch's generator, and the command's errors. The page itself runs in tests/browser/test_page_model.py.
 """
 
 import json
+import math
+import re
 import sys
 from pathlib import Path
 
@@ -18,6 +20,8 @@ from diffusion_notes import pretrained
 from diffusion_notes.__main__ import main
 from diffusion_notes.data.shapes import ShapesDataset
 from diffusion_notes.data.tokenizer import tokenize
+from diffusion_notes.foundations.grids import make_grid
+from diffusion_notes.foundations.samplers import init_noise_scale, prepare_step
 from diffusion_notes.stable_diffusion import web_export
 from diffusion_notes.stable_diffusion.web_vocab import tokenize_with_table, unknown_word_message
 
@@ -85,6 +89,47 @@ def test_the_config_carries_the_schedule_and_the_latent_shape(pipe, exported):
     assert config["latent_shape"] == [4, 8, 8] and config["image_size"] == 32
     assert config["scale_factor"] == pipe.scale_factor
     assert config["samplers"] == {"DDIM": "ddim", "Euler a": "euler_a", "DPM++ 2M": "dpmpp_2m"}
+
+
+def _json_row(c) -> list:
+    """One grid point's coefficients as the table writes them: floats, booleans, None where not finite."""
+    return [v if isinstance(v, bool) or math.isfinite(v) else None for v in c]
+
+
+@pytest.mark.parametrize("sampler", ["ddim", "euler_a", "dpmpp_2m"])
+def test_the_config_holds_make_grid_and_prepare_step_for_each_offered_step_count(pipe, exported, sampler):
+    text = (exported / "config.json").read_text()
+    assert "NaN" not in text and "Infinity" not in text  # strict JSON: the browser's parser refuses them
+    config = json.loads(text)
+    sampling = config["sampling"]
+    assert sampling["steps"] == [5, 10, 15, 25, 50] == list(web_export.WEB_STEPS)
+    assert config["defaults"]["steps"] in sampling["steps"]
+    assert set(sampling["tables"]) == set(sampling["fields"]) == set(web_export.WEB_SAMPLERS.values())
+    assert set(sampling["tables"][sampler]) == {str(n) for n in web_export.WEB_STEPS}
+    for n in web_export.WEB_STEPS:
+        grid = make_grid(sampler, n, pipe.schedule)
+        step = prepare_step(sampler, grid, pipe.schedule, dtype=torch.float32)
+        table = sampling["tables"][sampler][str(n)]
+        assert [(type(t), t) for t in table["timesteps"]] == [(type(t), t) for t in grid.timesteps.tolist()]
+        assert table["sigmas"] == (None if grid.sigmas is None else grid.sigmas.tolist())
+        assert sampling["fields"][sampler] == list(step.coefficients[0]._fields)
+        assert table["coefficients"] == [_json_row(c) for c in step.coefficients]  # float64 bit for bit
+        assert table["draws_noise"] == step.draws_noise
+        assert table["init_noise_scale"] == init_noise_scale(sampler, None, grid)
+    if sampler == "euler_a":  # Euler's x_T starts below 1; its timesteps are fractional
+        assert table["init_noise_scale"] < 1 and any(t != int(t) for t in table["timesteps"])
+
+
+def test_the_page_computes_no_grid_and_reads_coefficients_by_their_names(pipe):
+    js = (web_export.WEB_DIR / "sd_page.js").read_text()
+    for code in ("makeGrid", "linspace", "interp", "function prepare", "vpScale", "alphas_cumprod", "expm1",
+                 "num_train_timesteps", "sampler === "):  # no grid, no coefficient, no branch per sampler
+        assert code not in js, f"sd_page.js still holds {code!r}"
+    assert "config.sampling" in js
+    fields = {name for sampler in web_export.WEB_SAMPLERS.values()
+              for name in web_export.sampling_fields(sampler, pipe.schedule)}
+    read = set(re.findall(r"\bc\.(\w+)", js))  # the updates' coefficient rows are `c`
+    assert read and read <= fields, read - fields
 
 
 @pytest.mark.parametrize("split, canonical", [("train", False), ("heldout", False), ("train", True)])

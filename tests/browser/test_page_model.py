@@ -3,13 +3,15 @@
 The folder `export stable_diffusion --format onnx` writes, with onnxruntime-web from `_vendor/ort`
 beside it (as the site's _static/ holds them), is served on 127.0.0.1; every other request is
 aborted. For one setting per sampler (guidance > 1) the page's image must be the Python
-pipeline's, with the same seed, within 2/255 per pixel; the page's noise must be torch's, its
-grids `make_grid`'s, and an unknown word must be named. If the built book's Chapter 13 holds the
-panel, one setting runs through that page too.
+pipeline's, with the same seed, within 2/255 per pixel; the page's noise must be torch's, the
+tables it steps through `make_grid`'s and `prepare_step`'s, its Steps menu the exported step
+counts, and an unknown word must be named. If the built book's Chapter 13 holds the panel, one
+setting runs through that page too.
 """
 
 import functools
 import http.server
+import math
 import shutil
 import socket
 import sys
@@ -22,6 +24,7 @@ import torch
 
 from diffusion_notes import pretrained
 from diffusion_notes.foundations.grids import make_grid
+from diffusion_notes.foundations.samplers import prepare_step
 from diffusion_notes.stable_diffusion import web_export
 from diffusion_notes.stable_diffusion.web_vocab import unknown_word_message, vocab_table
 
@@ -32,9 +35,9 @@ ROOT = Path(__file__).resolve().parents[2]
 ORT = ROOT / "_vendor" / "ort"
 ORT_FILES = ("ort.wasm.min.js", "ort-wasm-simd-threaded.mjs", "ort-wasm-simd-threaded.wasm")
 CHAPTER = ROOT / "_build" / "html" / "book" / "13_text_to_image.html"
-SETTINGS = [  # one per sampler, guided
+SETTINGS = [  # one per sampler, guided; step counts the page offers (web_export.WEB_STEPS)
     dict(prompt="a small red circle on the left", sampler="DDIM", steps=10, guidance=4.0, seed=0),
-    dict(prompt="a large blue square in the top right", sampler="Euler a", steps=12, guidance=5.0, seed=3),
+    dict(prompt="a large blue square in the top right", sampler="Euler a", steps=25, guidance=5.0, seed=3),
     dict(prompt="a green triangle to the left of a yellow star", sampler="DPM++ 2M", steps=15, guidance=3.0,
          seed=11),
 ]
@@ -152,14 +155,24 @@ def test_the_pages_noise_is_torchs(page):
 
 
 @pytest.mark.parametrize("sampler", ["ddim", "euler_a", "dpmpp_2m"])
-def test_the_pages_grids_are_make_grids(pipe, page, sampler):
-    for n in (1, 6, 25, 50):
+def test_the_page_steps_through_make_grid_and_prepare_step(pipe, page, sampler):
+    """The page's rows, by name, are prepare_step's coefficients rounded to float32 (NaN where not finite)."""
+    for n in web_export.WEB_STEPS:
         js = page.evaluate("""([s, n]) => diffusionNotesSD.load().then(m =>
-            diffusionNotesSD.makeGrid(s, n, m.config.schedule))""", [sampler, n])
+            diffusionNotesSD.table(m.config, s, n))""", [sampler, n])
         grid = make_grid(sampler, n, pipe.schedule)
-        np.testing.assert_array_equal(np.array(js["timesteps"], np.float64), grid.timesteps.double().numpy())
-        if grid.sigmas is not None:
-            np.testing.assert_allclose(js["sigmas"], grid.sigmas.numpy(), rtol=1e-14, atol=0)
+        step = prepare_step(sampler, grid, pipe.schedule, dtype=torch.float32)
+        assert js["timesteps"] == grid.timesteps.tolist() and js["draws_noise"] == step.draws_noise
+        assert len(js["rows"]) == len(step.coefficients) == n
+        for row, c in zip(js["rows"], step.coefficients):
+            assert set(row) == set(c._fields)
+            for name, v in c._asdict().items():
+                if isinstance(v, bool):
+                    assert row[name] is v
+                elif math.isfinite(v):
+                    assert row[name] == float(np.float32(v)), (n, name)
+                else:
+                    assert math.isnan(row[name]), (n, name)
 
 
 def test_without_guidance_the_unet_runs_on_the_caption_alone(pipe, page):
@@ -169,7 +182,8 @@ def test_without_guidance_the_unet_runs_on_the_caption_alone(pipe, page):
 
 
 @pytest.mark.parametrize("bad, words", [
-    (dict(steps=0), "steps must be an integer between 1 and 1000, got 0"),
+    (dict(steps=0), "steps must be one of 5, 10, 15, 25, 50 (the step counts this page has grids for), got 0"),
+    (dict(steps=12), "steps must be one of 5, 10, 15, 25, 50 (the step counts this page has grids for), got 12"),
     (dict(guidance=-1), "guidance scale must be a number >= 0, got -1"),
     (dict(sampler="Heun"), "sampler must be one of DDIM, Euler a, DPM++ 2M, got Heun"),
     (dict(seed=1.5), "seed must be an integer in [0, 2^32 - 1], got 1.5"),
@@ -192,7 +206,8 @@ def test_an_unknown_word_is_named_in_the_panel(pipe, page):
 def _click_and_read_canvas(page, o: dict) -> np.ndarray:
     page.fill(".dn-sd-prompt", o["prompt"])
     page.select_option(".dn-sd-sampler", o["sampler"])
-    for name in ("steps", "guidance", "seed"):
+    page.select_option(".dn-sd-steps", str(o["steps"]))
+    for name in ("guidance", "seed"):
         page.fill(f".dn-sd-{name}", str(o[name]))
     page.evaluate("() => { delete document.querySelector('.dn-sd-status').dataset.ms; }")
     page.click(".dn-sd-generate")
@@ -200,6 +215,12 @@ def _click_and_read_canvas(page, o: dict) -> np.ndarray:
     rgba = page.evaluate("() => Array.from(document.querySelector('.dn-sd-canvas').getContext('2d')"
                          ".getImageData(0, 0, 32, 32).data)")
     return np.array(rgba, dtype=np.uint8).reshape(32, 32, 4)[..., :3]
+
+
+def test_the_panels_steps_menu_offers_the_exported_step_counts(page):
+    offered = page.eval_on_selector_all(".dn-sd-steps option", "options => options.map(o => o.value)")
+    assert offered == [str(n) for n in web_export.WEB_STEPS]
+    assert page.input_value(".dn-sd-steps") == str(web_export.DEFAULTS["steps"])
 
 
 def test_the_panels_generate_button_draws_the_picture(pipe, page):

@@ -7,9 +7,11 @@
     vae_decoder.onnx    z (B, 4, 8, 8) scaled latents -> images (B, 3, 32, 32) in [0, 1], i.e.
                         (D(z / scale_factor) + 1) / 2 clamped: `LatentDiffusionPipeline.decode_latents`
     vocab.json          the tokenizer's table (`web_vocab`)
-    config.json         the schedule's alpha_bar, the scale factor, the latent shape, the page's defaults
+    config.json         the scale factor, the latent shape, the page's defaults, and for each of the
+                        page's samplers and step counts the sampling table (`sampling_table`): the
+                        grid, every step's coefficients, where noise is drawn, x_T's scale
     sd_page.js          the page's JavaScript (package data, `web/`): tokenizer, torch's randn,
-                        the DDIM, Euler a and DPM++ 2M loops of `foundations/`, guidance, the panel
+                        guidance, the DDIM, Euler a and DPM++ 2M updates reading the table, the panel
     index.html          the panel alone, for the folder served by itself next to onnxruntime-web in ../ort/
 
 B is dynamic (guidance runs the UNet on 2). Exported with torch's TorchScript exporter
@@ -20,6 +22,7 @@ B is dynamic (guidance runs the UNet on 2). Exported with torch's TorchScript ex
 from __future__ import annotations
 
 import json
+import math
 import shutil
 import warnings
 from pathlib import Path
@@ -28,7 +31,9 @@ import torch
 from torch import nn
 
 from diffusion_notes.data.tokenizer import tokenize
-from diffusion_notes.foundations.grids import DEFAULT_SPACING
+from diffusion_notes.foundations.grids import DEFAULT_SPACING, make_grid
+from diffusion_notes.foundations.samplers import init_noise_scale, prepare_step
+from diffusion_notes.foundations.schedules import Schedule
 from diffusion_notes.stable_diffusion.ldm import DEFAULT_GUIDANCE_SCALE
 from diffusion_notes.stable_diffusion.pipeline import DEFAULT_SAMPLER, LatentDiffusionPipeline
 from diffusion_notes.stable_diffusion.web_vocab import vocab_table
@@ -39,6 +44,8 @@ OPSET = 17
 TOLERANCE = 1e-4  # ONNX (onnxruntime) against torch, max |difference|
 # The page's samplers: web-UI name -> our name (`samplers.SAMPLER_ALIASES`).
 WEB_SAMPLERS = {"DDIM": "ddim", "Euler a": "euler_a", "DPM++ 2M": "dpmpp_2m"}
+# The page's step counts (its Steps menu): those of the chapter's live panel; each has a table.
+WEB_STEPS = (5, 10, 15, 25, 50)
 # The panel's starting settings: the pipeline's defaults.
 DEFAULTS = {"prompt": "a small red circle on the left", "steps": 25, "guidance": DEFAULT_GUIDANCE_SCALE, "seed": 0,
             "sampler": {ours: name for name, ours in WEB_SAMPLERS.items()}[DEFAULT_SAMPLER]}
@@ -93,8 +100,41 @@ def export_onnx_graphs(pipe: LatentDiffusionPipeline, out: Path) -> None:
     _export(pipe.decode_latents, [pipe.vae], (x,), out / "vae_decoder.onnx", ["z"], ["images"])
 
 
+def _finite(v):
+    """A coefficient for JSON: a float, or None where it is not finite (DPM++ 2M's unused 1 / (2 r) at its ends)."""
+    return v if isinstance(v, bool) or math.isfinite(v) else None
+
+
+def sampling_table(sampler: str, n: int, schedule: Schedule) -> dict:
+    """What `samplers.sample` computes before its loop, for one sampler and step count, as JSON.
+
+    timesteps: as the model gets them (ints, or Euler's fractional float32 values); sigmas: (n + 1,)
+    or None (DDIM); coefficients: n rows of `prepare_step`'s floats (float64, or float32 for DDIM, as
+    x's dtype makes them), in the order of `sampling_fields`; draws_noise: n booleans;
+    init_noise_scale: x_T = z * scale. The page rounds every coefficient to float32 when it reads it,
+    as torch does when it multiplies a float32 tensor by a Python float.
+    """
+    grid = make_grid(sampler, n, schedule)
+    step = prepare_step(sampler, grid, schedule, dtype=torch.float32)
+    return {"timesteps": grid.timesteps.tolist(),
+            "sigmas": None if grid.sigmas is None else grid.sigmas.tolist(),
+            "coefficients": [[_finite(v) for v in c] for c in step.coefficients],
+            "draws_noise": step.draws_noise,
+            "init_noise_scale": init_noise_scale(sampler, None, grid)}
+
+
+def sampling_fields(sampler: str, schedule: Schedule) -> list[str]:
+    """The names of `sampler`'s coefficients, the columns of its tables' rows."""
+    return list(prepare_step(sampler, make_grid(sampler, 1, schedule), schedule).coefficients[0]._fields)
+
+
 def page_config(pipe: LatentDiffusionPipeline) -> dict:
-    """config.json: what the page's sampler loop needs to follow `samplers.sample` step for step."""
+    """config.json: what the page's loop needs to follow `samplers.sample` step for step.
+
+    sampling.tables[sampler][str(n)] is `sampling_table(sampler, n)` for each of `WEB_SAMPLERS` and
+    `WEB_STEPS`; sampling.fields[sampler] names the coefficients' columns. The schedule is kept for
+    the record: the page reads only the tables.
+    """
     c, s = pipe.unet.config, pipe.schedule
     return {
         "model": "stable_diffusion",
@@ -110,6 +150,11 @@ def page_config(pipe: LatentDiffusionPipeline) -> dict:
         "spacing": {name: DEFAULT_SPACING[name] for name in WEB_SAMPLERS.values()},
         "ddim": {"eta": 0.0, "set_alpha_to_one": True, "steps_offset": 0},
         "defaults": DEFAULTS,
+        "sampling": {
+            "steps": list(WEB_STEPS),
+            "fields": {ours: sampling_fields(ours, s) for ours in WEB_SAMPLERS.values()},
+            "tables": {ours: {str(n): sampling_table(ours, n, s) for n in WEB_STEPS} for ours in WEB_SAMPLERS.values()},
+        },
     }
 
 
@@ -122,7 +167,7 @@ def export_onnx(pipe: LatentDiffusionPipeline, out_dir) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     export_onnx_graphs(pipe, out)
     (out / "vocab.json").write_text(json.dumps(vocab_table(pipe.clip.text.vocabulary.tolist()), indent=1) + "\n")
-    (out / "config.json").write_text(json.dumps(page_config(pipe), indent=1) + "\n")
+    (out / "config.json").write_text(json.dumps(page_config(pipe), indent=1, allow_nan=False) + "\n")
     for name in PAGE_FILES:
         shutil.copyfile(WEB_DIR / name, out / name)
     (out / "index.html").write_text(standalone_page())

@@ -8,24 +8,25 @@
  * It follows the Python pipeline step for step (LatentDiffusionPipeline with the same settings):
  *   tokens    the table of vocab.json (web_vocab.py, its Python twin); "" is the unconditional caption
  *   noise     torch's CPU torch.randn: mt19937 + torch's Box-Muller normal_fill (tests/web_noise.py,
- *             its Python twin): seed N here is torch.Generator().manual_seed(N) there, the same draws in
- *             the same order (x_T first, then Euler a's noise after each UNet call)
- *   grids     foundations/grids.py make_grid: DDIM "leading", Euler a float32 "linspace" with
- *             sigmas interpolated in t, DPM++ 2M linspace over n + 1 points, rounded
- *   steps     foundations/sampler_steps.py: ddim_update (eta 0), euler_update with sigma_up,
- *             dpmpp_2m_update; coefficients as prepare_step makes them, each tensor
- *             operation rounded to float32 as torch computes it
+ *             its Python twin): seed N here is torch.Generator().manual_seed(N) there, the same draws
+ *             in the same order (x_T first, then Euler a's noise after each UNet call)
+ *   tables    config.json's sampling (web_export.sampling_table): for each sampler and step count the
+ *             page offers, make_grid's timesteps, prepare_step's coefficients, where noise is drawn
+ *             and init_noise_scale, all computed in Python; the page computes none of them
+ *   steps     foundations/sampler_steps.py: ddim_update, euler_update with sigma_up, dpmpp_2m_update,
+ *             each reading its coefficients by name, rounded to float32 as torch multiplies a float32
+ *             tensor by a Python float, each tensor operation rounded to float32 as torch computes it
  *   guidance  foundations/guidance.py: one UNet call on [x, x] with [cond; uncond] states,
  *             eps = eps_uncond + s (eps_cond - eps_uncond); none when s = 1
  *
  * API (for tests and the benchmark): window.diffusionNotesSD
  *   .load(modelUrl?)                    -> Promise<model>  (cached; default: this script's folder)
- *   .generate({prompt, sampler, steps, guidance, seed, model?})
+ *   .generate({prompt, sampler, steps, guidance, seed, model?})   steps: one of config.sampling.steps
  *                                       -> Promise<{pixels: Uint8ClampedArray (32*32*3 RGB, row
  *                                          major), width, height, ms, latents: Float32Array}>
  *   .tokenize(text, vocab)              -> 77 open_clip ids; throws naming an unknown word
  *   .randn(seed, n)                     -> Float32Array: torch.randn(n, generator=manual_seed(seed))
- *   .TorchGenerator, .makeGrid          the pieces, for tests
+ *   .TorchGenerator, .table             the pieces, for tests
  */
 (function () {
   "use strict";
@@ -111,92 +112,49 @@
     return ids;
   }
 
-  // ---- grids: foundations/grids.py make_grid -------------------------------------------------
-  function roundHalfEven(x) {
-    const r = Math.round(x);
-    return (Math.abs(x % 1) === 0.5 && r % 2 !== 0) ? r - 1 : r;
-  }
-  function linspace(stop, num) {  // numpy's linspace(0, stop, num): i * (stop / (num - 1)), the last = stop
-    if (num === 1) return [0];
-    const step = stop / (num - 1), y = [];
-    for (let i = 0; i < num; i++) y.push(i * step);
-    y[num - 1] = stop;
-    return y;
-  }
-  function interp(t, table) {  // numpy's interp(t, arange(T), table)
-    const j = Math.floor(t);
-    if (j >= table.length - 1) return table[table.length - 1];
-    return (table[j + 1] - table[j]) * (t - j) + table[j];
-  }
-  function makeGrid(sampler, n, schedule) {
-    const T = schedule.num_train_timesteps;
-    if (!Number.isInteger(n) || n < 1 || n > T) {
-      throw new Error(`steps must be an integer between 1 and ${T}, got ${n}`);
+  // ---- the sampler's table: config.json's sampling, written by web_export.sampling_table -----
+  function table(config, sampler, steps) {  // {timesteps, rows, draws_noise, init_noise_scale}
+    const sampling = config.sampling, fields = sampling.fields[sampler];
+    if (!sampling.steps.includes(steps)) {
+      throw new Error(`steps must be one of ${sampling.steps.join(", ")} (the step counts this page has ` +
+        `grids for), got ${steps}`);
     }
-    if (sampler === "ddim") {  // "leading": 0, k, 2k, ... with k = T // n, reversed
-      const k = Math.floor(T / n);
-      return { timesteps: Array.from({ length: n }, (_, i) => (n - 1 - i) * k), sigmas: null };
-    }
-    let timesteps;
-    if (sampler === "euler_a") timesteps = linspace(T - 1, n).map(f).reverse();  // float32, not rounded
-    else if (sampler === "dpmpp_2m") timesteps = linspace(T - 1, n + 1).map(roundHalfEven).reverse().slice(0, n);
-    else throw new Error(`sampler must be one of ${Object.keys(SAMPLERS).join(", ")}, got ${sampler}`);
-    const table = schedule.sigmas;
-    return { timesteps, sigmas: [...timesteps.map((t) => interp(t, table)), 0] };
+    const t = sampling.tables[sampler][String(steps)];
+    const rows = t.coefficients.map((row) => Object.fromEntries(fields.map((name, j) =>  // null: not finite
+      [name, typeof row[j] === "boolean" ? row[j] : f(row[j] === null ? NaN : row[j])])));  // float32, as torch
+    return { ...t, rows };
   }
 
-  // ---- steps: foundations/sampler_steps.py, coefficients as samplers.prepare_step ------------
-  const vpScale = (sigma) => 1 / Math.sqrt(1 + sigma * sigma);  // sqrt(alpha_bar)
-  function prepare(sampler, grid, schedule) {
-    const t = grid.timesteps, n = t.length, ab = schedule.alphas_cumprod, out = [];
-    for (let i = 0; i < n; i++) {
-      if (sampler === "ddim") {  // ddim_coefficients in float32, eta = 0, alpha_bar_{-1} = 1
-        const a = f(ab[t[i]]), aPrev = i + 1 < n ? f(ab[t[i + 1]]) : 1;
-        out.push({ sqrtAlphaBar: f(Math.sqrt(a)), sqrtOneMinus: f(Math.sqrt(f(1 - a))),
-          sqrtAlphaBarPrev: f(Math.sqrt(aPrev)), coefEps: f(Math.sqrt(f(1 - aPrev))) });
-        continue;
-      }
-      const s = grid.sigmas[i], sp = grid.sigmas[i + 1];
-      if (sampler === "euler_a") {  // euler_ancestral_coefficients, float64
-        const up = Math.sqrt(sp * sp * (s * s - sp * sp) / (s * s)), down = Math.sqrt(sp * sp - up * up);
-        out.push({ sigma: s, dt: down - s, scale: vpScale(s), scalePrev: vpScale(sp), sigmaUp: up });
-      } else {  // dpmpp_2m_coefficients, float64
-        const alpha = vpScale(s), alphaPrev = vpScale(sp), lambda = -Math.log(s);
-        const lambdaLast = i === 0 ? NaN : -Math.log(grid.sigmas[i - 1]);
-        const h = -Math.log(sp) - lambda, r = (lambda - lambdaLast) / h;
-        out.push({ alpha, sigmaVp: s * alpha, ratio: sp / s * alphaPrev / alpha, phi: alphaPrev * Math.expm1(-h),
-          halfOverR: 0.5 / r, last: sp === 0 });
-      }
-    }
-    return out.map((c) => Object.fromEntries(Object.entries(c).map(([k, v]) => [k, typeof v === "number" ? f(v) : v])));
-  }
-  function ddimUpdate(x, eps, c) {  // x0 = (x - sqrt(1 - a) eps) / sqrt(a); x' = sqrt(a') x0 + sqrt(1 - a') eps
+  // ---- steps: foundations/sampler_steps.py's updates, each rounded to float32 as torch computes it ---
+  function ddimUpdate(x, eps, c, noise) {  // x0 = (x - sqrt(1 - a) eps) / sqrt(a); x' = sqrt(a') x0 + coef_eps eps
     return x.map((xi, k) => {
-      const x0 = f(f(xi - f(c.sqrtOneMinus * eps[k])) / c.sqrtAlphaBar);
-      return f(f(c.sqrtAlphaBarPrev * x0) + f(c.coefEps * eps[k]));
+      const x0 = f(f(xi - f(c.sqrt_one_minus_alpha_bar * eps[k])) / c.sqrt_alpha_bar);
+      const xPrev = f(f(c.sqrt_alpha_bar_prev * x0) + f(c.coef_eps * eps[k]));
+      return noise ? f(xPrev + f(c.std * noise[k])) : xPrev;
     });
   }
-  function eulerAncestralUpdate(x, eps, c, noise) {  // in x_sigma = x / sqrt(alpha_bar): down to sigma_down, noise up
+  function eulerUpdate(x, eps, c, noise) {  // in x_sigma = x / sqrt(alpha_bar): down to sigma_down, noise up
     return x.map((xi, k) => {
       const xs = f(xi / c.scale), x0 = f(xs - f(c.sigma * eps[k]));
       const d = f(f(xs - x0) / c.sigma);
-      const xsPrev = f(f(xs + f(c.dt * d)) + f(c.sigmaUp * noise[k]));
-      return f(xsPrev * c.scalePrev);
+      const xsPrev = f(xs + f(c.dt * d));
+      return f((noise ? f(xsPrev + f(c.sigma_up * noise[k])) : xsPrev) * c.scale_prev);
     });
   }
-  function dpmUpdate(x, eps, c, state) {  // D = x0 + (x0 - x0_last) / (2 r); x' = ratio x - phi D
-    const x0 = x.map((xi, k) => f(f(xi - f(c.sigmaVp * eps[k])) / c.alpha));
+  function dpmUpdate(x, eps, c, noise, state) {  // D = x0 + (x0 - x0_last) / (2 r); x' = ratio x - phi D
+    const x0 = x.map((xi, k) => f(f(xi - f(c.sigma_vp * eps[k])) / c.alpha));
     const last = state.x0Last;
     state.x0Last = x0;
     if (c.last) return x0;
     return x.map((xi, k) => {
-      const D = last === null ? x0[k] : f(x0[k] + f(c.halfOverR * f(x0[k] - last[k])));
+      const D = last === null ? x0[k] : f(x0[k] + f(c.half_over_r * f(x0[k] - last[k])));
       return f(f(c.ratio * xi) - f(c.phi * D));
     });
   }
+  const UPDATES = { ddim: ddimUpdate, euler_a: eulerUpdate, dpmpp_2m: dpmUpdate };
 
   // ---- the model: three ONNX sessions ---------------------------------------------------------
-  const models = {};
+  const models = {}, configs = {};
   function ortReady(ortUrl) {
     if (typeof ort === "undefined") {
       throw new Error(`onnxruntime-web did not load (expected at ${ortUrl}ort.wasm.min.js; run make vendor)`);
@@ -210,6 +168,12 @@
     if (!response.ok) throw new Error(`${url}: HTTP ${response.status}`);
     return response.json();
   }
+  function loadConfig(modelUrl) {  // config.json, fetched once per folder (a failed fetch may be retried)
+    if (!configs[modelUrl]) {
+      configs[modelUrl] = fetchJson(modelUrl + "config.json").catch((err) => { delete configs[modelUrl]; throw err; });
+    }
+    return configs[modelUrl];
+  }
   function load(modelUrl = MODEL_URL, ortUrl = DEFAULT_ORT_URL) {
     modelUrl = new URL(modelUrl, document.baseURI).href;
     if (!models[modelUrl]) {
@@ -221,29 +185,24 @@
   async function loadModel(modelUrl, ortUrl) {
     const start = performance.now();
     const rt = ortReady(ortUrl);
-    const config = await fetchJson(modelUrl + "config.json");
+    const config = await loadConfig(modelUrl);
     const vocab = await fetchJson(modelUrl + config.files.vocab);
     const options = { executionProviders: ["wasm"], graphOptimizationLevel: "all" };
     const session = (name) => rt.InferenceSession.create(modelUrl + config.files[name], options);
     const [text, unet, vae] = await Promise.all([session("text_encoder"), session("unet"), session("vae_decoder")]);
-    const ab = config.schedule.alphas_cumprod;
-    config.schedule.sigmas = ab.map((a) => Math.sqrt((1 - a) / a));  // sigma_t = sqrt((1 - alpha_bar) / alpha_bar)
     return { config, vocab, text, unet, vae, loadMs: performance.now() - start };
   }
 
   // ---- one image ------------------------------------------------------------------------------
-  function checkOptions(o, config) {  // the pipeline's checks, in its words
+  function checkOptions(o, config) {  // the pipeline's checks, in its words; the sampler and its table
     const sampler = SAMPLERS[o.sampler] || (Object.values(SAMPLERS).includes(o.sampler) ? o.sampler : null);
-    const T = config.schedule.num_train_timesteps;
     if (!sampler) throw new Error(`sampler must be one of ${Object.keys(SAMPLERS).join(", ")}, got ${o.sampler}`);
-    if (!(Number.isInteger(o.steps) && o.steps >= 1 && o.steps <= T)) {
-      throw new Error(`steps must be an integer between 1 and ${T}, got ${o.steps}`);
-    }
+    const grid = table(config, sampler, o.steps);
     if (!(Number.isFinite(o.guidance) && o.guidance >= 0)) {
       throw new Error(`guidance scale must be a number >= 0, got ${o.guidance}`);
     }
     new TorchGenerator(o.seed);  // checks the seed
-    return sampler;
+    return { sampler, grid };
   }
   async function encode(model, prompts) {  // (B, 77) ids -> (B, 77, D_c) token states
     const ids = BigInt64Array.from(prompts.flatMap((p) => tokenize(p, model.vocab)), BigInt);
@@ -264,23 +223,16 @@
   async function generate(o = {}) {
     const model = await load(o.model || MODEL_URL);
     const opts = { ...model.config.defaults, ...o };
-    const sampler = checkOptions(opts, model.config);
+    const { sampler, grid } = checkOptions(opts, model.config), update = UPDATES[sampler];
     const start = performance.now();
     const states = await encode(model, opts.guidance === 1 ? [opts.prompt] : [opts.prompt, ""]);
-    const schedule = model.config.schedule, grid = makeGrid(sampler, opts.steps, schedule);
-    const coefficients = prepare(sampler, grid, schedule);
     const generator = new TorchGenerator(opts.seed), n = model.config.latent_shape.reduce((a, b) => a * b);
-    let x = generator.randn(n);  // x_T ~ N(0, I), in the DDPM scale
-    if (sampler === "euler_a") {  // samplers.init_noise_scale: sigma_max / sqrt(1 + sigma_max^2)
-      const scale = f(grid.sigmas[0] * vpScale(grid.sigmas[0]));
-      x = x.map((v) => f(v * scale));
-    }
+    let x = generator.randn(n);  // x_T ~ N(0, I), in the DDPM scale, times init_noise_scale
+    if (grid.init_noise_scale !== 1) x = x.map((v) => f(v * f(grid.init_noise_scale)));
     const state = { x0Last: null };
-    for (let i = 0; i < grid.timesteps.length; i++) {
+    for (let i = 0; i < grid.timesteps.length; i++) {  // samplers.loop
       const eps = await guidedEps(model, x, grid.timesteps[i], states, opts.guidance);
-      if (sampler === "ddim") x = ddimUpdate(x, eps, coefficients[i]);
-      else if (sampler === "euler_a") x = eulerAncestralUpdate(x, eps, coefficients[i], generator.randn(n));
-      else x = dpmUpdate(x, eps, coefficients[i], state);
+      x = update(x, eps, grid.rows[i], grid.draws_noise[i] ? generator.randn(n) : null, state);
     }
     const z = new ort.Tensor("float32", x, [1, ...model.config.latent_shape]);
     const images = (await model.vae.run({ z })).images.data;  // (1, 3, 32, 32) in [0, 1]
@@ -296,23 +248,29 @@
 .dn-sd-panel label{display:inline-block;margin:0 12px 8px 0}.dn-sd-panel input[type=text]{width:26em}
 .dn-sd-panel input[type=number]{width:5em}.dn-sd-canvas{width:256px;height:256px;image-rendering:pixelated;
 border:1px solid #ddd;display:block;margin:8px 0;background:#f4f4f4}.dn-sd-error{color:#b00020}`;
-  const PANEL_DEFAULTS = { prompt: "a small red circle on the left", sampler: "DPM++ 2M", steps: 25, guidance: 4, seed: 0 };
-  function controls(d) {
+  function controls(d, steps) {  // d: config.json's defaults; steps: the step counts with tables
     const field = (label, html) => `<label>${label} ${html}</label>`;
-    const options = Object.keys(SAMPLERS).map((s) => `<option${s === d.sampler ? " selected" : ""}>${s}</option>`);
+    const menu = (values, value) => values.map((v) => `<option${v === value ? " selected" : ""}>${v}</option>`)
+      .join("");
     return field("Caption", `<input type="text" class="dn-sd-prompt" value="${d.prompt}">`) + "<br>" +
-      field("Sampler", `<select class="dn-sd-sampler">${options.join("")}</select>`) +
-      field("Steps", `<input type="number" class="dn-sd-steps" min="1" max="200" value="${d.steps}">`) +
+      field("Sampler", `<select class="dn-sd-sampler">${menu(Object.keys(SAMPLERS), d.sampler)}</select>`) +
+      field("Steps", `<select class="dn-sd-steps">${menu(steps, d.steps)}</select>`) +
       field("Guidance", `<input type="number" class="dn-sd-guidance" min="0" max="20" step="0.5" value="${d.guidance}">`) +
       field("Seed", `<input type="number" class="dn-sd-seed" min="0" value="${d.seed}">`) +
       `<button type="button" class="dn-sd-generate">Generate</button>` +
       `<canvas class="dn-sd-canvas" width="32" height="32"></canvas><div class="dn-sd-status">Press Generate: the ` +
       `model (16 MB) and onnxruntime (14 MB) load once, then the picture is computed in this browser, no server.</div>`;
   }
-  function build(panel) {
-    panel.innerHTML = controls(PANEL_DEFAULTS);
+  async function build(panel) {
+    const modelUrl = new URL(panel.dataset.model || MODEL_URL, document.baseURI).href;
+    try {
+      const config = await loadConfig(modelUrl);
+      panel.innerHTML = controls(config.defaults, config.sampling.steps);
+    } catch (err) {
+      panel.innerHTML = `<p class="dn-sd-error">The model's files did not load: ${err.message}</p>`;
+      return;
+    }
     const q = (name) => panel.querySelector(".dn-sd-" + name), button = q("generate"), status = q("status");
-    const modelUrl = panel.dataset.model || MODEL_URL;
     button.addEventListener("click", async () => {
       button.disabled = true;
       status.className = "dn-sd-status";
@@ -358,7 +316,7 @@ border:1px solid #ddd;display:block;margin:8px 0;background:#f4f4f4}.dn-sd-error
       } else build(panel);
     }
   }
-  window.diffusionNotesSD = { load, generate, tokenize, randn, TorchGenerator, makeGrid, unknownWordMessage, scan,
+  window.diffusionNotesSD = { load, generate, tokenize, randn, TorchGenerator, table, unknownWordMessage, scan,
     modelUrl: MODEL_URL };
   if (document.readyState === "loading") document.addEventListener("DOMContentLoaded", scan);
   else scan();

@@ -88,7 +88,8 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("repeats", nargs="?", type=int, default=5)
     parser.add_argument("--sampler", default="DPM++ 2M", choices=list(web_export.WEB_SAMPLERS))
-    parser.add_argument("--steps", type=int, default=25)
+    parser.add_argument("--steps", type=int, default=25, choices=list(web_export.WEB_STEPS),
+                        help="a step count the page has grids for")
     parser.add_argument("--guidance", type=float, default=5.0)
     parser.add_argument("--prompt", default="a small red circle on the left")
     args = parser.parse_args(argv)

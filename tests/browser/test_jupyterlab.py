@@ -25,6 +25,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+from playwright.sync_api import expect
 
 ROOT = Path(__file__).resolve().parents[2]
 CHAPTER = "03_guidance.ipynb"
@@ -181,6 +182,38 @@ class KernelWatch:
         self._thread.join(5)
 
 
+NUMBER = re.compile(r"^\s*-?\d+(\.\d+)?\s*$")
+
+
+def _number_shown(page, readout, timeout_s: float = 60) -> float:
+    """The readout's value once it shows a number: ipywidgets redraws the readout, which is empty meanwhile.
+
+    The text is read once per try and parsed from that same read, so a redraw between a check and a
+    read cannot hand back an empty string.
+    """
+    deadline, seen = time.monotonic() + timeout_s, None
+    while time.monotonic() < deadline:
+        seen = readout.inner_text()
+        if NUMBER.match(seen):
+            return float(seen)
+        page.wait_for_timeout(100)
+    raise AssertionError(f"the slider's readout showed no number for {timeout_s:.0f} s (last: {seen!r})")
+
+
+def _settled_src(page, picture, quiet_ms: int = 1500, timeout_s: float = 120) -> str:
+    """The picture's src once it has not changed for `quiet_ms`: the last of the kernel's redraws."""
+    deadline = time.monotonic() + timeout_s
+    src, since = picture.get_attribute("src"), time.monotonic()
+    while time.monotonic() < deadline:
+        page.wait_for_timeout(250)
+        now = picture.get_attribute("src")
+        if now != src:
+            src, since = now, time.monotonic()
+        elif src and (time.monotonic() - since) * 1000 >= quiet_ms:
+            return src
+    raise AssertionError(f"the panel's picture kept changing (or had no src) for {timeout_s:.0f} s")
+
+
 def _news_prompts(page) -> list:
     texts = page.locator(".Toastify__toast").all_inner_texts()
     return [t for t in texts if re.search(r"news|newer version|update", t, re.IGNORECASE)]
@@ -230,8 +263,8 @@ def test_guidance_panel_redraws_in_jupyterlab(lab, offline_page, tmp_path):
         picture.scroll_into_view_if_needed()
         picture.wait_for(state="visible")
         readout = slider.locator(".widget-readout")
-        before_value = readout.inner_text().strip()
-        before_src = picture.get_attribute("src")
+        before_value = _number_shown(page, readout)
+        before_src = _settled_src(page, picture)
         before_digest = picture.evaluate(IMAGE_DIGEST_JS)
 
         moved_at = time.monotonic()
@@ -240,15 +273,15 @@ def test_guidance_panel_redraws_in_jupyterlab(lab, offline_page, tmp_path):
         for _ in range(3):
             handle.press("ArrowRight")
             page.wait_for_timeout(300)
-        page.wait_for_function(
-            "([img, src]) => img.getAttribute('src') !== src", arg=[picture.element_handle(), before_src],
-            timeout=120_000)
+        # wait for the picture of the last value: a new src, the kernel idle, and no redraw for a while;
+        # then for the readout, which ipywidgets re-renders (empty meanwhile), to show a number
+        expect(picture).not_to_have_attribute("src", before_src, timeout=120_000)
         watch.wait_idle(120, since=moved_at)
-        after_value = readout.inner_text().strip()
+        _settled_src(page, picture)
+        after_value = _number_shown(page, readout)
+        assert after_value > before_value, f"the guidance slider did not move: {before_value} -> {after_value}"
         after_digest = picture.evaluate(IMAGE_DIGEST_JS)
 
-        assert after_value != before_value and float(after_value) > float(before_value), \
-            f"the guidance slider did not move: {before_value} -> {after_value}"
         assert after_digest != before_digest, "the panel's picture did not change after the slider moved"
         states = watch.states_since(moved_at)
         assert "busy" in states, "the kernel never went busy after the slider moved: who drew the picture?"

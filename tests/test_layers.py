@@ -17,19 +17,20 @@ PACKAGE = "diffusion_notes"
 SRC = Path(__file__).resolve().parents[1] / "src" / PACKAGE
 
 # layer -> the layers it may import (besides itself). Each module's layer is its folder, or its own name.
-BASE = {"device", "checkpoint", "report", "viz", "data", "nn"}
+BASE = {"device", "rng", "checkpoint", "report", "viz", "data", "nn"}
 MAY_IMPORT = {
     "package": set(),  # diffusion_notes/__init__.py: the version, nothing else
     "device": set(),
+    "rng": {"device"},  # seeds per training step and per-item draws; `randn` draws on the CPU
     "checkpoint": set(),
     "report": set(),
     "viz": set(),
     "data": set(),
     "nn": set(),
     "evaluation": {"data", "nn", "device"},
-    "foundations": {"device", "nn"},  # Part I
-    "unclip": {"foundations", "nn", "data", "device", "evaluation", "viz"},  # Part II
-    "stable_diffusion": {"foundations", "nn", "data", "device", "evaluation", "viz"},  # Part III
+    "foundations": {"device", "rng", "nn"},  # Part I
+    "unclip": {"foundations", "nn", "data", "device", "rng", "evaluation", "viz"},  # Part II
+    "stable_diffusion": {"foundations", "nn", "data", "device", "rng", "evaluation", "viz"},  # Part III
     "practice": BASE | {"evaluation", "foundations", "unclip", "stable_diffusion"},  # Part IV
     "pretrained": {"checkpoint", "device", "data", "nn", "evaluation", "foundations", "unclip", "stable_diffusion",
                    "practice"},  # Part IV's models too (LoRAs, embeddings, ControlNets); practice never imports it
@@ -160,7 +161,7 @@ def test_the_folders_read_like_the_table_of_contents():
     assert folders == {"foundations", "unclip", "stable_diffusion", "practice", "nn", "data", "evaluation",
                        "training", "viz", "weights"}
     top = {p.stem for p in SRC.glob("*.py")}
-    assert top == {"__init__", "__main__", "checkpoint", "device", "pretrained", "report"}
+    assert top == {"__init__", "__main__", "checkpoint", "device", "pretrained", "report", "rng"}
 
 
 def test_no_flat_shims_are_left_at_the_old_paths():

@@ -14,16 +14,16 @@ from pathlib import Path
 import pytest
 
 PACKAGE = "diffusion_notes"
+BOOK_TOOLS = "diffusion_book"  # the chapters' helpers (src/diffusion_book): beside the library, never under it
 SRC = Path(__file__).resolve().parents[1] / "src" / PACKAGE
 
 # layer -> the layers it may import (besides itself). Each module's layer is its folder, or its own name.
-BASE = {"device", "rng", "checkpoint", "report", "viz", "data", "nn"}
+BASE = {"device", "rng", "checkpoint", "viz", "data", "nn"}
 MAY_IMPORT = {
     "package": set(),  # diffusion_notes/__init__.py: the version, nothing else
     "device": set(),
     "rng": {"device"},  # seeds per training step and per-item draws; `randn` draws on the CPU
     "checkpoint": set(),
-    "report": set(),
     "viz": set(),
     "data": set(),
     "nn": set(),
@@ -161,7 +161,7 @@ def test_the_folders_read_like_the_table_of_contents():
     assert folders == {"foundations", "unclip", "stable_diffusion", "practice", "nn", "data", "evaluation",
                        "training", "viz", "weights"}
     top = {p.stem for p in SRC.glob("*.py")}
-    assert top == {"__init__", "__main__", "checkpoint", "device", "pretrained", "report", "rng"}
+    assert top == {"__init__", "__main__", "checkpoint", "device", "pretrained", "rng"}
 
 
 def test_no_flat_shims_are_left_at_the_old_paths():
@@ -170,6 +170,26 @@ def test_no_flat_shims_are_left_at_the_old_paths():
            "unclip", "unclip_pipeline", "unclip_eval", "vae", "ldm", "cost", "pipeline", "ldm_eval", "recipes",
            "train", "widgets"]
     assert [name for name in old if (SRC / f"{name}.py").exists()] == []
+
+
+def book_tool_imports(root: Path) -> list[str]:
+    """'module (line n)' for every import of the book's tools (`diffusion_book`) in the package in `root`."""
+    found = []
+    for path in sorted(root.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+            if isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.level == 0:
+                names = [node.module or ""]
+            else:
+                continue
+            if any(n == BOOK_TOOLS or n.startswith(BOOK_TOOLS + ".") for n in names):
+                found.append(f"{module_name(path, root)} (line {node.lineno})")
+    return found
+
+
+def test_the_library_never_imports_the_book_s_tools():
+    assert book_tool_imports(SRC) == []
 
 
 def test_only_training_and_the_shelf_know_the_shipped_weights(graph):
@@ -225,6 +245,15 @@ def test_the_checker_finds_a_circle_through_a_function_level_import(tmp_path):
         "unclip/c.py": "from . import a\n",
     })
     assert circles(import_graph(root)) == [["diffusion_notes.unclip.a", "diffusion_notes.unclip.b"]]
+
+
+def test_the_checker_finds_the_book_s_tools_imported_in_the_library(tmp_path):
+    root = _tree(tmp_path, {
+        "report.py": "def f():\n    from diffusion_book.report import live\n",
+        "viz/figures.py": "import diffusion_book\n",
+        "viz/panels.py": "import diffusion_booklet\n",
+    })
+    assert book_tool_imports(root) == ["diffusion_notes.report (line 2)", "diffusion_notes.viz.figures (line 1)"]
 
 
 def test_the_checker_keeps_parts_two_and_three_apart(tmp_path):

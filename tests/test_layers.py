@@ -3,7 +3,7 @@
 Every import of the package is read with `ast`, the ones written inside functions too, and held
 against the table below (README, "The library at a glance"). A part never fetches its frozen
 models from the shelf: CLIP, the autoencoder and the classifier are arguments, and only
-`training/` and `pretrained.py` know the shipped weights.
+`training/`, `pretrained.py` and the web UI's launcher know the shipped weights.
 """
 
 from __future__ import annotations
@@ -33,11 +33,15 @@ MAY_IMPORT = {
     "stable_diffusion": {"foundations", "nn", "data", "device", "rng", "evaluation", "viz"},  # Part III
     "practice": BASE | {"evaluation", "foundations", "unclip", "stable_diffusion"},  # Part IV
     "pretrained": {"checkpoint", "device", "data", "nn", "evaluation", "foundations", "unclip", "stable_diffusion",
-                   "practice"},  # Part IV's models too (LoRAs, embeddings, ControlNets); practice never imports it
+                   "practice"},  # Part IV's models too (LoRAs, embeddings, ControlNets); only webui.launch imports it
     "training": BASE | {"evaluation", "foundations", "unclip", "stable_diffusion", "practice", "pretrained"},
     "__main__": BASE | {"evaluation", "foundations", "unclip", "stable_diffusion", "practice", "pretrained",
                         "training"},
 }
+MAY_IMPORT["launcher"] = MAY_IMPORT["practice"] | {"practice", "pretrained"}  # the web UI's start: asks the shelf
+MAY_IMPORT["__main__"] |= {"launcher"}
+# Modules that are a layer of their own, apart from their folder's.
+OWN_LAYER = {f"{PACKAGE}.practice.webui.launch": "launcher"}
 EVERYONE_MAY_IMPORT = {"package"}  # `from diffusion_notes import __version__`
 
 
@@ -47,6 +51,8 @@ def module_name(path: Path, root: Path) -> str:
 
 
 def layer_of(module: str) -> str:
+    if module in OWN_LAYER:
+        return OWN_LAYER[module]
     parts = module.split(".")
     return "package" if len(parts) == 1 else parts[1]
 
@@ -194,7 +200,7 @@ def test_the_library_never_imports_the_book_s_tools():
 
 def test_only_training_and_the_shelf_know_the_shipped_weights(graph):
     for module, edges in graph.items():
-        if layer_of(module) in ("pretrained", "training", "__main__"):
+        if layer_of(module) in ("pretrained", "training", "__main__", "launcher"):
             continue
         assert f"{PACKAGE}.pretrained" not in edges, module
         assert not any(t.startswith(f"{PACKAGE}.training") for t in edges), module
@@ -254,6 +260,20 @@ def test_the_checker_finds_the_book_s_tools_imported_in_the_library(tmp_path):
         "viz/panels.py": "import diffusion_booklet\n",
     })
     assert book_tool_imports(root) == ["diffusion_notes.report (line 2)", "diffusion_notes.viz.figures (line 1)"]
+
+
+def test_only_the_launcher_of_the_web_ui_may_ask_the_shelf(tmp_path):
+    root = _tree(tmp_path, {
+        "pretrained.py": "",
+        "practice/webui/launch.py": "from diffusion_notes import pretrained\n",
+        "practice/webui/app.py": "from diffusion_notes.practice.webui import launch\n",
+        "practice/webui/state.py": "from diffusion_notes import pretrained\n",
+    })
+    assert violations(import_graph(root)) == [
+        "diffusion_notes.practice.webui.app (line 1) -> diffusion_notes.practice.webui.launch: "
+        "practice may not import launcher",
+        "diffusion_notes.practice.webui.state (line 1) -> diffusion_notes.pretrained: "
+        "practice may not import pretrained"]
 
 
 def test_the_checker_keeps_parts_two_and_three_apart(tmp_path):

@@ -1,4 +1,4 @@
-"""The chapters' stored outputs say only what survives another CPU (see report.py and the README).
+"""The chapters' stored outputs say only what survives another CPU (see diffusion_book/report.py and the README).
 
 A cell whose output is not compared (tagged `nbval-ignore-output`) must still be checked: either the
 next code cell asserts the claims the prose reads off it (`check(...)`), or all it prints is timings.

@@ -120,3 +120,24 @@ def test_a_missing_init_image_is_a_one_line_error(tmp_path, capsys):
                  "--out", str(tmp_path / "x.png")]) == 2
     err = capsys.readouterr().err
     assert "nowhere.png" in err and len(err.strip().splitlines()) == 1
+
+
+def test_webui_builds_its_state_from_the_shelf_and_the_user_s_folders(tmp_path, monkeypatch, one_thread):
+    import diffusion_notes.practice.webui.app as app
+
+    served = {}
+    monkeypatch.setattr(app, "create_app", lambda state: state)  # the Gradio pages are test_webui_api's
+    monkeypatch.setattr(app, "serve", lambda state, host, port: served.update(state=state, host=host, port=port))
+    lora_dir, models_dir, outputs_dir = tmp_path / "Lora", tmp_path / "models", tmp_path / "outputs"
+    lora_dir.mkdir()
+    (lora_dir / "mine.safetensors").write_bytes(b"")  # listed by name; read only when a prompt names it
+    assert main(["webui", "--port", "7999", "--lora-dir", str(lora_dir), "--models-dir", str(models_dir),
+                 "--outputs-dir", str(outputs_dir)]) == 0
+    state = served["state"]
+    assert (served["host"], served["port"]) == ("127.0.0.1", 7999) and models_dir.is_dir()
+    assert state.registry.models_dir == models_dir and state.outputs_dir == outputs_dir
+    assert state.registry.current.path == pretrained.verify("ldm_unet")
+    assert state.loras.names() == [*pretrained.shipped_adapters("lora"), "mine"]
+    assert [e.word for e in state.embeddings] == ["valentine"]
+    shipped = [n for n in pretrained.available() if pretrained.info(n)["recipe"] == "controlnet"]
+    assert shipped and sorted(state.controlnets) == shipped

@@ -16,16 +16,16 @@ import torch
 
 import diffusion_notes.training.train as train_module
 from diffusion_notes.checkpoint import CHECKPOINT_NAME, WEIGHTS_NAME, load_checkpoint, read_metadata
-from diffusion_notes.device import (
+from diffusion_notes.device import randn
+from diffusion_notes.foundations.guidance import drop_condition
+from diffusion_notes.rng import (
     batch_shard,
     current_shard,
     per_item_rand,
     per_item_randint,
     per_item_randn,
-    randn,
     shard_rows,
 )
-from diffusion_notes.foundations.guidance import drop_condition
 from diffusion_notes.training.train import World, train
 
 TINY = ["hidden=16", "num_blocks=1", "time_dim=8"]

@@ -89,6 +89,7 @@ def test_fine_tune_configs_say_what_is_wrong():
 def test_the_shipped_lora_and_embedding_load_through_pretrained(one_thread):
     from diffusion_notes import pretrained
     from diffusion_notes.practice.finetune.lora_files import LoRANetwork, check_network
+    from diffusion_notes.practice.webui import launch
 
     network = pretrained.load("heart_lora", device="cpu")
     assert isinstance(network, LoRANetwork) and network.metadata["trigger"] == "heart"
@@ -98,8 +99,8 @@ def test_the_shipped_lora_and_embedding_load_through_pretrained(one_thread):
     assert pretrained.shipped_adapters("lora") == ["heart_lora"]
     embedding = pretrained.load("heart_embedding", device="cpu")
     assert embedding.word == "valentine" and embedding.vector.shape == (128,)
-    assert [e.word for e in pretrained.embeddings()] == ["valentine"]
-    library = pretrained.lora_library(frozen.ldm_unet())
+    assert [e.word for e in launch.embeddings()] == ["valentine"]
+    library = launch.lora_library(frozen.ldm_unet())
     assert library.names() == ["heart_lora"] and library.get("heart_lora") is not None
 
 

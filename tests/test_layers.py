@@ -3,7 +3,7 @@
 Every import of the package is read with `ast`, the ones written inside functions too, and held
 against the table below (README, "The library at a glance"). A part never fetches its frozen
 models from the shelf: CLIP, the autoencoder and the classifier are arguments, and only
-`training/` and `pretrained.py` know the shipped weights.
+`training/`, `pretrained.py` and the web UI's launcher know the shipped weights.
 """
 
 from __future__ import annotations
@@ -14,29 +14,34 @@ from pathlib import Path
 import pytest
 
 PACKAGE = "diffusion_notes"
+BOOK_TOOLS = "diffusion_book"  # the chapters' helpers (src/diffusion_book): beside the library, never under it
 SRC = Path(__file__).resolve().parents[1] / "src" / PACKAGE
 
 # layer -> the layers it may import (besides itself). Each module's layer is its folder, or its own name.
-BASE = {"device", "checkpoint", "report", "viz", "data", "nn"}
+BASE = {"device", "rng", "checkpoint", "viz", "data", "nn"}
 MAY_IMPORT = {
     "package": set(),  # diffusion_notes/__init__.py: the version, nothing else
     "device": set(),
+    "rng": {"device"},  # seeds per training step and per-item draws; `randn` draws on the CPU
     "checkpoint": set(),
-    "report": set(),
     "viz": set(),
     "data": set(),
     "nn": set(),
     "evaluation": {"data", "nn", "device"},
-    "foundations": {"device", "nn"},  # Part I
-    "unclip": {"foundations", "nn", "data", "device", "evaluation", "viz"},  # Part II
-    "stable_diffusion": {"foundations", "nn", "data", "device", "evaluation", "viz"},  # Part III
+    "foundations": {"device", "rng", "nn"},  # Part I
+    "unclip": {"foundations", "nn", "data", "device", "rng", "evaluation", "viz"},  # Part II
+    "stable_diffusion": {"foundations", "nn", "data", "device", "rng", "evaluation", "viz"},  # Part III
     "practice": BASE | {"evaluation", "foundations", "unclip", "stable_diffusion"},  # Part IV
     "pretrained": {"checkpoint", "device", "data", "nn", "evaluation", "foundations", "unclip", "stable_diffusion",
-                   "practice"},  # Part IV's models too (LoRAs, embeddings, ControlNets); practice never imports it
+                   "practice"},  # Part IV's models too (LoRAs, embeddings, ControlNets); only webui.launch imports it
     "training": BASE | {"evaluation", "foundations", "unclip", "stable_diffusion", "practice", "pretrained"},
     "__main__": BASE | {"evaluation", "foundations", "unclip", "stable_diffusion", "practice", "pretrained",
                         "training"},
 }
+MAY_IMPORT["launcher"] = MAY_IMPORT["practice"] | {"practice", "pretrained"}  # the web UI's start: asks the shelf
+MAY_IMPORT["__main__"] |= {"launcher"}
+# Modules that are a layer of their own, apart from their folder's.
+OWN_LAYER = {f"{PACKAGE}.practice.webui.launch": "launcher"}
 EVERYONE_MAY_IMPORT = {"package"}  # `from diffusion_notes import __version__`
 
 
@@ -46,6 +51,8 @@ def module_name(path: Path, root: Path) -> str:
 
 
 def layer_of(module: str) -> str:
+    if module in OWN_LAYER:
+        return OWN_LAYER[module]
     parts = module.split(".")
     return "package" if len(parts) == 1 else parts[1]
 
@@ -160,7 +167,7 @@ def test_the_folders_read_like_the_table_of_contents():
     assert folders == {"foundations", "unclip", "stable_diffusion", "practice", "nn", "data", "evaluation",
                        "training", "viz", "weights"}
     top = {p.stem for p in SRC.glob("*.py")}
-    assert top == {"__init__", "__main__", "checkpoint", "device", "pretrained", "report"}
+    assert top == {"__init__", "__main__", "checkpoint", "device", "pretrained", "rng"}
 
 
 def test_no_flat_shims_are_left_at_the_old_paths():
@@ -171,9 +178,29 @@ def test_no_flat_shims_are_left_at_the_old_paths():
     assert [name for name in old if (SRC / f"{name}.py").exists()] == []
 
 
+def book_tool_imports(root: Path) -> list[str]:
+    """'module (line n)' for every import of the book's tools (`diffusion_book`) in the package in `root`."""
+    found = []
+    for path in sorted(root.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+            if isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.level == 0:
+                names = [node.module or ""]
+            else:
+                continue
+            if any(n == BOOK_TOOLS or n.startswith(BOOK_TOOLS + ".") for n in names):
+                found.append(f"{module_name(path, root)} (line {node.lineno})")
+    return found
+
+
+def test_the_library_never_imports_the_book_s_tools():
+    assert book_tool_imports(SRC) == []
+
+
 def test_only_training_and_the_shelf_know_the_shipped_weights(graph):
     for module, edges in graph.items():
-        if layer_of(module) in ("pretrained", "training", "__main__"):
+        if layer_of(module) in ("pretrained", "training", "__main__", "launcher"):
             continue
         assert f"{PACKAGE}.pretrained" not in edges, module
         assert not any(t.startswith(f"{PACKAGE}.training") for t in edges), module
@@ -224,6 +251,29 @@ def test_the_checker_finds_a_circle_through_a_function_level_import(tmp_path):
         "unclip/c.py": "from . import a\n",
     })
     assert circles(import_graph(root)) == [["diffusion_notes.unclip.a", "diffusion_notes.unclip.b"]]
+
+
+def test_the_checker_finds_the_book_s_tools_imported_in_the_library(tmp_path):
+    root = _tree(tmp_path, {
+        "report.py": "def f():\n    from diffusion_book.report import live\n",
+        "viz/figures.py": "import diffusion_book\n",
+        "viz/panels.py": "import diffusion_booklet\n",
+    })
+    assert book_tool_imports(root) == ["diffusion_notes.report (line 2)", "diffusion_notes.viz.figures (line 1)"]
+
+
+def test_only_the_launcher_of_the_web_ui_may_ask_the_shelf(tmp_path):
+    root = _tree(tmp_path, {
+        "pretrained.py": "",
+        "practice/webui/launch.py": "from diffusion_notes import pretrained\n",
+        "practice/webui/app.py": "from diffusion_notes.practice.webui import launch\n",
+        "practice/webui/state.py": "from diffusion_notes import pretrained\n",
+    })
+    assert violations(import_graph(root)) == [
+        "diffusion_notes.practice.webui.app (line 1) -> diffusion_notes.practice.webui.launch: "
+        "practice may not import launcher",
+        "diffusion_notes.practice.webui.state (line 1) -> diffusion_notes.pretrained: "
+        "practice may not import pretrained"]
 
 
 def test_the_checker_keeps_parts_two_and_three_apart(tmp_path):

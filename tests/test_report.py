@@ -1,15 +1,17 @@
-"""report.below and report.live: what a chapter prints about its checks and its live runs."""
+"""diffusion_book.report: what a chapter prints about its checks and live runs, and where it finds the benchmarks."""
 
 import configparser
+import json
 import re
 from pathlib import Path
 
 import pytest
 import torch
 
-from diffusion_notes.report import below, ci, live
+from diffusion_book.report import benchmark_results, below, ci, live, results_folder
 
 SANITIZE = Path(__file__).with_name("nbval_sanitize.cfg")
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def sanitize(text: str) -> str:
@@ -66,7 +68,7 @@ def test_the_sanitizer_takes_whole_animation_frames():
 
 
 def test_check_prints_every_claim_and_fails_on_a_false_one(capsys):
-    from diffusion_notes.report import check
+    from diffusion_book.report import check
 
     check({"DDIM beats DDPM at 10 steps": True, "loss falls": True})
     assert capsys.readouterr().out == "holds: DDIM beats DDPM at 10 steps\nholds: loss falls\n"
@@ -80,3 +82,23 @@ def test_ci_writes_a_value_with_its_interval_in_both_of_the_benchmarks_forms():
     assert ci({"mean": 40.63, "ci": [39.94, 41.2]}, fmt=".1f") == "40.6 [39.9, 41.2]"
     with pytest.raises(KeyError, match="fidelity_ci"):
         ci({"fidelity": 0.5}, "fidelity")
+
+
+def test_a_chapter_in_book_and_a_test_in_the_root_find_the_same_benchmark_results(monkeypatch):
+    monkeypatch.chdir(ROOT / "book")  # where Jupyter Book, `make execute` and nbval run a chapter
+    from_book = benchmark_results("unclip_vs_glide")
+    monkeypatch.chdir(ROOT)
+    assert results_folder() == ROOT / "benchmarks" / "results"
+    assert benchmark_results("unclip_vs_glide") == from_book
+    assert from_book == json.loads((ROOT / "benchmarks" / "results" / "unclip_vs_glide.json").read_text())
+
+
+def test_benchmark_results_takes_the_folder_from_its_caller_and_says_when_there_is_none(tmp_path, monkeypatch):
+    (tmp_path / "mine.json").write_text('{"mean": 1.5}')
+    assert benchmark_results("mine", tmp_path) == {"mean": 1.5}
+    with pytest.raises(FileNotFoundError, match="run python benchmarks/other.py"):
+        benchmark_results("other", tmp_path)
+    monkeypatch.chdir(tmp_path)  # outside any clone of the repository
+    with pytest.raises(FileNotFoundError, match="from a clone"):
+        benchmark_results("unclip_vs_glide")
+

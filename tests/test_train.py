@@ -13,7 +13,7 @@ import torch
 
 from diffusion_notes.__main__ import main
 from diffusion_notes.checkpoint import CHECKPOINT_NAME, WEIGHTS_NAME, load_checkpoint, read_metadata
-from diffusion_notes.device import step_seed
+from diffusion_notes.rng import step_seed
 from diffusion_notes.training.overrides import apply_overrides
 from diffusion_notes.training.recipes import get_recipe, recipe_names
 from diffusion_notes.training.train import ema_decay_at, ema_update, lr_at, train

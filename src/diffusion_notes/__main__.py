@@ -267,17 +267,13 @@ def _run_webui(args) -> int:
 
     from diffusion_notes import pretrained
     from diffusion_notes.practice.webui.app import create_app, serve
-    from diffusion_notes.practice.webui.models import ModelRegistry
-    from diffusion_notes.practice.webui.state import WebUIState
+    from diffusion_notes.practice.webui.launch import build_state
 
     if args.threads:
         torch.set_num_threads(args.threads)
     os.makedirs(args.models_dir, exist_ok=True)
-    pipe = pretrained.load("stable_diffusion")
-    registry = ModelRegistry(pipe, pretrained.verify("ldm_unet"), args.models_dir)
     os.makedirs(args.lora_dir, exist_ok=True)
-    state = WebUIState(registry, args.outputs_dir, loras=pretrained.lora_library(pipe.unet, args.lora_dir),
-                       embeddings=pretrained.embeddings(), controlnets=pretrained.controlnets())
+    state = build_state(pretrained.load("stable_diffusion"), args.models_dir, args.outputs_dir, args.lora_dir)
     serve(create_app(state), args.host, args.port)
     return 0
 

@@ -42,7 +42,6 @@ from diffusion_notes.practice.finetune.learner import (
     new_row,
 )
 from diffusion_notes.practice.finetune.lora_files import network_from_state
-from diffusion_notes.practice.webui.extra_networks import LoRALibrary
 from diffusion_notes.stable_diffusion.pipeline import LatentDiffusionPipeline
 from diffusion_notes.stable_diffusion.vae import AutoencoderKL, VAEConfig
 from diffusion_notes.unclip.ar_prior import ARPrior, ARPriorConfig
@@ -220,17 +219,6 @@ def shipped_adapters(kind: str, weights_dir=None) -> list[str]:
     return sorted(n for n, e in read_manifest(weights_dir)["models"].items() if e["recipe"] == kind)
 
 
-def lora_library(unet, folder=None, weights_dir=None) -> LoRALibrary:
-    """The web UI's LoRAs: every shipped LoRA by name, and the .safetensors files in `folder`."""
-    shipped = {name: load(name, "cpu", weights_dir) for name in shipped_adapters("lora", weights_dir)}
-    return LoRALibrary(unet, shipped, folder)
-
-
-def embeddings(weights_dir=None) -> list[TokenEmbedding]:
-    """Every shipped textual-inversion embedding (the web UI keeps them on)."""
-    return [load(name, "cpu", weights_dir) for name in shipped_adapters("textual_inversion", weights_dir)]
-
-
 # ---------------------------------------------------------------------------
 # Pipelines assembled from their shipped parts.
 
@@ -269,12 +257,6 @@ def unclip(device=None, weights_dir=None, prior: str = "unclip_prior", space: st
 def glide(device=None, weights_dir=None, space: str = "latent") -> GLIDEPipeline:
     """The baseline: "glide_latent_decoder" (or, space="pixel", "glide_decoder" and "unclip_upsampler") and "clip"."""
     return GLIDEPipeline(clip=load("clip", device, weights_dir), **_decoder_parts("glide", space, device, weights_dir))
-
-
-def controlnets(device=None, weights_dir=None) -> dict:
-    """{name: ControlNet} for every shipped model of the "controlnet" recipe (what the web UI's units may name)."""
-    names = sorted(n for n, e in read_manifest(weights_dir)["models"].items() if e["recipe"] == "controlnet")
-    return {name: load(name, device, weights_dir) for name in names}
 
 
 def stable_diffusion_controlnet(device=None, weights_dir=None, controlnet: str = "controlnet") -> ControlNetPipeline:

@@ -21,8 +21,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from diffusion_notes.device import per_item_randint, per_item_randn
 from diffusion_notes.foundations.schedules import Schedule, broadcast_at, check_timestep_tensor, expand_like
+from diffusion_notes.rng import per_item_randint, per_item_randn
 
 
 def check_timesteps(t, num_train_timesteps: int) -> torch.Tensor:

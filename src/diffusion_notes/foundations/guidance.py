@@ -30,9 +30,9 @@ import math
 
 import torch
 
-from diffusion_notes.device import per_item_rand
 from diffusion_notes.foundations.sampler_steps import sigma_at
 from diffusion_notes.foundations.schedules import Schedule, broadcast_at, expand_like
+from diffusion_notes.rng import per_item_rand
 
 
 def check_guidance_scale(guidance_scale) -> float:

@@ -20,10 +20,10 @@ import torch
 
 from diffusion_notes.data.shapes import ShapesDataset, render
 from diffusion_notes.data.tokenizer import tokenize
-from diffusion_notes.device import step_generator
 from diffusion_notes.foundations.diffusion import noise_prediction_loss
 from diffusion_notes.foundations.guidance import drop_condition
 from diffusion_notes.foundations.schedules import make_schedule
+from diffusion_notes.rng import step_generator
 
 P_UNCOND = 0.1  # caption dropout: SD v1 (and GLIDE) drop the text about 10% of the time
 DEFAULT_GUIDANCE_SCALE = 4.0

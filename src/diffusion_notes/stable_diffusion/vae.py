@@ -26,8 +26,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from diffusion_notes.data.shapes import ShapesDataset, check_images, render
-from diffusion_notes.device import per_item_randn
 from diffusion_notes.nn.resnet import Downsample, ResBlock, Upsample, group_norm
+from diffusion_notes.rng import per_item_randn
 
 
 @dataclass(frozen=True)

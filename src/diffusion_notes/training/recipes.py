@@ -16,7 +16,6 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from diffusion_notes.device import step_generator
 from diffusion_notes.evaluation.classifier import (
     ClassifierConfig,
     ShapesClassifier,
@@ -45,6 +44,7 @@ from diffusion_notes.practice.finetune.learner import (
     instance_batch,
     learner_pipeline,
 )
+from diffusion_notes.rng import step_generator
 from diffusion_notes.stable_diffusion.evaluate import evaluate_ldm
 from diffusion_notes.stable_diffusion.ldm import P_TWO_OBJECTS_TRAIN, encode_latents, ldm_batch, ldm_loss
 from diffusion_notes.stable_diffusion.vae import (

@@ -80,7 +80,8 @@ from diffusion_notes.checkpoint import (
     unflatten_optimizer_state,
     with_prefix,
 )
-from diffusion_notes.device import BatchShard, batch_shard, default_device, shard_rows, step_generator
+from diffusion_notes.device import default_device
+from diffusion_notes.rng import BatchShard, batch_shard, shard_rows, step_generator
 from diffusion_notes.training.overrides import apply_overrides, config_diff
 from diffusion_notes.training.recipes import Recipe, get_recipe
 

@@ -34,8 +34,8 @@ from tqdm.auto import tqdm
 
 from diffusion_notes.data.shapes import ShapesDataset, render
 from diffusion_notes.data.tokenizer import tokenize
-from diffusion_notes.device import step_generator
 from diffusion_notes.foundations.guidance import drop_condition
+from diffusion_notes.rng import step_generator
 
 N_TOKENS = 40  # token states kept per caption: the longest Shapes caption has 40 tokens, start and end included
 BANK_SIZE = 24576

@@ -28,11 +28,11 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from diffusion_notes.device import per_item_rand, per_item_randn
 from diffusion_notes.foundations.diffusion import noise_prediction_loss
 from diffusion_notes.foundations.guidance import drop_condition
 from diffusion_notes.foundations.schedules import make_schedule
 from diffusion_notes.nn.unet import UNet, UNetConfig
+from diffusion_notes.rng import per_item_rand, per_item_randn
 from diffusion_notes.unclip.conditions import (
     BASE_SIZE,
     N_TOKENS,

@@ -29,13 +29,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from diffusion_notes.device import per_item_randint, per_item_randn
 from diffusion_notes.foundations.diffusion import eps_from_x0, q_sample
 from diffusion_notes.foundations.guidance import check_guidance_scale
 from diffusion_notes.foundations.samplers import sample
 from diffusion_notes.foundations.schedules import make_schedule
 from diffusion_notes.nn.embeddings import timestep_embedding
 from diffusion_notes.nn.transformer import Transformer
+from diffusion_notes.rng import per_item_randint, per_item_randn
 from diffusion_notes.unclip.conditions import N_TOKENS, TextConditions, best_of_n, drop_text, embed_scale
 
 P_UNCOND = 0.1  # DALL-E 2 drops the text conditioning of the prior 10% of the time

@@ -23,10 +23,10 @@ import torch
 
 from diffusion_notes.data.shapes import _SDF, IMAGE_SIZE, SIZE_RADII, ShapesDataset, render
 from diffusion_notes.data.tokenizer import tokenize
-from diffusion_notes.device import step_generator
 from diffusion_notes.foundations.diffusion import noise_prediction_loss
 from diffusion_notes.foundations.guidance import drop_condition
 from diffusion_notes.practice.controlnet.model import controlled_eps
+from diffusion_notes.rng import step_generator
 from diffusion_notes.stable_diffusion.ldm import encode_latents, ldm_schedule
 
 KINDS = ("outline", "mask")

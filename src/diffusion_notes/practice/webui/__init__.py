@@ -9,4 +9,5 @@
     models        the checkpoints offered (the shipped UNet and the user's folder)
     merger        the Checkpoint Merger
     state, api, app   what the pages and the API share; the HTTP API; the Gradio pages
+    launch        the state built from the shelf's models and the user's folders (`webui` command)
 """

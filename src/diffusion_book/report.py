@@ -14,7 +14,8 @@ versions, so a printed figure must say only what every machine reproduces:
   does not hold: the lines are the same wherever the claims are true.
 
 `html_table(header, rows)` shows a table, `benchmark_results(name)` reads what a script in
-`benchmarks/` measured, and `ci(record, key)` writes one of its values with its interval.
+`benchmarks/` measured (found from the working directory: a chapter runs in book/), and
+`ci(record, key)` writes one of its values with its interval.
 """
 
 import json
@@ -56,12 +57,28 @@ def check(claims: dict[str, bool]) -> None:
         raise AssertionError("claims that do not hold on this run: " + "; ".join(failed))
 
 
-def benchmark_results(name: str) -> dict:
-    """The JSON a script in benchmarks/ wrote (benchmarks/results/<name>.json), found from the package, not the cwd."""
-    path = Path(__file__).resolve().parents[2] / "benchmarks" / "results" / f"{name}.json"
+RESULTS = Path("benchmarks") / "results"
+
+
+def results_folder(start=None) -> Path:
+    """The repository's benchmarks/results, looked for in `start` (default: the working directory) and its parents.
+
+    A chapter runs in book/ (Jupyter Book, `make execute`, nbval and JupyterLab all start its kernel
+    there), the tests and the benchmarks in the repository's root: both find the same folder.
+    """
+    here = Path(start if start is not None else Path.cwd()).resolve()
+    for folder in (here, *here.parents):
+        if (folder / RESULTS).is_dir():
+            return folder / RESULTS
+    raise FileNotFoundError(f"no {RESULTS} in {here} or above it: the benchmarks' results ship with the "
+                            "repository, so run the chapter from a clone of it")
+
+
+def benchmark_results(name: str, folder=None) -> dict:
+    """The JSON that benchmarks/<name>.py wrote: <folder>/<name>.json, `folder` by default `results_folder()`."""
+    path = (Path(folder) if folder is not None else results_folder()) / f"{name}.json"
     if not path.is_file():
-        raise FileNotFoundError(f"no benchmark results {path}: run python benchmarks/{name}.py in a clone of the "
-                                "repository (the results ship with the repository, not with an installed package)")
+        raise FileNotFoundError(f"no benchmark results {path}: run python benchmarks/{name}.py in the repository")
     return json.loads(path.read_text())
 
 

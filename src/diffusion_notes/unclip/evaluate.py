@@ -10,10 +10,9 @@ from __future__ import annotations
 from functools import lru_cache
 
 import torch
-import torch.nn.functional as F
 
 from diffusion_notes.data.shapes import render
-from diffusion_notes.evaluation.metrics import prompt_fidelity
+from diffusion_notes.evaluation.metrics import prompt_fidelity, psnr
 from diffusion_notes.unclip.conditions import (
     Bank,
     build_bank,
@@ -22,7 +21,7 @@ from diffusion_notes.unclip.conditions import (
     upsample,
 )
 from diffusion_notes.unclip.pipeline import decode_base, upsample_images
-from diffusion_notes.unclip.prior import DiffusionPrior
+from diffusion_notes.unclip.prior import Prior
 
 
 @lru_cache(maxsize=4)
@@ -32,11 +31,10 @@ def eval_bank(clip, n: int = 256, split: str = "train") -> Bank:
 
 
 @torch.no_grad()
-def evaluate_prior(prior, clip, n: int = 256) -> dict:
+def evaluate_prior(prior: Prior, clip, n: int = 256) -> dict:
     """Cosine of the sampled z_i with the caption's true z_i, and with z_t (higher is better)."""
     bank = eval_bank(clip, n)
-    options = {"null": null_text(clip)} if isinstance(prior, DiffusionPrior) else {}
-    z_i = prior.eval().sample(bank.text, generator=torch.Generator().manual_seed(0), **options).cpu()  # (n, E)
+    z_i = prior.eval().sample(bank.text, null=null_text(clip), generator=torch.Generator().manual_seed(0)).cpu()  # (n, E)
     return {"cos_true_z_i": round(float((z_i * bank.z_i).sum(-1).mean()), 4),
             "cos_z_t": round(float((z_i * bank.text.z_t).sum(-1).mean()), 4),
             "true_cos_z_t": round(float((bank.z_i * bank.text.z_t).sum(-1).mean()), 4)}

@@ -68,8 +68,8 @@ def control_units(scripts: AlwaysOnScripts | dict | None) -> list[ControlUnit]:
     """
     if not scripts:
         return []
-    if not isinstance(scripts, AlwaysOnScripts):
-        scripts = _parse(AlwaysOnScripts, scripts)
+    if not isinstance(scripts, AlwaysOnScripts):  # a dict, as a request's "alwayson_scripts"
+        scripts = _parse(Txt2ImgRequest, {"alwayson_scripts": scripts}).alwayson_scripts
     units = []
     for i, arg in enumerate(scripts.units()):
         image = arg.image or arg.input_image

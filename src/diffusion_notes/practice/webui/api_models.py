@@ -135,4 +135,4 @@ def http_error(err: ValidationError) -> ValueError:
 
 def _kind(error: dict) -> str:
     return {"int_type": "an int", "float_type": "a number", "string_type": "a string",
-            "bool_type": "true or false"}.get(error["type"], error["msg"].lower().removeprefix("input should be "))
+            "bool_type": "true or false"}.get(error["type"], error["msg"].removeprefix("Input should be "))

@@ -37,6 +37,7 @@ from diffusion_notes.evaluation.metrics import (
     classifier_features,
     diversity,
     mean_interval,
+    psnr,
 )
 from diffusion_notes.unclip.pipeline import DEFAULT_VARIATION_ETA
 
@@ -51,12 +52,6 @@ def share(values: torch.Tensor, resamples: int = 1000) -> dict:
 def mean_ci(values: list[float], resamples: int = 1000) -> dict:
     mean, lo, hi = mean_interval(values, resamples)
     return {"mean": round(mean, 4), "ci": [round(lo, 4), round(hi, 4)]}
-
-
-def psnr(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """(B,) PSNR in dB of pictures in [0, 1]."""
-    mse = ((a - b) ** 2).mean((1, 2, 3)).clamp(min=1e-10)
-    return 10 * torch.log10(1 / mse)
 
 
 def sources(n: int, seed: int = 21) -> list[dict]:
@@ -95,8 +90,8 @@ def interpolations(pipe, attrs, frames: int) -> dict:
     first, last = [], []
     for j in range(0, len(attrs) - 1, 2):
         out = pipe.interpolate(x[j], x[j + 1], frames).images  # (frames, 3, 32, 32)
-        first.append(float(psnr(out[:1], x[j:j + 1])))
-        last.append(float(psnr(out[-1:], x[j + 1:j + 2])))
+        first.append(float(psnr(out[:1], x[j:j + 1], value_range=(0.0, 1.0))))
+        last.append(float(psnr(out[-1:], x[j + 1:j + 2], value_range=(0.0, 1.0))))
     both = first + last
     return {"pairs": len(first), "frames": frames, "psnr_first_db": mean_ci(first), "psnr_last_db": mean_ci(last),
             "psnr_ends_db": mean_ci(both), "psnr_ends_min_db": round(min(both), 2)}

@@ -21,6 +21,7 @@ from diffusion_notes.evaluation.metrics import (
     mean_interval,
     precision_recall,
     prompt_fidelity,
+    psnr,
 )
 
 torch.set_num_threads(1)
@@ -219,3 +220,22 @@ def test_mean_interval_brackets_the_mean_and_narrows_with_more_items():
     assert lo_few < 0.5 < hi_few and lo_many < 0.5 < hi_many
     assert hi_many - lo_many < (hi_few - lo_few) / 4  # the width falls as 1/sqrt(N): 64 times the items, an eighth of the width
     assert mean_interval(torch.ones(5)) == (1.0, 1.0, 1.0)
+
+
+# ----------------------------------------------------------------------------- PSNR
+
+def test_psnr_of_a_constant_offset_on_either_scale():
+    """x_hat = x + delta on [0, 1] pictures: MSE = delta^2, so PSNR = 10 log10(1 / delta^2); on [-1, 1] the same pictures."""
+    x = torch.full((3, 3, 4, 4), 0.5)
+    deltas = torch.tensor([0.1, 0.01, 0.001])
+    got = psnr(x, x + deltas.view(3, 1, 1, 1), value_range=(0.0, 1.0))
+    assert torch.allclose(got, 10 * torch.log10(1 / deltas**2), atol=1e-3)  # 20, 40, 60 dB
+    assert torch.allclose(psnr(2 * x - 1, 2 * (x + deltas.view(3, 1, 1, 1)) - 1), got, atol=1e-3)
+
+
+def test_psnr_clamps_to_the_range_and_is_per_image():
+    x = torch.zeros(2, 3, 4, 4)
+    beyond = torch.stack([torch.full((3, 4, 4), 5.0), torch.full((3, 4, 4), 1.0)])  # both clamp to 1
+    got = psnr(x, beyond, value_range=(0.0, 1.0))
+    assert got.shape == (2,) and torch.allclose(got, torch.zeros(2))  # an error of the whole range is 0 dB
+    assert psnr(x, x).tolist() == [120.0, 120.0]  # identical pictures: the floor of 1e-12 on the MSE

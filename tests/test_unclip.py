@@ -231,6 +231,20 @@ def test_ar_prior_samples_unit_embeddings_and_keeps_the_best_candidate(bank):
     assert torch.equal(best, again)
 
 
+def test_both_priors_take_one_call(bank):
+    """The pipeline's call, with the diffusion prior's options: the AR prior draws what its own call draws."""
+    torch.manual_seed(0)
+    ar, diffusion = ARPrior(SMALL_AR), DiffusionPrior(SMALL_PRIOR).eval()
+    ar.fit(bank.z_i)
+    text, null = text_of(bank, 3), null_text(frozen_clip())
+    call = dict(null=null, num_candidates=2, num_inference_steps=3, guidance_scale=2.0)
+    for prior in (ar, diffusion):
+        z_i = prior.sample(text, generator=torch.Generator().manual_seed(1), **call)
+        assert z_i.shape == (3, 64) and torch.allclose(z_i.norm(dim=-1), torch.ones(3), atol=1e-5)
+    own = ar.sample(text, num_candidates=2, generator=torch.Generator().manual_seed(1))
+    assert torch.equal(ar.sample(text, generator=torch.Generator().manual_seed(1), **call), own)
+
+
 # ----------------------------------------------------------------------------- decoder and upsampler
 
 

@@ -11,6 +11,7 @@ import torch
 from diffusers import DDIMInverseScheduler
 
 from diffusion_notes import pretrained
+from diffusion_notes.evaluation import metrics
 from diffusion_notes.foundations.grids import make_grid
 from diffusion_notes.foundations.samplers import ddim_invert, sample
 from diffusion_notes.foundations.schedules import make_schedule
@@ -169,7 +170,7 @@ def test_the_shipped_interpolation_starts_and_ends_at_its_pictures():
     out = pipe.interpolate(a, b, 3).images
 
     def psnr(x, y):
-        return float(10 * torch.log10(1 / ((x - y) ** 2).mean()))
+        return float(metrics.psnr(x[None], y[None], value_range=(0.0, 1.0)))
 
     assert psnr(out[0], a) > 25 and psnr(out[-1], b) > 25, (psnr(out[0], a), psnr(out[-1], b))
     assert psnr(out[1], a) < psnr(out[0], a)  # and the middle frame is not the first picture

@@ -1,6 +1,7 @@
 """The web UI's HTTP API (the subset we serve) and the app's start-up with the network blocked."""
 
 import base64
+import dataclasses
 import io
 import json
 import subprocess
@@ -16,7 +17,9 @@ from PIL import Image
 from diffusion_notes import pretrained
 from diffusion_notes.checkpoint import load_checkpoint, save_checkpoint
 from diffusion_notes.practice.webui import infotext
+from diffusion_notes.practice.webui.api_models import Img2ImgRequest, Txt2ImgRequest
 from diffusion_notes.practice.webui.app import create_app
+from diffusion_notes.practice.webui.generate import Settings, check
 from diffusion_notes.practice.webui.models import ModelRegistry
 from diffusion_notes.practice.webui.state import WebUIState
 
@@ -97,6 +100,42 @@ BAD = [
 def test_bad_input_is_a_4xx_json_error(client, change, status, message):
     r = client.post("/sdapi/v1/txt2img", json={"prompt": "a", "steps": 2, **change})
     assert r.status_code == status and message in r.json()["detail"]
+
+
+def test_a_field_of_the_wrong_type_gets_the_same_answer_as_before(client):
+    """The request models check types as generate.check does, with its message, so the answer is the same 422."""
+    for field, value in (("steps", "many"), ("steps", 2.5), ("steps", True), ("cfg_scale", "7"), ("prompt", 5)):
+        r = client.post("/sdapi/v1/txt2img", json={"prompt": "a", "steps": 2, field: value})
+        with pytest.raises(ValueError) as checked:
+            check(Settings(**{"prompt": "a", "steps": 2, field: value}))
+        assert r.status_code == 422 and r.json() == {"error": "ValueError", "detail": str(checked.value)}, field
+    r = client.post("/sdapi/v1/img2img", json={"prompt": "a", "init_images": "not a list"})
+    assert r.status_code == 400 and "init_images must be a list holding one base64 image" in r.json()["detail"]
+    r = client.post("/sdapi/v1/txt2img", json={"prompt": "a", "override_settings": [1]})
+    assert r.status_code == 400 and "override_settings must be a JSON object" in r.json()["detail"]
+
+
+def test_the_request_models_take_settings_fields_and_an_int_for_a_float():
+    request = Txt2ImgRequest.model_validate({"prompt": "a", "cfg_scale": 7, "subseed_strength": 1, "seed": None,
+                                             "sampler_index": "Euler a", "restore_faces": True, "alwayson_scripts":
+                                             {"controlnet": {"args": [{"image": "x", "weight": 1}]}}})
+    values = request.values()
+    assert values == {"prompt": "a", "cfg_scale": 7.0, "subseed_strength": 1.0, "sampler_name": "Euler a"}
+    assert type(values["cfg_scale"]) is float and type(values["subseed_strength"]) is float
+    assert type(request.alwayson_scripts.units()[0].weight) is float
+    settings = {f.name for f in dataclasses.fields(Settings)} - {"init_image", "mask", "controlnet"}
+    assert settings <= set(Txt2ImgRequest.model_fields) and Txt2ImgRequest().cfg_scale == Settings().cfg_scale
+    assert Img2ImgRequest.model_validate({"init_images": ["x"], "denoising_strength": 1}).denoising_strength == 1.0
+
+
+def test_info_names_the_model_that_drew_the_images(client):
+    models = client.get("/sdapi/v1/sd-models").json()
+    for model in models:
+        body = client.post("/sdapi/v1/txt2img", json={"prompt": "a", "steps": 1,
+                                                      "override_settings": {"sd_model_checkpoint": model["title"]}})
+        info = json.loads(body.json()["info"])
+        assert (info["sd_model_name"], info["sd_model_hash"]) == (model["model_name"], model["hash"])
+        assert f"Model hash: {model['hash']}, Model: {model['model_name']}" in info["infotexts"][0]
 
 
 def test_bad_bodies_and_images_then_the_server_keeps_serving(client):

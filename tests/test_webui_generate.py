@@ -101,6 +101,8 @@ def test_generated_images_carry_their_infotext(pipe):
     result = generate(pipe, Settings(prompt=PROMPT, steps=3, seed=5, batch_size=2), ("ldm_unet", "abcdef0123"))
     fields = infotext.to_settings(infotext.parse(result.infotexts[1]))
     assert (fields["seed"], fields["steps"], fields["sd_model_hash"]) == (6, 3, "abcdef0123")
+    assert (result.model_name, result.model_hash) == ("ldm_unet", "abcdef0123")  # the result says it too
+    assert (fields["sd_model_name"], result.paths) == ("ldm_unet", [])  # generate writes no files
 
 
 @pytest.mark.parametrize("change, message", [

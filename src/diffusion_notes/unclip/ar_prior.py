@@ -124,9 +124,14 @@ class ARPrior(nn.Module):
         return self.head(self.ln_final(h[:, c.n_tokens:]))  # (B, L - N, V)
 
     @torch.no_grad()
-    def sample(self, text: TextConditions, *, num_candidates: int = 2, temperature: float = 1.0,
-               generator: torch.Generator | None = None, return_candidates: bool = False):
-        """z_i (B, E) for each caption: sample K codes left to right, decode, keep the best of num_candidates by z_i . z_t."""
+    def sample(self, text: TextConditions, *, null: TextConditions | None = None, num_candidates: int = 2,
+               generator: torch.Generator | None = None, return_candidates: bool = False, temperature: float = 1.0,
+               num_inference_steps: int | None = None, guidance_scale: float | None = None):
+        """z_i (B, E) for each caption: sample K codes left to right, decode, keep the best of num_candidates by z_i . z_t.
+
+        The call is the diffusion prior's (`prior.Prior`): this prior has no guidance and takes K steps, so
+        `null`, `num_inference_steps` and `guidance_scale` are accepted and not used.
+        """
         if not temperature > 0:
             raise ValueError(f"temperature must be > 0, got {temperature!r}")
         device, K = next(self.parameters()).device, self.config.n_components

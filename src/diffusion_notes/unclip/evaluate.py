@@ -10,10 +10,9 @@ from __future__ import annotations
 from functools import lru_cache
 
 import torch
-import torch.nn.functional as F
 
 from diffusion_notes.data.shapes import render
-from diffusion_notes.evaluation.metrics import prompt_fidelity
+from diffusion_notes.evaluation.metrics import prompt_fidelity, psnr
 from diffusion_notes.unclip.conditions import (
     Bank,
     build_bank,
@@ -22,7 +21,7 @@ from diffusion_notes.unclip.conditions import (
     upsample,
 )
 from diffusion_notes.unclip.pipeline import decode_base, upsample_images
-from diffusion_notes.unclip.prior import DiffusionPrior
+from diffusion_notes.unclip.prior import Prior
 
 
 @lru_cache(maxsize=4)
@@ -32,11 +31,11 @@ def eval_bank(clip, n: int = 256, split: str = "train") -> Bank:
 
 
 @torch.no_grad()
-def evaluate_prior(prior, clip, n: int = 256) -> dict:
+def evaluate_prior(prior: Prior, clip, n: int = 256) -> dict:
     """Cosine of the sampled z_i with the caption's true z_i, and with z_t (higher is better)."""
     bank = eval_bank(clip, n)
-    options = {"null": null_text(clip)} if isinstance(prior, DiffusionPrior) else {}
-    z_i = prior.eval().sample(bank.text, generator=torch.Generator().manual_seed(0), **options).cpu()  # (n, E)
+    z_i = prior.eval().sample(bank.text, null=null_text(clip), generator=torch.Generator().manual_seed(0))  # (n, E)
+    z_i = z_i.cpu()
     return {"cos_true_z_i": round(float((z_i * bank.z_i).sum(-1).mean()), 4),
             "cos_z_t": round(float((z_i * bank.text.z_t).sum(-1).mean()), 4),
             "true_cos_z_t": round(float((bank.z_i * bank.text.z_t).sum(-1).mean()), 4)}
@@ -75,9 +74,5 @@ def evaluate_upsampler(upsampler, clip, n: int = 64, steps: int = 15) -> dict:
     low = downsample(real)
     out = upsample_images(upsampler.eval(), low, num_inference_steps=steps,
                           generator=torch.Generator().manual_seed(0)).cpu()
-
-    def psnr(x):
-        mse = F.mse_loss((x.clamp(-1, 1) + 1) / 2, (real + 1) / 2, reduction="none").mean((1, 2, 3))
-        return round(float((10 * torch.log10(1 / mse)).mean()), 2)
-
-    return {"psnr_db": psnr(out), "bilinear_psnr_db": psnr(upsample(low)), "steps": steps}
+    return {"psnr_db": round(float(psnr(out, real).mean()), 2),
+            "bilinear_psnr_db": round(float(psnr(upsample(low), real).mean()), 2), "steps": steps}

@@ -45,7 +45,7 @@ from diffusion_notes.unclip.decoder import (
     decoder_schedule,
     slerp,
 )
-from diffusion_notes.unclip.prior import DiffusionPrior
+from diffusion_notes.unclip.prior import Prior
 
 OUTPUT_TYPES = ("pt", "pil")
 # Euler ancestral: under the cosine schedule the deterministic multistep solvers (DPM++ 2M, DDIM) left grain
@@ -205,7 +205,7 @@ class _Cascade:
 class UnCLIPPipeline(_Cascade):
     """DALL-E 2, small: caption -> z_t -> prior -> z_i -> decoder (16x16) -> upsampler (32x32)."""
 
-    def __init__(self, prior, decoder, upsampler, clip, vae=None, scale_factor: float | None = None):
+    def __init__(self, prior: Prior, decoder, upsampler, clip, vae=None, scale_factor: float | None = None):
         if not decoder.config.image_embedding:
             raise ValueError("UnCLIPPipeline needs a decoder that reads z_i (DecoderConfig(image_embedding=True))")
         super().__init__(decoder, upsampler, clip, vae, scale_factor)
@@ -239,11 +239,9 @@ class UnCLIPPipeline(_Cascade):
         text = self.encode_prompt(prompts)
         text = repeat_text(text, k)
         if image_embeddings is None:
-            options = {"num_candidates": num_candidates, "generator": generator}
-            if isinstance(self.prior, DiffusionPrior):  # the autoregressive prior has no guidance and no steps
-                options.update(null=self.null_text(), num_inference_steps=prior_num_inference_steps,
-                               guidance_scale=prior_guidance_scale)
-            z_i = self.prior.sample(text, **options)  # (N, E)
+            z_i = self.prior.sample(text, null=self.null_text(), num_candidates=num_candidates, generator=generator,
+                                    num_inference_steps=prior_num_inference_steps,
+                                    guidance_scale=prior_guidance_scale)  # (N, E)
         else:
             z_i = self._check_embeddings(image_embeddings, len(text))
         return self.decode(z_i, text, num_inference_steps=num_inference_steps, guidance_scale=guidance_scale,

@@ -24,6 +24,7 @@ Notation: B batch, E embedding width, N caption tokens, D text width, W model wi
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Protocol
 
 import torch
 import torch.nn.functional as F
@@ -41,6 +42,19 @@ from diffusion_notes.unclip.conditions import N_TOKENS, TextConditions, best_of_
 P_UNCOND = 0.1  # DALL-E 2 drops the text conditioning of the prior 10% of the time
 DEFAULT_STEPS = 32  # DALL-E 2 samples its prior with 64 strided steps; our embeddings are 64-wide, not 768
 DEFAULT_GUIDANCE_SCALE = 2.0
+
+
+class Prior(Protocol):
+    """P(z_i | y), as the pipeline and the evaluation call it: `DiffusionPrior` and `ar_prior.ARPrior` both.
+
+    One call samples either: `null` (the empty caption's conditions), `num_inference_steps` and
+    `guidance_scale` are the diffusion prior's; the autoregressive prior draws its codes without
+    guidance, in as many steps as it has codes, and takes them without using them.
+    """
+
+    def sample(self, text: TextConditions, *, null: TextConditions | None = None, num_candidates: int = 2,
+               generator: torch.Generator | None = None, return_candidates: bool = False, **options):
+        """z_i (B, E), unit length, for each caption of `text`: the best of num_candidates by z_i . z_t."""
 
 
 def prior_schedule():

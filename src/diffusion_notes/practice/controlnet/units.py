@@ -17,7 +17,6 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from PIL import Image
 
 from diffusion_notes.practice.controlnet.model import controlled_unet
 from diffusion_notes.practice.controlnet.pipeline import check_control, control_keep
@@ -87,27 +86,3 @@ def controlled_unet_call(unet, units: list[tuple[ControlUnit, object]], timestep
 
     call.config = unet.config
     return call
-
-
-
-def unit_from_panel(enabled: bool, upload, drawing, model: str, weight, start, end) -> ControlUnit | None:
-    """The web UI panel's values -> a ControlUnit, or None when the panel is off.
-
-    The condition is the uploaded image, else the drawing (an image editor's background and layers,
-    flattened onto black); either is resized to 32x32, as the extension resizes to the model's size.
-    """
-    if not enabled:
-        return None
-    image = upload
-    if image is None and isinstance(drawing, dict):
-        image = drawing.get("composite")
-        if image is None and drawing.get("background") is not None:
-            image = drawing["background"]
-    if image is None:
-        raise ValueError("the ControlNet panel is on but has no condition image: upload one or draw one")
-    flat = Image.new("RGB", image.size, (0, 0, 0))
-    rgba = image.convert("RGBA")
-    flat.paste(rgba, mask=rgba.getchannel("A"))
-    if flat.size != (32, 32):
-        flat = flat.resize((32, 32), Image.BILINEAR)
-    return ControlUnit(flat, model, float(weight), float(start), float(end))

@@ -74,12 +74,17 @@ class Settings:
 
 @dataclass
 class Result:
+    """One job's images with their seeds and infotexts, and where they came from."""
+
     images: list
     seeds: list[int]
     subseeds: list[int]
     infotexts: list[str]
     settings: Settings
     warnings: list[str] = field(default_factory=list)
+    model_name: str = ""  # the checkpoint that drew them, as the infotext's "Model"
+    model_hash: str = ""  # its short hash, as the infotext's "Model hash"
+    paths: list = field(default_factory=list)  # the PNG files the web UI wrote, if it keeps an outputs folder
 
 
 def _number(name, value, whole: bool):
@@ -255,7 +260,8 @@ def _generate(pipe, settings: Settings, encoded: Settings, model, callback) -> R
              for i in range(total)]
     warnings = [f"the prompt has {count} tokens; it is cut into chunks of 75"
                 for text, count in encoder.token_counts.items() if count > 75 and text]
-    return Result(to_pil(images), seeds, subseeds, texts, settings, sorted(set(warnings)))
+    return Result(to_pil(images), seeds, subseeds, texts, settings, sorted(set(warnings)),
+                  model_name=model[0], model_hash=model[1])
 
 
 def _crop(image: torch.Tensor, box) -> torch.Tensor:

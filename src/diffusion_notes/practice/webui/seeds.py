@@ -27,13 +27,15 @@ def resolve_seed(seed) -> int:
 def slerp(t: float, low: torch.Tensor, high: torch.Tensor) -> torch.Tensor:
     r"""Spherical interpolation of two noise tensors at fraction t (the web UI's variation strength).
 
-    The angle comes from the normalised tensors, the mix is of the tensors themselves, so two
-    N(0, I) draws give a draw of about the same norm, not a shrunken average:
-
     $$\mathrm{slerp}(t, a, b) = \frac{\sin((1-t)\Omega)}{\sin\Omega} a + \frac{\sin(t\Omega)}{\sin\Omega} b,
       \qquad \cos\Omega = \frac{a \cdot b}{\|a\|\,\|b\|}$$
 
-    Nearly parallel tensors (cos > 0.9995) are mixed linearly.
+    The equation of `unclip.decoder.slerp` (Chapter 7's eq-slerp), in the web UI's variant, kept so
+    that a variation seed gives the web UI's noise. It differs on purpose: (1) a and b are whole noise
+    tensors, not unit vectors, so the angle comes from the normalised tensors while the mix is of the
+    tensors themselves (two N(0, I) draws give a draw of about the same norm, not a shrunken average);
+    (2) the angle and both weights are computed once, as float64 scalars; (3) nearly parallel tensors
+    (cos > 0.9995) are mixed linearly, where the unit-vector slerp clamps the cosine instead.
     """
     a, b = low.flatten(), high.flatten()
     cos = float((a / a.norm()) @ (b / b.norm()))

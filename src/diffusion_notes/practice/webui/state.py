@@ -67,7 +67,6 @@ class WebUIState:
             folder = self.outputs_dir / kind
             folder.mkdir(parents=True, exist_ok=True)
             stamp = time.strftime("%Y%m%d-%H%M%S")
-            result.paths = []
             for i, (image, text) in enumerate(zip(result.images, result.infotexts)):
                 path = folder / f"{stamp}-{result.seeds[i]}-{i:02d}.png"
                 path.write_bytes(infotext.png_bytes(image, text))

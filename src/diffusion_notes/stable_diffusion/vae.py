@@ -28,6 +28,7 @@ from torch import nn
 from diffusion_notes.data.shapes import ShapesDataset, check_images, render
 from diffusion_notes.nn.resnet import Downsample, ResBlock, Upsample, group_norm
 from diffusion_notes.rng import per_item_randn
+from diffusion_notes.evaluation.metrics import psnr  # noqa: F401  (Chapters 10 and 11 read it as vae.psnr)
 
 
 @dataclass(frozen=True)
@@ -155,15 +156,6 @@ def vae_loss(x: torch.Tensor, x_hat: torch.Tensor, posterior: DiagonalGaussian, 
     """
     per_image = (x - x_hat).pow(2).sum(dim=(1, 2, 3)) + kl_weight * posterior.kl()  # (B,)
     return per_image.mean() / x[0].numel()
-
-
-def psnr(x: torch.Tensor, x_hat: torch.Tensor) -> torch.Tensor:
-    """Peak signal-to-noise ratio in dB per image, for images in [-1, 1] measured on the [0, 1] scale: (B,).
-
-    10 log10(1 / MSE) with MSE on [0, 1] values, i.e. 10 log10(4 / MSE) on [-1, 1] values.
-    """
-    mse = (x.clamp(-1, 1) - x_hat.clamp(-1, 1)).pow(2).mean(dim=(1, 2, 3)) / 4.0  # (B,) on the [0, 1] scale
-    return 10.0 * torch.log10(1.0 / mse.clamp_min(1e-12))
 
 
 @torch.no_grad()

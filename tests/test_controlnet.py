@@ -17,7 +17,6 @@ from diffusion_notes.practice.controlnet.model import (
     ControlNet,
     config_for,
     controlled_eps,
-    controlled_unet,
     guess_mode_scales,
 )
 from diffusion_notes.practice.controlnet.pipeline import ControlNetPipeline, check_control, control_keep
@@ -51,7 +50,8 @@ def test_residual_wiring_without_residuals_is_the_unet_and_nonzero_convs_change_
     unet, net = tiny()
     x, t, context, condition = inputs()
     with torch.no_grad():
-        assert torch.equal(controlled_unet(unet, x, t, context), unet(x, t, context))
+        down, mid = net(x, t, context, condition)  # all zero at the start
+        assert torch.equal(unet(x, t, context, down_residuals=down, mid_residual=mid), unet(x, t, context))
         for conv in [*net.zero_convs, net.mid_out, net.hint_out]:
             conv.weight.normal_(0, 0.1)
         controlled = controlled_eps(unet, net, x, t, context, condition)

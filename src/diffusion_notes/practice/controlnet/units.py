@@ -19,7 +19,6 @@ import numpy as np
 import torch
 from PIL import Image
 
-from diffusion_notes.practice.controlnet.model import controlled_unet
 from diffusion_notes.practice.controlnet.pipeline import check_control, control_keep
 
 
@@ -83,7 +82,7 @@ def controlled_unet_call(unet, units: list[tuple[ControlUnit, object]], timestep
             d, m = [r * unit.weight for r in d], m * unit.weight
             downs = d if downs is None else [a + b for a, b in zip(downs, d)]
             mid = m if mid is None else mid + m
-        return controlled_unet(unet, x, t, context, downs, mid)
+        return unet(x, t, context, down_residuals=downs, mid_residual=mid)
 
     call.config = unet.config
     return call

@@ -17,10 +17,11 @@ from diffusion_notes.practice.controlnet.model import (
     ControlNet,
     config_for,
     controlled_eps,
-    controlled_unet,
+    controlnet_residuals,
     guess_mode_scales,
 )
-from diffusion_notes.practice.controlnet.pipeline import ControlNetPipeline, check_control, control_keep
+from diffusion_notes.practice.controlnet.pipeline import ControlNetPipeline
+from diffusion_notes.practice.controlnet.units import ControlledUNet, ControlUnit, check_control, control_keep
 
 TINY = UNetConfig(channels=(32, 64), context_dim=16, heads=2, norm_groups=8)
 
@@ -51,7 +52,8 @@ def test_residual_wiring_without_residuals_is_the_unet_and_nonzero_convs_change_
     unet, net = tiny()
     x, t, context, condition = inputs()
     with torch.no_grad():
-        assert torch.equal(controlled_unet(unet, x, t, context), unet(x, t, context))
+        down, mid = net(x, t, context, condition)  # all zero at the start
+        assert torch.equal(unet(x, t, context, down_residuals=down, mid_residual=mid), unet(x, t, context))
         for conv in [*net.zero_convs, net.mid_out, net.hint_out]:
             conv.weight.normal_(0, 0.1)
         controlled = controlled_eps(unet, net, x, t, context, condition)
@@ -59,6 +61,48 @@ def test_residual_wiring_without_residuals_is_the_unet_and_nonzero_convs_change_
         assert torch.equal(controlled_eps(unet, net, x, t, context, condition, scale=0.0), unet(x, t, context))
         other = make_condition([sample_attributes(i, seed=7) for i in range(3)], "mask")
         assert not torch.equal(controlled_eps(unet, net, x, t, context, other), controlled)
+
+
+def moved(net, seed):
+    """`net` with its zero convolutions moved off zero, as training moves them."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for conv in [*net.zero_convs, net.mid_out, net.hint_out]:
+            conv.weight.copy_(0.1 * torch.randn(conv.weight.shape, generator=g))
+    return net
+
+
+def test_one_wrapper_sums_its_units_residuals_inside_their_windows():
+    """Two units, each its weight times its ControlNet's residuals, added up (diffusers' MultiControlNet), each
+    only at the steps its window keeps: over 4 steps, unit a acts at steps 0-1, unit b at steps 1-3."""
+    unet, net_a = tiny()
+    net_a, net_b = moved(net_a, 1), moved(tiny()[1], 2)
+    x, t, context, condition = inputs(B=3)
+    a = ControlUnit(condition[:1], "a", 0.7, 0.0, 0.5, net=net_a)
+    b = ControlUnit(condition[1:2], "b", 1.3, 0.25, 1.0, net=net_b)
+    timesteps = [900, 600, 300, 50]
+    wrapper = ControlledUNet(unet, [a, b], timesteps)
+
+    def residuals(unit, t):
+        return controlnet_residuals(unit.net, x, t, context, unit.image, unit.weight)
+
+    with torch.no_grad():
+        for i, step in enumerate(timesteps):
+            t = torch.full((3,), step)
+            acting = [u for u, window in ((a, (0, 1)), (b, (1, 2, 3))) if i in window]
+            parts = [residuals(u, t) for u in acting]
+            down = [sum(rs) for rs in zip(*(d for d, _ in parts))]
+            expected = unet(x, t, context, down_residuals=down, mid_residual=sum(m for _, m in parts))
+            assert torch.allclose(wrapper(x, t, context), expected, atol=1e-6), i
+        t = torch.full((3,), 600)
+        b_alone = ControlledUNet(unet, [b], timesteps)(x, t, context)
+        assert not torch.allclose(wrapper(x, t, context), b_alone, atol=1e-4)
+        # a weight of 0 is no control; row weights (the pipeline's dict) scale each row's residuals
+        silent = ControlledUNet(unet, [ControlUnit(condition[:1], "a", 0.0, net=net_a)], timesteps)
+        assert torch.equal(silent(x, t, context), unet(x, t, context))
+        rows = ControlledUNet(unet, [a], timesteps)(x, t, {"context": context, "weight": torch.tensor([1.0, 0.0, 1.0])})
+        steered = ControlledUNet(unet, [a], timesteps)(x, t, context)
+        assert torch.equal(rows[1], unet(x, t, context)[1]) and torch.allclose(rows[[0, 2]], steered[[0, 2]], atol=1e-6)
 
 
 def test_the_copy_starts_from_the_unets_encoder_and_the_convolutions_at_zero():

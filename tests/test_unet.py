@@ -320,3 +320,55 @@ def test_one_channel_groups_forget_each_channels_mean_and_fewer_groups_keep_it()
                         mid_attention=False, norm_groups=2)
     norms = [m for m in UNet(config).modules() if isinstance(m, torch.nn.GroupNorm)]
     assert norms and all(m.num_groups <= 2 for m in norms)
+
+
+# --- ControlNet's residuals on the UNet's own forward ----------------------------------
+
+
+def reference_controlled_forward(unet, x, t, ctx, down_residuals, mid_residual):
+    """The controlled forward walked layer by layer, as ControlNet's cldm.py writes it: each skip (conv_in's output,
+    then every down stage's) plus its residual, the middle block's output plus the middle residual."""
+    from diffusion_notes.nn.embeddings import timestep_embedding
+
+    def stage(layers, h):
+        for layer in layers:
+            if isinstance(layer, ResBlock):
+                h = layer(h, temb)
+            elif isinstance(layer, SpatialTransformer):
+                h = layer(h, ctx)
+            else:
+                h = layer(h)
+        return h
+
+    temb = unet.time_embed(timestep_embedding(t, unet.config.channels[0]))
+    h = unet.conv_in(x)
+    hs = [h]
+    for layers in unet.down:
+        h = stage(layers, h)
+        hs.append(h)
+    h = stage(unet.mid, h) + mid_residual
+    hs = [s + r for s, r in zip(hs, down_residuals)]
+    for layers in unet.up:
+        if isinstance(layers[0], ResBlock):
+            h = torch.cat([h, hs.pop()], dim=1)
+        h = stage(layers, h)
+    return unet.conv_out(F.silu(unet.norm_out(h)))
+
+
+def test_unet_adds_controlnet_residuals_to_its_skips_and_middle(unet):
+    x, ctx, t = torch.randn(2, 4, 8, 8), context(2, 7), torch.tensor([40, 800])
+    g = torch.Generator().manual_seed(8)
+    shapes = [(2, 64, 8, 8), (2, 64, 8, 8), (2, 64, 4, 4), (2, 128, 4, 4)]  # conv_in, down.0, down.1 (down), down.2
+    down = [torch.randn(s, generator=g) for s in shapes]
+    mid = torch.randn(2, 128, 4, 4, generator=g)
+    with torch.no_grad():
+        plain = unet(x, t, ctx)
+        steered = unet(x, t, ctx, down_residuals=down, mid_residual=mid)
+        torch.testing.assert_close(steered, reference_controlled_forward(unet, x, t, ctx, down, mid), rtol=0, atol=0)
+        assert (steered - plain).abs().max() > 1e-3
+        zeros = unet(x, t, ctx, down_residuals=[torch.zeros(s) for s in shapes], mid_residual=torch.zeros(2, 128, 4, 4))
+        assert torch.equal(zeros, plain)  # zero residuals: the UNet itself, to the bit
+        only_mid = unet(x, t, ctx, mid_residual=mid)
+        assert torch.equal(only_mid, reference_controlled_forward(unet, x, t, ctx, [0.0] * 4, mid))
+    with pytest.raises(ValueError, match="need 4 down residuals, one per skip connection, got 3"):
+        unet(x, t, ctx, down_residuals=down[:3])

@@ -39,6 +39,44 @@ class UNetConfig:
     mid_attention: bool = True  # a SpatialTransformer in the middle block (False with no attention anywhere: an unconditional UNet)
 
 
+def time_features(time_embed: nn.Module, t: torch.Tensor, x: torch.Tensor, width: int) -> torch.Tensor:
+    """The timestep embedding every ResBlock reads: t (B,) or a scalar -> (B, 4 C_0) through `time_embed`."""
+    t = torch.as_tensor(t, device=x.device)
+    t = t.expand(x.shape[0]) if t.ndim == 0 else t
+    return time_embed(timestep_embedding(t, width))  # (B, 4 C_0)
+
+
+def run_stage(layers, h: torch.Tensor, temb: torch.Tensor, context: torch.Tensor | None,
+              maps: dict | None = None, name: str = "") -> torch.Tensor:
+    """One stage of the UNet: ResBlocks read the timestep embedding, SpatialTransformers the context
+    (their attention maps go to `maps[name]` when maps is a dict), Downsample and Upsample h alone."""
+    for layer in layers:
+        if isinstance(layer, ResBlock):
+            h = layer(h, temb)
+        elif isinstance(layer, SpatialTransformer):
+            if maps is None:
+                h = layer(h, context)
+            else:
+                h, maps[name] = layer(h, context, return_attention=True)
+        else:
+            h = layer(h)  # Downsample / Upsample
+    return h
+
+
+def run_encoder(down, mid, h: torch.Tensor, temb: torch.Tensor, context: torch.Tensor | None,
+                maps: dict | None = None) -> tuple[list[torch.Tensor], torch.Tensor]:
+    """The down path and the middle block from conv_in's output h: (K skips, the middle's output).
+
+    The skips are h itself and every down stage's output, K = 1 + len(down); the UNet's up path
+    reads them back in reverse (and ControlNet's copy of the encoder runs through here too).
+    """
+    skips = [h]  # (B, C_0, h, w), ...
+    for i, layers in enumerate(down):
+        h = run_stage(layers, h, temb, context, maps, f"down.{i}")
+        skips.append(h)
+    return skips, run_stage(mid, h, temb, context, maps, "mid")  # (B, C_last, h', w')
+
+
 class UNet(nn.Module):
     """eps_theta(z_t, t, context): predicts the noise in z_t given the timestep and the text token states.
 
@@ -84,30 +122,25 @@ class UNet(nn.Module):
         self.norm_out = group_norm(prev, c.norm_groups)
         self.conv_out = nn.Conv2d(prev, c.out_channels, 3, padding=1)
 
-    def _run(self, layers, h, temb, context, maps, name):
-        for layer in layers:
-            if isinstance(layer, ResBlock):
-                h = layer(h, temb)
-            elif isinstance(layer, SpatialTransformer):
-                if maps is None:
-                    h = layer(h, context)
-                else:
-                    h, maps[name] = layer(h, context, return_attention=True)
-            else:
-                h = layer(h)  # Downsample / Upsample
-        return h
-
     @property
     def uses_context(self) -> bool:
         """Whether any layer attends to a context (False: the UNet is unconditional, context may be None)."""
         return self.config.mid_attention or any(self.config.attention)
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, context: torch.Tensor | None = None,
-                return_attention: bool = False, emb: torch.Tensor | None = None):
-        """x (B, C_in, h, w), t (B,) or a scalar, context (B, M, D_c) -> eps (B, C_out, h, w).
+                return_attention: bool = False, emb: torch.Tensor | None = None, *,
+                down_residuals: list[torch.Tensor] | None = None, mid_residual: torch.Tensor | None = None):
+        r"""x (B, C_in, h, w), t (B,) or a scalar, context (B, M, D_c) -> eps (B, C_out, h, w).
 
         `emb` (B, 4 C_0), if given, is added to the timestep embedding: how GLIDE adds its
         pooled text and unCLIP its image embedding (Ramesh et al. 2022, section 2.1).
+
+        `down_residuals` (K tensors shaped like the skips) and `mid_residual` (shaped like the
+        middle block's output) are added where a ControlNet adds them (Zhang et al. 2023, Fig. 3):
+
+        $$\text{skip}_k \leftarrow \text{skip}_k + r_k, \qquad \text{mid} \leftarrow \text{mid} + r_\text{mid}$$
+
+        as diffusers' down_block_additional_residuals and mid_block_additional_residual do.
 
         With return_attention also a dict {"down.0": {"self": (B, H, L, L), "cross": (B, H, L, M)}, ...},
         one entry per SpatialTransformer in the order the input meets them.
@@ -120,23 +153,23 @@ class UNet(nn.Module):
         elif context is None or context.ndim != 3 or context.shape[0] != x.shape[0] or context.shape[2] != c.context_dim:
             raise ValueError(f"context must have shape ({x.shape[0]}, M, {c.context_dim}), got "
                              f"{None if context is None else tuple(context.shape)}")
-        t = torch.as_tensor(t, device=x.device)
-        t = t.expand(x.shape[0]) if t.ndim == 0 else t
-        temb = self.time_embed(timestep_embedding(t, c.channels[0]))  # (B, 4 C_0)
+        temb = time_features(self.time_embed, t, x, c.channels[0])  # (B, 4 C_0)
         if emb is not None:
             if emb.shape != temb.shape:
                 raise ValueError(f"emb must have shape {tuple(temb.shape)}, got {tuple(emb.shape)}")
             temb = temb + emb
         maps = {} if return_attention else None
-        h = self.conv_in(x)  # (B, C_0, h, w)
-        skips = [h]
-        for i, layers in enumerate(self.down):
-            h = self._run(layers, h, temb, context, maps, f"down.{i}")
-            skips.append(h)
-        h = self._run(self.mid, h, temb, context, maps, "mid")
+        skips, h = run_encoder(self.down, self.mid, self.conv_in(x), temb, context, maps)
+        if down_residuals is not None:
+            if len(down_residuals) != len(skips):
+                raise ValueError(f"need {len(skips)} down residuals, one per skip connection, "
+                                 f"got {len(down_residuals)}")
+            skips = [s + r for s, r in zip(skips, down_residuals)]  # each (B, C_k, h_k, w_k)
+        if mid_residual is not None:
+            h = h + mid_residual  # (B, C_last, h', w')
         for i, layers in enumerate(self.up):
             if isinstance(layers[0], ResBlock):
                 h = torch.cat([h, skips.pop()], dim=1)  # (B, C + C_skip, h, w)
-            h = self._run(layers, h, temb, context, maps, f"up.{i}")
+            h = run_stage(layers, h, temb, context, maps, f"up.{i}")
         eps = self.conv_out(F.silu(self.norm_out(h)))  # (B, C_out, h, w)
         return (eps, maps) if return_attention else eps

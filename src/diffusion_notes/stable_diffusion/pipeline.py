@@ -21,13 +21,15 @@ import torch
 from diffusion_notes.data.images import check_image_input, prompt_list, to_pil
 from diffusion_notes.data.tokenizer import tokenize
 from diffusion_notes.device import randn
-from diffusion_notes.foundations.grids import make_grid, noise_to_grid_point
-from diffusion_notes.foundations.guidance import check_guidance_scale
-from diffusion_notes.foundations.samplers import SAMPLER_ALIASES, SAMPLERS, resolve_sampler, sample
+from diffusion_notes.foundations.guidance import CFGDenoiser, check_guidance_scale
+from diffusion_notes.foundations.samplers import SAMPLER_ALIASES, SAMPLERS
+from diffusion_notes.stable_diffusion.denoise import denoise, make_plan, strength_start
 from diffusion_notes.stable_diffusion.ldm import DEFAULT_GUIDANCE_SCALE, ldm_schedule, null_context
 
 OUTPUT_TYPES = ("pt", "pil", "latent")
 DEFAULT_SAMPLER = "dpmpp_2m"
+# diffusers' scheduler options a call may pass (`denoise.make_plan`), besides clip_x0 (the loop's)
+PLAN_OPTIONS = ("spacing", "steps_offset", "use_karras_sigmas", "eta", "set_alpha_to_one")
 
 
 @dataclass
@@ -91,12 +93,13 @@ class LatentDiffusionPipeline:
                  guidance_scale: float = DEFAULT_GUIDANCE_SCALE, sampler: str = DEFAULT_SAMPLER,
                  generator: torch.Generator | None = None, num_images_per_prompt: int = 1, callback=None,
                  output_type: str = "pt", image=None, strength: float = 0.8, progress: bool = False,
-                 **sampler_options) -> PipelineOutput:
+                 **options) -> PipelineOutput:
         """Generate images for `prompt` (a string or a list); see the module docstring.
 
         negative_prompt replaces the empty caption in guidance. `sampler` is any
-        sampler of Part I (or its web-UI name); extra keyword arguments go to
-        `samplers.sample` (eta, use_karras_sigmas, spacing, ...). `callback(i, t, z_t, z0_hat)`
+        sampler of Part I (or its web-UI name); diffusers' scheduler options (eta,
+        use_karras_sigmas, spacing, steps_offset, set_alpha_to_one) and clip_x0 are taken as
+        `samplers.sample` takes them; any other keyword goes to `_denoiser`. `callback(i, t, z_t, z0_hat)`
         sees each step's latents. With `image`, each prompt gets that image (or
         one image per prompt) as its start and `strength` says how much of the
         denoising to redo.
@@ -111,35 +114,37 @@ class LatentDiffusionPipeline:
             negatives = negatives * len(prompts)
         if len(negatives) != len(prompts):
             raise ValueError(f"got {len(prompts)} prompts but {len(negatives)} negative prompts")
-        k = num_images_per_prompt
+        k, n = num_images_per_prompt, num_inference_steps
         cond = self.encode_prompt(prompts).repeat_interleave(k, 0)  # (N, 77, D_c), N = B k
         uncond = self.encode_prompt(negatives).repeat_interleave(k, 0) if guidance_scale != 1 else None
-        c = self.unet.config
-        shape = (len(cond), c.in_channels, c.sample_size, c.sample_size)
-        options = dict(sampler=sampler, num_inference_steps=num_inference_steps, schedule=self.schedule,
-                       generator=generator, callback=callback, device=self.device, cond=cond, uncond=uncond,
-                       guidance_scale=float(guidance_scale), progress=progress, **sampler_options)
-        if image is None:
-            z = sample(self.unet, shape, **options)
+        z0 = None if image is None else self._init_latents(image, len(prompts), k)  # (N, 4, 8, 8)
+        start = 0 if image is None else strength_start(n, strength)
+        plan = make_plan(sampler, n, self.schedule, **{key: options.pop(key) for key in PLAN_OPTIONS if key in options})
+        clip_x0 = options.pop("clip_x0", None)
+        if start == n:  # strength 0: nothing to redo
+            z = z0
         else:
-            z = self._img2img(image, len(prompts), k, shape, strength, options)
+            c = self.unet.config
+            first = randn((len(cond), c.in_channels, c.sample_size, c.sample_size), generator, device=self.device)
+            model = self._denoiser(cond, uncond, float(guidance_scale), plan.grid, start, **options)
+            z = denoise(model, plan, first, z0=z0, start_step=start, generator=generator, callback=callback,
+                        clip_x0=clip_x0, progress=progress)
         if output_type == "latent":
             return PipelineOutput(z, z)
         images = self.decode_latents(z).cpu()  # (N, 3, 32, 32)
         return PipelineOutput(to_pil(images) if output_type == "pil" else images, z)
 
-    def _img2img(self, image, n_prompts, k, shape, strength, options) -> torch.Tensor:
+    def _denoiser(self, cond, uncond, guidance_scale: float, grid, first: int):
+        """The model(x, t) -> eps the loop calls: the UNet guided by cond (N, 77, D_c) against uncond.
+
+        The hook a pipeline overrides to steer the UNet (ControlNet); `grid` is the run's grid and
+        `first` the step it starts at.
+        """
+        return CFGDenoiser(self.unet, cond, uncond, guidance_scale)
+
+    def _init_latents(self, image, n_prompts: int, k: int) -> torch.Tensor:
+        """The init image(s), one or one per prompt, encoded and repeated for each prompt's k images: (N, 4, 8, 8)."""
         z0 = self.encode_image(image)  # (b, 4, 8, 8)
         if len(z0) not in (1, n_prompts):
             raise ValueError(f"give one init image, or one per prompt; got {len(z0)} images for {n_prompts} prompts")
-        z0 = z0.expand(n_prompts, -1, -1, -1).repeat_interleave(k, 0)  # (N, 4, 8, 8)
-        n = options["num_inference_steps"]
-        init_steps = min(int(n * strength), n)  # diffusers: the number of steps redone is int(n * strength)
-        if init_steps == 0:
-            return z0
-        name, karras = resolve_sampler(options["sampler"], options.get("use_karras_sigmas"))
-        grid = make_grid(name, n, self.schedule, options.get("spacing"), options.get("steps_offset", 0), karras)
-        start = n - init_steps
-        noise = randn(shape, options["generator"], device=self.device)  # (N, 4, 8, 8)
-        x_start = noise_to_grid_point(z0, noise, grid, start, self.schedule).float()
-        return sample(self.unet, shape, x_T=x_start, start_step=start, **options)
+        return z0.expand(n_prompts, -1, -1, -1).repeat_interleave(k, 0)  # (N, 4, 8, 8)

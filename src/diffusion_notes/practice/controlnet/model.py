@@ -22,13 +22,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from diffusion_notes.nn.attention import SpatialTransformer
-from diffusion_notes.nn.embeddings import timestep_embedding
 from diffusion_notes.nn.resnet import ResBlock
-from diffusion_notes.nn.unet import UNet, UNetConfig
+from diffusion_notes.nn.unet import UNet, UNetConfig, run_encoder, time_features
 
 
 @dataclass(frozen=True)
@@ -142,68 +139,15 @@ class ControlNet(nn.Module):
         """
         self.check_condition(condition, x.shape[0])
         condition = condition.expand(x.shape[0], -1, -1, -1).to(x)  # (B, 3, H, W)
-        t = torch.as_tensor(t, device=x.device)
-        t = t.expand(x.shape[0]) if t.ndim == 0 else t
-        temb = self.time_embed(timestep_embedding(t, self.config.channels[0]))  # (B, 4 C_0)
+        temb = time_features(self.time_embed, t, x, self.config.channels[0])  # (B, 4 C_0)
         h = self.conv_in(x) + self.hint_out(self.hint(condition))  # (B, C_0, h, w): x + Z(E(c_f))
-        skips = [h]
-        for layers in self.down:
-            h = run_layers(layers, h, temb, context)
-            skips.append(h)
-        h = run_layers(self.mid, h, temb, context)  # (B, C_last, h', w')
+        skips, h = run_encoder(self.down, self.mid, h, temb, context)  # K skips, (B, C_last, h', w')
         return [z(s) for z, s in zip(self.zero_convs, skips)], self.mid_out(h)
 
 
 def _encoder_fields(config: UNetConfig) -> UNetConfig:
     """`config` with the fields the encoder does not depend on set to the ControlNet's defaults."""
     return UNetConfig(**{**config.__dict__, "out_channels": config.in_channels, "dropout": 0.0})
-
-
-def run_layers(layers, h: torch.Tensor, temb: torch.Tensor, context: torch.Tensor | None) -> torch.Tensor:
-    """One UNet stage: ResBlocks get the timestep embedding, SpatialTransformers the context, the rest h alone."""
-    for layer in layers:
-        if isinstance(layer, ResBlock):
-            h = layer(h, temb)
-        elif isinstance(layer, SpatialTransformer):
-            h = layer(h, context)
-        else:
-            h = layer(h)  # Downsample / Upsample
-    return h
-
-
-def controlled_unet(unet: UNet, x: torch.Tensor, t: torch.Tensor, context: torch.Tensor,
-                    down_residuals: list[torch.Tensor] | None = None,
-                    mid_residual: torch.Tensor | None = None) -> torch.Tensor:
-    r"""The frozen UNet with the ControlNet's residuals added to its skips and middle output: eps (B, 4, h, w).
-
-    $$\text{skip}_k \leftarrow \text{skip}_k + r_k, \qquad \text{mid} \leftarrow \text{mid} + r_\text{mid}$$
-
-    With no residuals this is `unet(x, t, context)`, computed the same way.
-    (diffusers: UNet2DConditionModel's down_block_additional_residuals and mid_block_additional_residual.)
-
-    Paper: Zhang et al. 2023, section 3.2 and Fig. 3
-    """
-    c = unet.config
-    t = torch.as_tensor(t, device=x.device)
-    t = t.expand(x.shape[0]) if t.ndim == 0 else t
-    temb = unet.time_embed(timestep_embedding(t, c.channels[0]))  # (B, 4 C_0)
-    h = unet.conv_in(x)  # (B, C_0, h, w)
-    skips = [h]
-    for layers in unet.down:
-        h = run_layers(layers, h, temb, context)
-        skips.append(h)
-    if down_residuals is not None:
-        if len(down_residuals) != len(skips):
-            raise ValueError(f"need {len(skips)} down residuals, one per skip connection, got {len(down_residuals)}")
-        skips = [s + r for s, r in zip(skips, down_residuals)]  # each (B, C_k, h_k, w_k)
-    h = run_layers(unet.mid, h, temb, context)
-    if mid_residual is not None:
-        h = h + mid_residual  # (B, C_last, h', w')
-    for layers in unet.up:
-        if isinstance(layers[0], ResBlock):
-            h = torch.cat([h, skips.pop()], dim=1)  # (B, C + C_skip, h, w)
-        h = run_layers(layers, h, temb, context)
-    return unet.conv_out(F.silu(unet.norm_out(h)))  # (B, 4, h, w)
 
 
 def guess_mode_scales(n: int) -> torch.Tensor:
@@ -214,6 +158,20 @@ def guess_mode_scales(n: int) -> torch.Tensor:
     return torch.logspace(-1, 0, n + 1)
 
 
+def controlnet_residuals(controlnet: ControlNet, x: torch.Tensor, t: torch.Tensor, context: torch.Tensor,
+                         condition: torch.Tensor, scale=1.0,
+                         guess_mode: bool = False) -> tuple[list[torch.Tensor], torch.Tensor]:
+    """The ControlNet's K skip residuals and middle residual times `scale` ((B,) or a number), for `UNet.forward`.
+
+    In guess mode each residual is also weighted by its depth (`guess_mode_scales`).
+    """
+    down, mid = controlnet(x, t, context, condition)
+    scale = torch.as_tensor(scale, dtype=x.dtype, device=x.device)
+    scale = scale.reshape(-1, 1, 1, 1) if scale.ndim else scale  # (B, 1, 1, 1) or a scalar
+    weights = guess_mode_scales(len(down)).tolist() if guess_mode else [1.0] * (len(down) + 1)
+    return [r * (w * scale) for r, w in zip(down, weights)], mid * (weights[-1] * scale)
+
+
 def controlled_eps(unet: UNet, controlnet: ControlNet, x: torch.Tensor, t: torch.Tensor, context: torch.Tensor,
                    condition: torch.Tensor, scale=1.0, guess_mode: bool = False) -> torch.Tensor:
     """eps of the controlled UNet: the ControlNet's residuals times `scale` ((B,) or a number) into the frozen UNet.
@@ -221,9 +179,5 @@ def controlled_eps(unet: UNet, controlnet: ControlNet, x: torch.Tensor, t: torch
     Book: eq-controlnet
     Paper: Zhang et al. 2023, eq. 2 and section 4 (guess mode: the residuals weighted by `guess_mode_scales`)
     """
-    down, mid = controlnet(x, t, context, condition)
-    scale = torch.as_tensor(scale, dtype=x.dtype, device=x.device)
-    scale = scale.reshape(-1, 1, 1, 1) if scale.ndim else scale  # (B, 1, 1, 1) or a scalar
-    weights = guess_mode_scales(len(down)).tolist() if guess_mode else [1.0] * (len(down) + 1)
-    down = [r * (w * scale) for r, w in zip(down, weights)]
-    return controlled_unet(unet, x, t, context, down, mid * (weights[-1] * scale))
+    down, mid = controlnet_residuals(controlnet, x, t, context, condition, scale, guess_mode)
+    return unet(x, t, context, down_residuals=down, mid_residual=mid)

@@ -1,25 +1,26 @@
-"""ControlNet in the web UI: a "unit" (condition image, model, weight, start, end) and the UNet it steers.
+"""ControlNet units and the UNet they steer: one wrapper for the pipeline and the web UI.
 
 The web UI's ControlNet extension takes, in a txt2img or img2img request,
 
     "alwayson_scripts": {"controlnet": {"args": [{"image": <base64 PNG>, "model": "controlnet",
                                                    "weight": 1.0, "guidance_start": 0.0, "guidance_end": 1.0}]}}
 
-`ControlUnit` is one entry of "args"; `controlled_unet_call` wraps the UNet so that the web UI's
-own denoiser (which calls unet(x, t, context) on the guided batch, prompt and negative rows
-together) gets the ControlNet's residuals on every row, at the steps the unit's window allows
-(the extension's balanced mode). The condition image is taken as given: no preprocessor.
+`ControlUnit` is one entry of "args" (the condition image, the model, its weight and its window).
+`ControlledUNet` wraps the UNet so that whoever calls unet(x, t, context) (the pipeline's guided
+batch, the web UI's denoiser with its prompt and negative rows together) gets every unit's
+residuals, times its weight, at the steps its window keeps; several units' residuals add up, as in
+diffusers' MultiControlNet. The condition image is taken as given: no preprocessor.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
-from diffusion_notes.practice.controlnet.model import controlled_unet
-from diffusion_notes.practice.controlnet.pipeline import check_control, control_keep
+from diffusion_notes.practice.controlnet.model import controlnet_residuals
 
 
 @dataclass
@@ -46,6 +47,42 @@ class ControlUnit:
                 "guidance_end": self.guidance_end}
 
 
+def check_control(scale, start, end) -> tuple[float, float, float]:
+    """Raise a ValueError unless scale >= 0 and 0 <= start < end <= 1; return them as floats."""
+    for name, value in (("controlnet_conditioning_scale", scale), ("control_guidance_start", start),
+                        ("control_guidance_end", end)):
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or math.isnan(value):
+            raise ValueError(f"{name} must be a number, got {value!r}")
+    if scale < 0:
+        raise ValueError(f"controlnet_conditioning_scale must be >= 0 (0 = no control, 1 = as trained), got {scale}")
+    if not 0 <= start < end <= 1:
+        raise ValueError(f"control_guidance_start and control_guidance_end must satisfy 0 <= start < end <= 1 "
+                         f"(fractions of the steps), got start={start}, end={end}")
+    return float(scale), float(start), float(end)
+
+
+def control_keep(n: int, start: float, end: float) -> list[float]:
+    r"""1.0 at the steps i of n where the ControlNet acts, else 0.0: diffusers' controlnet_keep.
+
+    $$k_i = 1 - [\,i / n < \text{start} \ \text{or}\ (i + 1) / n > \text{end}\,]$$
+
+    Book: eq-control-window
+    Paper: Zhang et al. 2023, section 4 (the conditioning scale); diffusers' StableDiffusionControlNetPipeline
+    """
+    return [1.0 - float(i / n < start or (i + 1) / n > end) for i in range(n)]
+
+
+def condition_tensor(image, size: int = 32) -> torch.Tensor:
+    """A condition image (PIL, or a (3, H, W) / (B, 3, H, W) float tensor in [0, 1]) -> (B, 3, size, size) in [0, 1]."""
+    if hasattr(image, "convert") and hasattr(image, "size"):  # PIL
+        if tuple(image.size) != (size, size):
+            raise ValueError(f"the condition image must be {size}x{size} pixels, got {image.size[0]}x{image.size[1]}")
+        image = torch.from_numpy(np.asarray(image.convert("RGB"), dtype=np.float32) / 255.0).permute(2, 0, 1)
+    if not torch.is_tensor(image) or not image.is_floating_point():
+        raise ValueError("the condition image must be a PIL image or a float tensor (3, H, W) or (B, 3, H, W) in [0, 1]")
+    return image[None] if image.ndim == 3 else image
+
+
 def condition_image(image, size: int = 32) -> torch.Tensor:
     """A unit's image -> (1, 3, size, size) in [0, 1]; a ValueError for the wrong size, channels or range."""
     if hasattr(image, "convert") and hasattr(image, "size"):  # PIL: any mode, read as RGB
@@ -61,28 +98,37 @@ def condition_image(image, size: int = 32) -> torch.Tensor:
     return image
 
 
-def controlled_unet_call(unet, units: list[tuple[ControlUnit, object]], timesteps: list, start_step: int = 0):
-    """unet(x, t, context) with each (unit, its ControlNet)'s residuals added, at the steps its window keeps.
+class ControlledUNet:
+    """unet(x, t, context) plus the residuals of every unit whose window keeps the step (Zhang et al. 2023, Fig. 3).
 
-    `timesteps` is the sampler's whole grid; the window counts over the steps run (from `start_step`).
+    r = sum over units u of  w_u k_u(i) ControlNet_u(x, t, context, c_u)      (k_u: `control_keep`)
+
+    `timesteps` are the steps run (img2img: the grid from its start), so a window counts over those.
+    `context` is (B, M, D_c), or a dict {"context": (B, M, D_c), "weight": (B,)} whose row weights
+    also multiply the residuals (the pipeline's guess mode gives its negative rows 0). A unit's image
+    has 1 row, or one per row of the prompt batch (repeated over a guided batch's halves). In guess
+    mode the residuals are weighted by depth (`model.guess_mode_scales`), as diffusers' guess_mode.
     """
-    run = [float(t) for t in timesteps[start_step:]]
-    plans = [(unit, net, dict(zip(run, control_keep(len(run), unit.guidance_start, unit.guidance_end))))
-             for unit, net in units]
-    conditions = [condition_image(unit.image).to(next(unet.parameters()).device) for unit, _ in units]
 
-    def call(x, t, context):
-        key = float(t.reshape(-1)[0])
-        active = [(unit, net, cond) for (unit, net, keep), cond in zip(plans, conditions) if keep.get(key, 0.0)]
-        if not active:
-            return unet(x, t, context)
-        downs, mid = None, None
-        for unit, net, cond in active:  # several units: their residuals add up, as in diffusers' MultiControlNet
-            d, m = net(x, t, context, cond)
-            d, m = [r * unit.weight for r in d], m * unit.weight
-            downs = d if downs is None else [a + b for a, b in zip(downs, d)]
+    def __init__(self, unet, units: list[ControlUnit], timesteps: list, guess_mode: bool = False):
+        self.unet, self.units, self.guess_mode = unet, units, guess_mode
+        device = next(unet.parameters()).device
+        run = [float(t) for t in timesteps]
+        self.keep = [dict(zip(run, control_keep(len(run), u.guidance_start, u.guidance_end))) for u in units]
+        self.conditions = [u.net.check_condition(condition_tensor(u.image, u.net.config.condition_size)).to(device)
+                           for u in units]  # (1 or N, 3, H, W) each
+
+    def __call__(self, x: torch.Tensor, t: torch.Tensor, context) -> torch.Tensor:
+        context, rows = (context["context"], context["weight"]) if isinstance(context, dict) else (context, None)
+        key, down, mid = float(t.reshape(-1)[0]), None, None
+        for unit, keep, condition in zip(self.units, self.keep, self.conditions):
+            s = unit.weight * keep.get(key, 0.0)
+            if s == 0:
+                continue
+            if len(condition) not in (1, len(x)):
+                condition = condition.repeat(len(x) // len(condition), 1, 1, 1)  # (B, 3, H, W)
+            d, m = controlnet_residuals(unit.net, x, t, context, condition, s if rows is None else rows * s,
+                                        self.guess_mode)
+            down = d if down is None else [a + b for a, b in zip(down, d)]  # several units add up
             mid = m if mid is None else mid + m
-        return controlled_unet(unet, x, t, context, downs, mid)
-
-    call.config = unet.config
-    return call
+        return self.unet(x, t, context, down_residuals=down, mid_residual=mid)

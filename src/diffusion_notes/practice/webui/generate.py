@@ -21,16 +21,17 @@ import torch
 from PIL import Image, ImageFilter
 
 from diffusion_notes.data.images import to_pil
-from diffusion_notes.foundations.grids import make_grid, noise_to_grid_point
-from diffusion_notes.foundations.samplers import (SAMPLER_ALIASES, SAMPLERS, init_noise_scale, loop, prepare_step,
-                                                  resolve_sampler)
-from diffusion_notes.practice.controlnet.units import ControlUnit, controlled_unet_call
+from diffusion_notes.foundations.grids import noise_to_grid_point
+from diffusion_notes.foundations.samplers import SAMPLER_ALIASES, SAMPLERS
+from diffusion_notes.practice.controlnet.units import ControlledUNet, ControlUnit
 from diffusion_notes.practice.finetune.lora_files import applied
 from diffusion_notes.practice.webui import infotext
 from diffusion_notes.practice.webui.extra_networks import parse_extra_networks
 from diffusion_notes.practice.webui.conditioning import Conditioning, PromptEncoder, WebUIDenoiser
 from diffusion_notes.practice.webui.prompts import parse_prompt_attention
 from diffusion_notes.practice.webui.seeds import ImageRNG, resolve_seed
+from diffusion_notes.stable_diffusion.denoise import denoise, make_plan
+from diffusion_notes.stable_diffusion.denoise import webui_start as start_step  # the web UI's img2img start
 
 SIZE = 32  # the only size our models draw
 LIMITS = {"steps": (1, 150), "cfg_scale": (0.0, 30.0), "batch_size": (1, 8), "n_iter": (1, 100),
@@ -131,12 +132,6 @@ def check(settings: Settings) -> Settings:
     return settings
 
 
-def start_step(steps: int, denoising_strength: float) -> int:
-    """Where img2img starts on the grid: the web UI runs int(min(strength, 0.999) * steps) + 1 steps."""
-    t_enc = int(min(denoising_strength, 0.999) * steps)
-    return steps - t_enc - 1
-
-
 def _as_rgb(image, what: str) -> Image.Image:
     if not hasattr(image, "convert"):
         raise ValueError(f"{what} must be an image")
@@ -163,35 +158,27 @@ def latent_mask(mask: torch.Tensor, size: int) -> torch.Tensor:
 def run_batch(pipe, settings: Settings, seeds: list[int], subseeds: list[int], encoder: PromptEncoder,
               init: torch.Tensor | None = None, mask: torch.Tensor | None = None, callback=None) -> torch.Tensor:
     """One batch: latents (B, 4, 8, 8) -> decoded images (B, 3, 32, 32) in [0, 1]."""
-    B, n, device = len(seeds), settings.steps, pipe.device
-    sampler, karras = resolve_sampler(settings.sampler_name, None)
-    grid = make_grid(sampler, n, pipe.schedule, None, 0, karras)
-    c = pipe.unet.config
+    B, n, c = len(seeds), settings.steps, pipe.unet.config
+    plan = make_plan(settings.sampler_name, n, pipe.schedule)
     rng = ImageRNG((c.in_channels, c.sample_size, c.sample_size), seeds, subseeds, settings.subseed_strength)
-    noise = rng.first().to(device)  # (B, 4, 8, 8)
-    start, after_step, z0 = 0, None, None
-    if init is None:
-        scale = init_noise_scale(sampler, None, grid)
-        x = noise if scale == 1.0 else noise * scale
-    else:
-        z0 = pipe.encode_image(init).expand(B, -1, -1, -1)  # (B, 4, 8, 8)
-        start = start_step(n, settings.denoising_strength)
-        x = noise_to_grid_point(z0, noise, grid, start, pipe.schedule).float()
+    noise = rng.first().to(pipe.device)  # (B, 4, 8, 8)
+    z0 = None if init is None else pipe.encode_image(init).expand(B, -1, -1, -1)  # (B, 4, 8, 8)
+    start = 0 if init is None else start_step(n, settings.denoising_strength)
+    after_step = None
     if mask is not None:
-        keep = 1 - latent_mask(mask, c.sample_size).to(device)  # (1, 1, 8, 8): 1 where the input stays
+        keep = 1 - latent_mask(mask, c.sample_size).to(pipe.device)  # (1, 1, 8, 8): 1 where the input stays
 
         def after_step(i, x_prev):  # the known latent, noised to where the sampler now is
-            known = z0 if i + 1 == n else noise_to_grid_point(z0, noise, grid, i + 1, pipe.schedule).float()
+            known = z0 if i + 1 == n else noise_to_grid_point(z0, noise, plan.grid, i + 1, pipe.schedule).float()
             return keep * known + (1 - keep) * x_prev
 
     conds = [Conditioning(encoder, settings.prompt, n) for _ in range(B)]
     unconds = [Conditioning(encoder, settings.negative_prompt, n, split=False) for _ in range(B)]
     unet = pipe.unet
     if settings.controlnet:  # Chapter 17: the units' residuals on every row the denoiser sends
-        unet = controlled_unet_call(unet, [(u, u.net) for u in settings.controlnet], grid.timesteps.tolist(), start)
+        unet = ControlledUNet(unet, settings.controlnet, plan.grid.timesteps.tolist()[start:])
     model = WebUIDenoiser(unet, conds, unconds, settings.cfg_scale, encoder(""))
-    step = prepare_step(sampler, grid, pipe.schedule, dtype=x.dtype)
-    z = loop(model, x, grid, step, noise=rng.next, start_step=start, after_step=after_step, callback=callback)
+    z = denoise(model, plan, noise, z0=z0, start_step=start, noise=rng.next, after_step=after_step, callback=callback)
     return pipe.decode_latents(z).cpu()  # (B, 3, 32, 32)
 
 

@@ -1,0 +1,90 @@
+"""One latent denoising path for every picture: txt2img, img2img, inpainting, ControlNet and the web UI.
+
+    plan = make_plan("dpmpp_2m", 25, schedule)                          # the grid a run visits
+    z = denoise(model, plan, first)                                     # txt2img from x_T = first * scale
+    z = denoise(model, plan, first, z0=z0, start_step=strength_start(25, 0.6))   # img2img (SDEdit)
+
+`model(x, t) -> eps` carries the conditioning, guidance and any ControlNet; `first` is the run's
+first N(0, I) draw (x_T, or the noise that takes z0 to the start). Where an img2img run starts is
+the caller's convention: diffusers' strength rule (`strength_start`, the pipelines) or the web UI's
+(`webui_start`); everything after that is the same code.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import NamedTuple
+
+import torch
+
+from diffusion_notes.foundations.grids import Grid, make_grid, noise_to_grid_point
+from diffusion_notes.foundations.samplers import init_noise_scale, loop, prepare_step, resolve_sampler
+from diffusion_notes.foundations.schedules import Schedule
+
+
+class Plan(NamedTuple):
+    """A sampler's run laid out before any noise is drawn: its grid, and how x_T is scaled."""
+
+    sampler: str  # our name, resolved from a web-UI name
+    grid: Grid
+    schedule: Schedule
+    init_scale: float  # the standard deviation of x_T in the DDPM scale (`init_noise_scale`)
+    eta: float = 0.0
+    set_alpha_to_one: bool = True
+
+
+def make_plan(sampler: str, num_inference_steps: int, schedule: Schedule, *, spacing: str | None = None,
+              steps_offset: int = 0, use_karras_sigmas: bool | None = None, eta: float = 0.0,
+              set_alpha_to_one: bool = True) -> Plan:
+    """`sampler` (ours or a web-UI name) over n steps, with diffusers' options as `samplers.sample` takes them."""
+    name, karras = resolve_sampler(sampler, use_karras_sigmas)
+    if isinstance(eta, bool) or not isinstance(eta, (int, float)) or not eta >= 0:
+        raise ValueError(f"eta must be a number >= 0 (0 = DDIM, 1 = DDPM's variance), got {eta!r}")
+    if eta != 0 and name != "ddim":
+        raise ValueError(f"eta applies to the ddim sampler only, got eta={eta} with sampler {name!r}")
+    grid = make_grid(name, num_inference_steps, schedule, spacing, steps_offset, karras)
+    return Plan(name, grid, schedule, init_noise_scale(name, spacing, grid), float(eta), set_alpha_to_one)
+
+
+def strength_start(n: int, strength: float) -> int:
+    """diffusers' img2img: redo int(n strength) of the n steps, so start at grid point n - int(n strength).
+
+    strength 1 starts from pure noise at step 0; a start of n runs nothing and returns the input.
+    """
+    return n - min(int(n * strength), n)
+
+
+def webui_start(n: int, denoising_strength: float) -> int:
+    """The web UI's img2img: it runs int(min(d, 0.999) n) + 1 of the n steps, so start at n - that.
+
+    Denoising strength 0 still runs the last step, and 1 runs all n but starts at the noised input.
+    """
+    return n - int(min(denoising_strength, 0.999) * n) - 1
+
+
+@torch.no_grad()
+def denoise(model, plan: Plan, first: torch.Tensor, *, z0: torch.Tensor | None = None, start_step: int = 0,
+            noise: Callable | None = None, generator: torch.Generator | None = None,
+            after_step: Callable | None = None, callback=None, clip_x0: float | None = None,
+            progress: bool = False) -> torch.Tensor:
+    """Denoise from where the run starts down to z_0 (B, C, h, w), with `samplers.loop`.
+
+    txt2img (z0 None): x_T = first * plan.init_scale, where diffusers' pipelines start.
+    img2img: z0 noised by `first` to grid point `start_step` (`noise_to_grid_point`: SDEdit),
+    and the loop runs the steps from there; a start at the grid's end returns z0 itself.
+    `noise(i)` (or `generator`), `after_step`, `callback` and `progress` go to the loop.
+    """
+    n = len(plan.grid.timesteps)
+    if isinstance(start_step, bool) or not isinstance(start_step, int) or not 0 <= start_step <= n:
+        raise ValueError(f"start_step must be an int in [0, {n}], got {start_step!r}")
+    if z0 is None:
+        if start_step:
+            raise ValueError("a run that starts part-way (start_step > 0) needs z0, the input to noise")
+        x = first if plan.init_scale == 1.0 else first * plan.init_scale  # (B, C, h, w)
+    elif start_step == n:
+        return z0
+    else:
+        x = noise_to_grid_point(z0, first, plan.grid, start_step, plan.schedule).float()  # (B, C, h, w)
+    step = prepare_step(plan.sampler, plan.grid, plan.schedule, plan.eta, plan.set_alpha_to_one, dtype=x.dtype)
+    return loop(model, x, plan.grid, step, noise=noise, generator=generator, after_step=after_step,
+                callback=callback, start_step=start_step, clip_x0=clip_x0, progress=progress)

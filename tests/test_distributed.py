@@ -15,7 +15,7 @@ import pytest
 import torch
 
 import diffusion_notes.training.train as train_module
-from diffusion_notes.checkpoint import CHECKPOINT_NAME, WEIGHTS_NAME, load_checkpoint, read_metadata
+from diffusion_notes.run_files import CHECKPOINT_NAME, WEIGHTS_NAME, load_checkpoint, read_metadata
 from diffusion_notes.device import (
     batch_shard,
     current_shard,

@@ -17,11 +17,11 @@ PACKAGE = "diffusion_notes"
 SRC = Path(__file__).resolve().parents[1] / "src" / PACKAGE
 
 # layer -> the layers it may import (besides itself). Each module's layer is its folder, or its own name.
-BASE = {"device", "checkpoint", "report", "viz", "data", "nn"}
+BASE = {"device", "run_files", "report", "viz", "data", "nn"}
 MAY_IMPORT = {
     "package": set(),  # diffusion_notes/__init__.py: the version, nothing else
     "device": set(),
-    "checkpoint": set(),
+    "run_files": set(),
     "report": set(),
     "viz": set(),
     "data": set(),
@@ -31,7 +31,7 @@ MAY_IMPORT = {
     "unclip": {"foundations", "nn", "data", "device", "evaluation", "viz"},  # Part II
     "stable_diffusion": {"foundations", "nn", "data", "device", "evaluation", "viz"},  # Part III
     "practice": BASE | {"evaluation", "foundations", "unclip", "stable_diffusion"},  # Part IV
-    "pretrained": {"checkpoint", "device", "data", "nn", "evaluation", "foundations", "unclip", "stable_diffusion",
+    "pretrained": {"run_files", "device", "data", "nn", "evaluation", "foundations", "unclip", "stable_diffusion",
                    "practice"},  # Part IV's models too (LoRAs, embeddings, ControlNets); practice never imports it
     "training": BASE | {"evaluation", "foundations", "unclip", "stable_diffusion", "practice", "pretrained"},
     "__main__": BASE | {"evaluation", "foundations", "unclip", "stable_diffusion", "practice", "pretrained",
@@ -160,14 +160,14 @@ def test_the_folders_read_like_the_table_of_contents():
     assert folders == {"foundations", "unclip", "stable_diffusion", "practice", "nn", "data", "evaluation",
                        "training", "viz", "weights"}
     top = {p.stem for p in SRC.glob("*.py")}
-    assert top == {"__init__", "__main__", "checkpoint", "device", "pretrained", "report"}
+    assert top == {"__init__", "__main__", "architectures", "device", "pretrained", "report", "run_files"}
 
 
 def test_no_flat_shims_are_left_at_the_old_paths():
     old = ["schedules", "diffusion", "samplers", "sampler_steps", "guidance", "oracle", "toy2d", "toy_metrics",
            "tokenizer", "clip", "clip_eval", "bridges", "classifier", "metrics", "unclip_data", "prior", "ar_prior",
            "unclip", "unclip_pipeline", "unclip_eval", "vae", "ldm", "cost", "pipeline", "ldm_eval", "recipes",
-           "train", "widgets"]
+           "train", "widgets", "checkpoint"]
     assert [name for name in old if (SRC / f"{name}.py").exists()] == []
 
 

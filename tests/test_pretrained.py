@@ -8,9 +8,9 @@ import shutil
 import pytest
 import torch
 
-from diffusion_notes import checkpoint, pretrained
+from diffusion_notes import pretrained, run_files
 from diffusion_notes.__main__ import main
-from diffusion_notes.checkpoint import WEIGHTS_NAME, load_checkpoint
+from diffusion_notes.run_files import WEIGHTS_NAME, load_checkpoint
 from diffusion_notes.pretrained import WeightsError, available, info, load
 from diffusion_notes.training.ship import loss_curve, ship
 from diffusion_notes.training.train import train
@@ -137,7 +137,7 @@ def test_unknown_name_lists_the_shipped_ones(weights, tmp_path):
 def test_checksum_is_cached(weights, monkeypatch):
     load("toy2d", weights_dir=weights)
     calls = []
-    monkeypatch.setattr(checkpoint.hashlib, "sha256", lambda *a: calls.append(a) or hashlib.sha256(*a))
+    monkeypatch.setattr(run_files.hashlib, "sha256", lambda *a: calls.append(a) or hashlib.sha256(*a))
     load("toy2d", weights_dir=weights)
     assert calls == []
 

@@ -14,7 +14,7 @@ from fastapi.testclient import TestClient
 from PIL import Image
 
 from diffusion_notes import pretrained
-from diffusion_notes.checkpoint import load_checkpoint, save_checkpoint
+from diffusion_notes.run_files import load_checkpoint, save_checkpoint
 from diffusion_notes.practice.webui import infotext
 from diffusion_notes.practice.webui.app import create_app
 from diffusion_notes.practice.webui.models import ModelRegistry

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import torch
 
-from diffusion_notes.checkpoint import (
+from diffusion_notes.run_files import (
     config_from_dict,
     load_checkpoint,
     read_metadata,

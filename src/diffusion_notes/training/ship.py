@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from diffusion_notes.checkpoint import (
+from diffusion_notes.run_files import (
     CHECKPOINT_NAME,
     WEIGHTS_NAME,
     atomic_write_bytes,

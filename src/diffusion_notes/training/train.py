@@ -66,7 +66,7 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
 from diffusion_notes import __version__
-from diffusion_notes.checkpoint import (
+from diffusion_notes.run_files import (
     CHECKPOINT_NAME,
     WEIGHTS_NAME,
     atomic_write_bytes,

@@ -24,7 +24,7 @@ from diffusion_notes.practice.finetune.learner import learner_pipeline
 from diffusion_notes.practice.finetune.lora import count_parameters
 from diffusion_notes.training import frozen
 from diffusion_notes.training.recipes import get_recipe
-from diffusion_notes.training.train import train
+from diffusion_notes.training.loop import train
 
 torch.set_num_threads(1)
 ROOT = Path(__file__).resolve().parents[1]

@@ -31,11 +31,15 @@ MAY_IMPORT = {
     "unclip": {"foundations", "nn", "data", "device", "evaluation", "viz"},  # Part II
     "stable_diffusion": {"foundations", "nn", "data", "device", "evaluation", "viz"},  # Part III
     "practice": BASE | {"evaluation", "foundations", "unclip", "stable_diffusion"},  # Part IV
+    # the list of models: every Part's model classes and Part IV's adapter loaders; practice never imports it
+    "architectures": {"run_files", "device", "data", "nn", "evaluation", "foundations", "unclip", "stable_diffusion",
+                      "practice"},
     "pretrained": {"run_files", "device", "data", "nn", "evaluation", "foundations", "unclip", "stable_diffusion",
-                   "practice"},  # Part IV's models too (LoRAs, embeddings, ControlNets); practice never imports it
-    "training": BASE | {"evaluation", "foundations", "unclip", "stable_diffusion", "practice", "pretrained"},
-    "__main__": BASE | {"evaluation", "foundations", "unclip", "stable_diffusion", "practice", "pretrained",
-                        "training"},
+                   "practice", "architectures"},  # Part IV's models too (LoRAs, embeddings, ControlNets)
+    "training": BASE | {"evaluation", "foundations", "unclip", "stable_diffusion", "practice", "architectures",
+                        "pretrained"},
+    "__main__": BASE | {"evaluation", "foundations", "unclip", "stable_diffusion", "practice", "architectures",
+                        "pretrained", "training"},
 }
 EVERYONE_MAY_IMPORT = {"package"}  # `from diffusion_notes import __version__`
 
@@ -179,17 +183,37 @@ def test_only_training_and_the_shelf_know_the_shipped_weights(graph):
         assert not any(t.startswith(f"{PACKAGE}.training") for t in edges), module
 
 
-def test_the_shelf_builds_what_the_recipes_train():
-    from diffusion_notes.pretrained import ARCHITECTURES
+def test_every_recipe_trains_an_architecture_of_the_list():
+    from diffusion_notes.architectures import ARCHITECTURES
     from diffusion_notes.training.recipes import get_recipe, recipe_names
 
-    assert set(ARCHITECTURES) == set(recipe_names())
     for name in recipe_names():
         recipe = get_recipe(name)
-        if recipe.trainable_state is not None:  # a fine-tuning result: built on the shipped parts it adapts
-            assert ARCHITECTURES[name][1] is type(recipe.config), name
-            continue
-        assert ARCHITECTURES[name] == (recipe.build, type(recipe.config)), name
+        assert name in ARCHITECTURES, name
+        assert type(recipe.config) is ARCHITECTURES[name].config, name
+        if ARCHITECTURES[name].load is None:  # a whole model; a fine-tuning result is built on the shipped parts
+            assert recipe.build is ARCHITECTURES[name].model, name
+
+
+def test_the_shelf_builds_every_shipped_model_through_the_list(monkeypatch):
+    from diffusion_notes import architectures, pretrained
+
+    built = []
+    real = architectures.build
+
+    def spy(recipe, *args, **kwargs):
+        built.append(recipe)
+        return real(recipe, *args, **kwargs)
+
+    monkeypatch.setattr(architectures, "build", spy)
+    models = pretrained.read_manifest()["models"]
+    for name, entry in models.items():
+        shipped = pretrained.load(name, "cpu")
+        assert built[-1] == entry["recipe"], name
+        kind = architectures.ARCHITECTURES[entry["recipe"]]
+        if kind.load is None:
+            assert type(shipped) is kind.model and not shipped.training, name
+    assert len(built) == len(models)
 
 
 # ----------------------------------------------------------------------------- the checker can fail

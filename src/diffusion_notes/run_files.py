@@ -45,15 +45,20 @@ def atomic_write_bytes(path, data: bytes) -> Path:
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
-    try:  # make the rename itself durable (not possible on every platform)
-        dir_fd = os.open(path.parent, os.O_RDONLY)
+    sync_directory(path.parent)
+    return path
+
+
+def sync_directory(directory) -> None:
+    """Make the renames in `directory` durable (not possible on every platform)."""
+    try:
+        dir_fd = os.open(directory, os.O_RDONLY)
         try:
             os.fsync(dir_fd)
         finally:
             os.close(dir_fd)
     except OSError:
         pass
-    return path
 
 
 def remove_stale_temporaries(directory) -> None:

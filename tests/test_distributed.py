@@ -15,7 +15,6 @@ import pytest
 import torch
 
 import diffusion_notes.training.loop as train_module
-from diffusion_notes.run_files import CHECKPOINT_NAME, WEIGHTS_NAME, load_checkpoint, read_metadata
 from diffusion_notes.device import (
     batch_shard,
     current_shard,
@@ -26,6 +25,7 @@ from diffusion_notes.device import (
     shard_rows,
 )
 from diffusion_notes.foundations.guidance import drop_condition
+from diffusion_notes.run_files import CHECKPOINT_NAME, WEIGHTS_NAME, load_checkpoint, read_metadata
 from diffusion_notes.training.distributed import World
 from diffusion_notes.training.loop import train
 

@@ -10,10 +10,10 @@ import torch
 
 from diffusion_notes import pretrained, run_files
 from diffusion_notes.__main__ import main
-from diffusion_notes.run_files import WEIGHTS_NAME, load_checkpoint
 from diffusion_notes.pretrained import WeightsError, available, info, load
-from diffusion_notes.training.ship import loss_curve, ship
+from diffusion_notes.run_files import WEIGHTS_NAME, load_checkpoint
 from diffusion_notes.training.loop import train
+from diffusion_notes.training.ship import loss_curve, ship
 
 TINY = ["hidden=16", "num_blocks=1", "time_dim=8"]
 

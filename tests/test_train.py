@@ -12,11 +12,11 @@ import pytest
 import torch
 
 from diffusion_notes.__main__ import main
-from diffusion_notes.run_files import CHECKPOINT_NAME, WEIGHTS_NAME, load_checkpoint, read_metadata
 from diffusion_notes.device import step_seed
+from diffusion_notes.run_files import CHECKPOINT_NAME, WEIGHTS_NAME, load_checkpoint, read_metadata
+from diffusion_notes.training.loop import ema_decay_at, ema_update, lr_at, train
 from diffusion_notes.training.overrides import apply_overrides
 from diffusion_notes.training.recipes import get_recipe, recipe_names
-from diffusion_notes.training.loop import ema_decay_at, ema_update, lr_at, train
 
 TINY = ["hidden=16", "num_blocks=1", "time_dim=8"]
 

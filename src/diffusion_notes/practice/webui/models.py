@@ -13,8 +13,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from diffusion_notes.run_files import config_from_dict, load_checkpoint, model_hash, read_metadata, sha256
 from diffusion_notes.nn.unet import UNet, UNetConfig
+from diffusion_notes.run_files import config_from_dict, load_checkpoint, model_hash, read_metadata, sha256
 from diffusion_notes.stable_diffusion.pipeline import LatentDiffusionPipeline
 
 RECIPE = "ldm_unet"

@@ -91,7 +91,7 @@ class World:
         return shard_rows(batch_size, self.size, self.rank) if self.parallel else None
 
     def stop_flag(self) -> StopFlag:
-        """Ctrl-C stops after the current step; in a data-parallel run SIGTERM too (what torchrun and schedulers send)."""
+        """Ctrl-C stops after the current step; data-parallel, SIGTERM too (what torchrun and schedulers send)."""
         return StopFlag((signal.SIGINT, signal.SIGTERM) if self.parallel else (signal.SIGINT,))
 
     def mean(self, loss: torch.Tensor) -> float:
@@ -114,6 +114,9 @@ class World:
         """Wait for every process (rank 0 may still be writing a checkpoint); nothing in one process."""
         if self.parallel:
             dist.barrier()
+
+
+ONE_PROCESS = World()
 
 
 def join_world(device: torch.device) -> tuple[World, torch.device, bool]:
@@ -163,7 +166,8 @@ class _RecipeLoss(nn.Module):
         return self.loss(self.model, batch, generator)
 
 
-def wrap(model: nn.Module, loss, world: World, shard: BatchShard | None) -> Callable[[dict, torch.Generator], torch.Tensor]:
+def wrap(model: nn.Module, loss, world: World,
+         shard: BatchShard | None) -> Callable[[dict, torch.Generator], torch.Tensor]:
     """`loss(model, batch, generator)` as a function of (batch, generator); in a data-parallel run through DDP.
 
     DDP's backward averages the gradients over the processes; its per-item draws cover all N rows

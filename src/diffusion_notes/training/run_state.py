@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import json
 import platform
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -35,7 +35,7 @@ from diffusion_notes.run_files import (
     unflatten_optimizer_state,
     with_prefix,
 )
-from diffusion_notes.training.distributed import World, sync_batchnorm
+from diffusion_notes.training.distributed import ONE_PROCESS, World, sync_batchnorm
 from diffusion_notes.training.overrides import apply_overrides, config_diff
 from diffusion_notes.training.recipes import Recipe
 
@@ -168,8 +168,8 @@ class RunState:
     ema: dict[str, torch.Tensor] | None
     opt: torch.optim.Optimizer
     step: int = 0  # steps done
-    losses: list[float] | None = None  # one per step done
-    seconds: list[float] | None = None  # the run's clock at each step
+    losses: list[float] = field(default_factory=list)  # one per step done
+    seconds: list[float] = field(default_factory=list)  # the run's clock at each step
     elapsed: float = 0.0  # seconds spent by the sessions before this one
 
     @property
@@ -177,7 +177,7 @@ class RunState:
         return self.run_dir / CHECKPOINT_NAME
 
     @classmethod
-    def open(cls, recipe: Recipe, args: TrainArgs, world: World = World(), device="cpu") -> RunState:
+    def open(cls, recipe: Recipe, args: TrainArgs, world: World = ONE_PROCESS, device="cpu") -> RunState:
         """A new run (model initialised from the seed, `recipe.prepare` applied) or, with args.resume, the saved one."""
         run_dir = Path(args.out_dir if args.out_dir is not None else Path("runs") / recipe.name)
         settings, saved_state = _run_settings(recipe, args, run_dir / CHECKPOINT_NAME, device, world)
@@ -194,7 +194,7 @@ class RunState:
                              f"the recipe's build must leave some parameters trainable")
         ema = {k: v.detach().clone() for k, v in model.state_dict().items()} if settings["ema_decay"] else None
         opt = torch.optim.AdamW(trainable, lr=settings["lr"], weight_decay=settings["weight_decay"])
-        state = cls(recipe, run_dir, settings, model, ema, opt, losses=[], seconds=[])
+        state = cls(recipe, run_dir, settings, model, ema, opt)
         if saved_state is not None:
             state._restore(*saved_state)
         elif recipe.prepare is not None:
@@ -226,7 +226,7 @@ class RunState:
         meta = dict(self.settings, step=self.step, elapsed_s=clock, optimizer=optim_meta, **_provenance())
         save_checkpoint(self.ckpt_path, tensors, meta)
 
-    def final_model(self, world: World = World()) -> nn.Module:
+    def final_model(self, world: World = ONE_PROCESS) -> nn.Module:
         """Save the final weights (rank 0) and return them loaded into a freshly built model, in eval mode.
 
         The weights are the EMA ones if any, else the model's; with the recipe's `trainable_state`, only

@@ -21,10 +21,10 @@ from pathlib import Path
 import torch
 
 from diffusion_notes import pretrained
-from diffusion_notes.checkpoint import load_checkpoint, read_metadata, save_checkpoint
 from diffusion_notes.practice.controlnet.evaluate import eval_set, follow
 from diffusion_notes.practice.controlnet.model import ControlNet
 from diffusion_notes.practice.controlnet.pipeline import ControlNetPipeline
+from diffusion_notes.run_files import load_checkpoint, read_metadata, save_checkpoint
 from diffusion_notes.training.ship import machine_info
 
 RESULTS = Path(__file__).resolve().parent / "results" / "controlnet_convergence.json"

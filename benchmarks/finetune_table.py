@@ -23,8 +23,8 @@ from diffusion_notes.practice.finetune.concept import concept_scores
 from diffusion_notes.practice.finetune.learner import learner_pipeline
 from diffusion_notes.practice.finetune.lora import count_parameters
 from diffusion_notes.training import frozen
+from diffusion_notes.training.loop import train
 from diffusion_notes.training.recipes import get_recipe
-from diffusion_notes.training.train import train
 
 torch.set_num_threads(1)
 ROOT = Path(__file__).resolve().parents[1]

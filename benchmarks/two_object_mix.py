@@ -28,9 +28,9 @@ from safetensors.torch import load_file
 
 from diffusion_notes import pretrained
 from diffusion_notes.__main__ import main as cli
-from diffusion_notes.checkpoint import WEIGHTS_NAME
 from diffusion_notes.data.shapes import ShapesDataset
 from diffusion_notes.evaluation.metrics import bootstrap_interval, fidelity_per_image
+from diffusion_notes.run_files import WEIGHTS_NAME
 from diffusion_notes.stable_diffusion.ldm import DEFAULT_GUIDANCE_SCALE
 from diffusion_notes.training.recipes import get_recipe
 

@@ -10,8 +10,8 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from diffusion_notes import pretrained
-from diffusion_notes.checkpoint import model_hash, sha256
 from diffusion_notes.practice.checkpoints import anatomy
+from diffusion_notes.run_files import model_hash, sha256
 
 DTYPES = {"F32": torch.float32, "F16": torch.float16, "I64": torch.int64}
 

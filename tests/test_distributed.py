@@ -14,8 +14,7 @@ import sys
 import pytest
 import torch
 
-import diffusion_notes.training.train as train_module
-from diffusion_notes.checkpoint import CHECKPOINT_NAME, WEIGHTS_NAME, load_checkpoint, read_metadata
+import diffusion_notes.training.loop as train_module
 from diffusion_notes.device import randn
 from diffusion_notes.foundations.guidance import drop_condition
 from diffusion_notes.rng import (
@@ -26,7 +25,9 @@ from diffusion_notes.rng import (
     per_item_randn,
     shard_rows,
 )
-from diffusion_notes.training.train import World, train
+from diffusion_notes.run_files import CHECKPOINT_NAME, WEIGHTS_NAME, load_checkpoint, read_metadata
+from diffusion_notes.training.distributed import World
+from diffusion_notes.training.loop import train
 
 TINY = ["hidden=16", "num_blocks=1", "time_dim=8"]
 STEPS, BATCH, SEED = 8, 32, 4
@@ -202,7 +203,7 @@ def _finetune_recipe(**changes):
 
 
 def test_only_trainable_parameters_train_and_the_final_weights_are_the_picked_tensors(tmp_path, one_thread):
-    from diffusion_notes.training.train import build_model
+    from diffusion_notes.training.run_state import build_model
 
     recipe, calls = _finetune_recipe()
     result = train(recipe, steps=6, batch_size=32, seed=2, out_dir=tmp_path / "ft", config_overrides=TINY,
@@ -237,7 +238,7 @@ import torch
 sys.path.insert(0, {tests!r})
 torch.set_num_threads(1)
 from test_distributed import TINY, _finetune_recipe_calling_forward
-from diffusion_notes.training.train import train
+from diffusion_notes.training.loop import train
 train(_finetune_recipe_calling_forward(), steps=6, batch_size=32, seed=2, out_dir=sys.argv[1], config_overrides=TINY,
       progress=False, device="cpu")
 """

@@ -15,8 +15,8 @@ from diffusion_notes.practice.finetune.concept import (
 )
 from diffusion_notes.practice.finetune.learner import FineTuneConfig, add_token, concept_loss, token_id, token_row
 from diffusion_notes.training import frozen
+from diffusion_notes.training.loop import train
 from diffusion_notes.training.recipes import get_recipe
-from diffusion_notes.training.train import train
 
 
 def test_the_concept_pictures_are_hearts_the_judge_reads_and_the_heldout_prompts_are_new():

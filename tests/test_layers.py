@@ -18,12 +18,12 @@ BOOK_TOOLS = "diffusion_book"  # the chapters' helpers (src/diffusion_book): bes
 SRC = Path(__file__).resolve().parents[1] / "src" / PACKAGE
 
 # layer -> the layers it may import (besides itself). Each module's layer is its folder, or its own name.
-BASE = {"device", "rng", "checkpoint", "viz", "data", "nn"}
+BASE = {"device", "rng", "run_files", "viz", "data", "nn"}
 MAY_IMPORT = {
     "package": set(),  # diffusion_notes/__init__.py: the version, nothing else
     "device": set(),
     "rng": {"device"},  # seeds per training step and per-item draws; `randn` draws on the CPU
-    "checkpoint": set(),
+    "run_files": set(),
     "viz": set(),
     "data": set(),
     "nn": set(),
@@ -32,11 +32,15 @@ MAY_IMPORT = {
     "unclip": {"foundations", "nn", "data", "device", "rng", "evaluation", "viz"},  # Part II
     "stable_diffusion": {"foundations", "nn", "data", "device", "rng", "evaluation", "viz"},  # Part III
     "practice": BASE | {"evaluation", "foundations", "unclip", "stable_diffusion"},  # Part IV
-    "pretrained": {"checkpoint", "device", "data", "nn", "evaluation", "foundations", "unclip", "stable_diffusion",
-                   "practice"},  # Part IV's models too (LoRAs, embeddings, ControlNets); only webui.launch imports it
-    "training": BASE | {"evaluation", "foundations", "unclip", "stable_diffusion", "practice", "pretrained"},
-    "__main__": BASE | {"evaluation", "foundations", "unclip", "stable_diffusion", "practice", "pretrained",
-                        "training"},
+    # the list of models: every Part's model classes and Part IV's adapter loaders; practice never imports it
+    "architectures": {"run_files", "device", "rng", "data", "nn", "evaluation", "foundations", "unclip",
+                      "stable_diffusion", "practice"},
+    "pretrained": {"run_files", "device", "data", "nn", "evaluation", "foundations", "unclip", "stable_diffusion",
+                   "practice", "architectures"},  # Part IV's models too (LoRAs, ControlNets); only webui.launch imports it
+    "training": BASE | {"evaluation", "foundations", "unclip", "stable_diffusion", "practice", "architectures",
+                        "pretrained"},
+    "__main__": BASE | {"evaluation", "foundations", "unclip", "stable_diffusion", "practice", "architectures",
+                        "pretrained", "training"},
 }
 MAY_IMPORT["launcher"] = MAY_IMPORT["practice"] | {"practice", "pretrained"}  # the web UI's start: asks the shelf
 MAY_IMPORT["__main__"] |= {"launcher"}
@@ -167,14 +171,14 @@ def test_the_folders_read_like_the_table_of_contents():
     assert folders == {"foundations", "unclip", "stable_diffusion", "practice", "nn", "data", "evaluation",
                        "training", "viz", "weights"}
     top = {p.stem for p in SRC.glob("*.py")}
-    assert top == {"__init__", "__main__", "checkpoint", "device", "pretrained", "rng"}
+    assert top == {"__init__", "__main__", "architectures", "device", "pretrained", "rng", "run_files"}
 
 
 def test_no_flat_shims_are_left_at_the_old_paths():
     old = ["schedules", "diffusion", "samplers", "sampler_steps", "guidance", "oracle", "toy2d", "toy_metrics",
            "tokenizer", "clip", "clip_eval", "bridges", "classifier", "metrics", "unclip_data", "prior", "ar_prior",
            "unclip", "unclip_pipeline", "unclip_eval", "vae", "ldm", "cost", "pipeline", "ldm_eval", "recipes",
-           "train", "widgets"]
+           "train", "widgets", "checkpoint"]
     assert [name for name in old if (SRC / f"{name}.py").exists()] == []
 
 
@@ -206,17 +210,37 @@ def test_only_training_and_the_shelf_know_the_shipped_weights(graph):
         assert not any(t.startswith(f"{PACKAGE}.training") for t in edges), module
 
 
-def test_the_shelf_builds_what_the_recipes_train():
-    from diffusion_notes.pretrained import ARCHITECTURES
+def test_every_recipe_trains_an_architecture_of_the_list():
+    from diffusion_notes.architectures import ARCHITECTURES
     from diffusion_notes.training.recipes import get_recipe, recipe_names
 
-    assert set(ARCHITECTURES) == set(recipe_names())
     for name in recipe_names():
         recipe = get_recipe(name)
-        if recipe.trainable_state is not None:  # a fine-tuning result: built on the shipped parts it adapts
-            assert ARCHITECTURES[name][1] is type(recipe.config), name
-            continue
-        assert ARCHITECTURES[name] == (recipe.build, type(recipe.config)), name
+        assert name in ARCHITECTURES, name
+        assert type(recipe.config) is ARCHITECTURES[name].config, name
+        if ARCHITECTURES[name].load is None:  # a whole model; a fine-tuning result is built on the shipped parts
+            assert recipe.build is ARCHITECTURES[name].model, name
+
+
+def test_the_shelf_builds_every_shipped_model_through_the_list(monkeypatch):
+    from diffusion_notes import architectures, pretrained
+
+    built = []
+    real = architectures.build
+
+    def spy(recipe, *args, **kwargs):
+        built.append(recipe)
+        return real(recipe, *args, **kwargs)
+
+    monkeypatch.setattr(architectures, "build", spy)
+    models = pretrained.read_manifest()["models"]
+    for name, entry in models.items():
+        shipped = pretrained.load(name, "cpu")
+        assert built[-1] == entry["recipe"], name
+        kind = architectures.ARCHITECTURES[entry["recipe"]]
+        if kind.load is None:
+            assert type(shipped) is kind.model and not shipped.training, name
+    assert len(built) == len(models)
 
 
 # ----------------------------------------------------------------------------- the checker can fail

@@ -8,12 +8,12 @@ import shutil
 import pytest
 import torch
 
-from diffusion_notes import checkpoint, pretrained
+from diffusion_notes import pretrained, run_files
 from diffusion_notes.__main__ import main
-from diffusion_notes.checkpoint import WEIGHTS_NAME, load_checkpoint
 from diffusion_notes.pretrained import WeightsError, available, info, load
+from diffusion_notes.run_files import WEIGHTS_NAME, load_checkpoint
+from diffusion_notes.training.loop import train
 from diffusion_notes.training.ship import loss_curve, ship
-from diffusion_notes.training.train import train
 
 TINY = ["hidden=16", "num_blocks=1", "time_dim=8"]
 
@@ -137,7 +137,7 @@ def test_unknown_name_lists_the_shipped_ones(weights, tmp_path):
 def test_checksum_is_cached(weights, monkeypatch):
     load("toy2d", weights_dir=weights)
     calls = []
-    monkeypatch.setattr(checkpoint.hashlib, "sha256", lambda *a: calls.append(a) or hashlib.sha256(*a))
+    monkeypatch.setattr(run_files.hashlib, "sha256", lambda *a: calls.append(a) or hashlib.sha256(*a))
     load("toy2d", weights_dir=weights)
     assert calls == []
 
@@ -172,3 +172,32 @@ def test_shipped_models_have_a_training_curve():
             assert abs(curve[-1][1] - curve[0][1]) < 0.5 * curve[0][1], name
             continue
         assert curve[-1][1] < curve[0][1], f"{name}: the loss did not fall"
+
+
+def test_a_failed_evaluation_leaves_the_shelf_as_it_was(shipped, weights, tmp_path, monkeypatch, one_thread):
+    """ship stages the new weights while it evaluates them: when the evaluation raises, nothing on the shelf moves."""
+    import dataclasses
+
+    from diffusion_notes.training import ship as ship_module
+    from diffusion_notes.training.recipes import get_recipe
+
+    again = train("toy2d", steps=5, batch_size=32, seed=9, out_dir=tmp_path / "again", config_overrides=TINY,
+                  progress=False)
+    assert (again.run_dir / WEIGHTS_NAME).read_bytes() != (weights / "toy2d.safetensors").read_bytes()
+    before = {path.name: path.read_bytes() for path in weights.iterdir()}
+
+    def evaluate(model):
+        raise RuntimeError("the judge is out")
+
+    monkeypatch.setattr(ship_module, "get_recipe",
+                        lambda name, device="cpu": dataclasses.replace(get_recipe(name, device), evaluate=evaluate))
+    with pytest.raises(RuntimeError, match="the judge is out"):
+        ship(again.run_dir, weights_dir=weights)
+    assert {path.name: path.read_bytes() for path in weights.iterdir()} == before  # no staged file left either
+    assert torch.equal(load("toy2d", "cpu", weights_dir=weights).out[-1].weight,
+                       load_checkpoint(shipped[0] / WEIGHTS_NAME)[0]["out.2.weight"].float())
+
+    monkeypatch.undo()  # the same run ships once its evaluation works
+    entry = ship(again.run_dir, weights_dir=weights)
+    assert entry["seed"] == 9 and info("toy2d", weights)["sha256"] == entry["sha256"]
+    assert sorted(path.name for path in weights.iterdir()) == sorted(before)

@@ -12,11 +12,11 @@ import pytest
 import torch
 
 from diffusion_notes.__main__ import main
-from diffusion_notes.checkpoint import CHECKPOINT_NAME, WEIGHTS_NAME, load_checkpoint, read_metadata
 from diffusion_notes.rng import step_seed
+from diffusion_notes.run_files import CHECKPOINT_NAME, WEIGHTS_NAME, load_checkpoint, read_metadata
+from diffusion_notes.training.loop import ema_decay_at, ema_update, lr_at, train
 from diffusion_notes.training.overrides import apply_overrides
 from diffusion_notes.training.recipes import get_recipe, recipe_names
-from diffusion_notes.training.train import ema_decay_at, ema_update, lr_at, train
 
 TINY = ["hidden=16", "num_blocks=1", "time_dim=8"]
 
@@ -187,7 +187,7 @@ def test_overrides_are_parsed_with_the_field_types():
 
 
 def test_train_binds_the_recipe_on_its_device_and_defaults_to_the_default_device(tmp_path, monkeypatch, one_thread):
-    import diffusion_notes.training.train as train_module
+    import diffusion_notes.training.loop as train_module
     from diffusion_notes.device import default_device
 
     asked = []

@@ -15,13 +15,13 @@ from fastapi.testclient import TestClient
 from PIL import Image
 
 from diffusion_notes import pretrained
-from diffusion_notes.checkpoint import load_checkpoint, save_checkpoint
 from diffusion_notes.practice.webui import infotext
 from diffusion_notes.practice.webui.api_models import Img2ImgRequest, Txt2ImgRequest
 from diffusion_notes.practice.webui.app import create_app
 from diffusion_notes.practice.webui.generate import Settings, check
 from diffusion_notes.practice.webui.models import ModelRegistry
 from diffusion_notes.practice.webui.state import WebUIState
+from diffusion_notes.run_files import load_checkpoint, save_checkpoint
 
 PROMPT = "a small red circle on the left"
 

@@ -6,9 +6,9 @@ import pytest
 import torch
 
 from diffusion_notes import pretrained
-from diffusion_notes.checkpoint import load_checkpoint, model_hash, read_metadata, save_checkpoint
 from diffusion_notes.practice.webui.merger import merge, merge_tensors
 from diffusion_notes.practice.webui.models import ModelRegistry, checkpoint_info, read_unet
+from diffusion_notes.run_files import load_checkpoint, model_hash, read_metadata, save_checkpoint
 
 
 @pytest.fixture

@@ -37,13 +37,14 @@ def _add_train(p: argparse.ArgumentParser) -> None:
 def _run_train(args) -> int:
     import torch
 
-    from diffusion_notes.training.train import train
+    from diffusion_notes.training.loop import run
+    from diffusion_notes.training.run_state import TrainArgs
 
     if args.threads:
         torch.set_num_threads(args.threads)
     out = args.out or os.path.join("runs", args.model)
     try:
-        result = train(
+        result = run(TrainArgs(
             args.model,
             steps=args.steps,
             batch_size=args.batch_size,
@@ -56,7 +57,7 @@ def _run_train(args) -> int:
             max_seconds=args.max_seconds,
             lr_schedule=args.lr_schedule,
             device=args.device,
-        )
+        ))
     except KeyboardInterrupt as stop:
         if _main_process():
             print(f"\n{stop}" if str(stop) else "\ninterrupted", file=sys.stderr)

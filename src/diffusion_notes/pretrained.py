@@ -22,64 +22,16 @@ from pathlib import Path
 
 import torch
 
-from diffusion_notes.checkpoint import (
-    config_from_dict,
-    load_checkpoint,
-    read_metadata,
-    sha256,
-)
-from diffusion_notes.data.tokenizer import caption_vocabulary
+from diffusion_notes import architectures
 from diffusion_notes.device import default_device
-from diffusion_notes.evaluation.classifier import ClassifierConfig, ShapesClassifier
-from diffusion_notes.foundations.toy2d import ToyDenoiser, ToyDenoiserConfig
-from diffusion_notes.nn.unet import UNet, UNetConfig
-from diffusion_notes.practice.controlnet.model import ControlNet, ControlNetConfig
 from diffusion_notes.practice.controlnet.pipeline import ControlNetPipeline
-from diffusion_notes.practice.finetune.learner import (
-    ConceptLearner,
-    FineTuneConfig,
-    TokenEmbedding,
-    new_row,
-)
-from diffusion_notes.practice.finetune.lora_files import network_from_state
+from diffusion_notes.practice.finetune.learner import TokenEmbedding
+from diffusion_notes.run_files import load_checkpoint, read_metadata, sha256
 from diffusion_notes.stable_diffusion.pipeline import LatentDiffusionPipeline
-from diffusion_notes.stable_diffusion.vae import AutoencoderKL, VAEConfig
-from diffusion_notes.unclip.ar_prior import ARPrior, ARPriorConfig
-from diffusion_notes.unclip.clip import CLIP, CLIPConfig
-from diffusion_notes.unclip.decoder import (
-    Decoder,
-    DecoderConfig,
-    Upsampler,
-    UpsamplerConfig,
-)
 from diffusion_notes.unclip.pipeline import GLIDEPipeline, UnCLIPPipeline
-from diffusion_notes.unclip.prior import DiffusionPrior, PriorConfig
 
 WEIGHTS_ENV_VAR = "DIFFUSION_NOTES_WEIGHTS"
 MANIFEST_NAME = "manifest.json"
-# What a manifest's "recipe" builds: name -> (model class, its config dataclass).
-ARCHITECTURES = {
-    "toy2d": (ToyDenoiser, ToyDenoiserConfig),
-    "clip": (CLIP, CLIPConfig),
-    "shapes_classifier": (ShapesClassifier, ClassifierConfig),
-    "concept_classifier": (ShapesClassifier, ClassifierConfig),
-    "vae": (AutoencoderKL, VAEConfig),
-    "ldm_unet": (UNet, UNetConfig),
-    "ldm_unet_mix30": (UNet, UNetConfig),  # the training-mix ablation (benchmarks/two_object_mix.py); not shipped
-    "unclip_prior": (DiffusionPrior, PriorConfig),
-    "ar_prior": (ARPrior, ARPriorConfig),
-    "unclip_decoder": (Decoder, DecoderConfig),
-    "glide_decoder": (Decoder, DecoderConfig),
-    "unclip_upsampler": (Upsampler, UpsamplerConfig),
-    "unclip_latent_decoder": (Decoder, DecoderConfig),
-    "glide_latent_decoder": (Decoder, DecoderConfig),
-    "lora": (ConceptLearner, FineTuneConfig),
-    "textual_inversion": (ConceptLearner, FineTuneConfig),
-    "dreambooth": (ConceptLearner, FineTuneConfig),
-    "dreambooth_prior": (ConceptLearner, FineTuneConfig),
-    "dreambooth_lora_prior": (ConceptLearner, FineTuneConfig),
-    "controlnet": (ControlNet, ControlNetConfig),
-}
 # Fine-tuning results that ship as what they add, not as a whole model: load(name) returns
 # a LoRANetwork (apply it with practice.finetune.lora_files.applied), a TokenEmbedding, or (DreamBooth) a UNet.
 ADAPTERS = ("lora", "textual_inversion", "dreambooth", "dreambooth_prior", "dreambooth_lora_prior")
@@ -142,9 +94,9 @@ def verify(name: str, weights_dir=None) -> Path:
             f"the weights file {path} is damaged or was replaced: its sha256 is {actual}, "
             f"the manifest expects {entry['sha256']}. Retrain it with: {retrain}"
         )
-    _, config_class = _architecture(entry, name)
+    _architecture(entry, name)
     try:
-        config_from_dict(config_class, entry["config"], source=f"the manifest's config for {name!r}")
+        architectures.read_config(entry["recipe"], entry["config"], source=f"the manifest's config for {name!r}")
     except ValueError as err:
         raise WeightsError(f"{err}. The code changed since {path} was trained; retrain it with: {retrain}") from None
     stored = read_metadata(path)
@@ -156,11 +108,11 @@ def verify(name: str, weights_dir=None) -> Path:
     return path
 
 
-def _architecture(entry: dict, name: str) -> tuple:
-    if entry["recipe"] not in ARCHITECTURES:
-        raise WeightsError(f"the manifest says {name!r} is a {entry['recipe']!r} model, which this version of the "
-                           f"library cannot build (it builds {', '.join(ARCHITECTURES)})")
-    return ARCHITECTURES[entry["recipe"]]
+def _architecture(entry: dict, name: str) -> architectures.Architecture:
+    try:
+        return architectures.architecture(entry["recipe"])
+    except ValueError as err:
+        raise WeightsError(f"the manifest says {name!r} is a {entry['recipe']!r} model: {err}") from None
 
 
 def load(name: str, device=None, weights_dir=None):
@@ -180,36 +132,19 @@ def _load(name: str, device, weights_dir):
     if name in PIPELINES:
         return PIPELINES[name](device, weights_dir)
     entry = info(name, weights_dir)
-    path = verify(name, weights_dir)
-    model_class, config_class = _architecture(entry, name)
-    config = config_from_dict(config_class, entry["config"])
+    path = verify(name, weights_dir)  # the checksum, and a recipe and config the library knows
     tensors, _ = load_checkpoint(path)
-    if entry["recipe"] in ADAPTERS:
-        return _adapter(name, entry, config, tensors, device)
-    model = model_class(config)
     try:
-        model.load_state_dict(tensors)
-    except RuntimeError as err:
-        raise WeightsError(
-            f"{path} does not fit the {entry['recipe']} model: {err}. Retrain it with: {retrain_command(entry)}"
-        ) from None
-    return model.float().to(device).eval()
+        return architectures.build(entry["recipe"], entry["config"], tensors, name=name, base_config=_base_config,
+                                   device=device)
+    except ValueError as err:
+        raise WeightsError(f"{path}: {err}. Retrain it with: {retrain_command(entry)}") from None
 
 
-def _adapter(name: str, entry: dict, config: FineTuneConfig, tensors: dict, device):
-    """A shipped LoRA (LoRANetwork), textual-inversion embedding (TokenEmbedding) or DreamBooth UNet."""
-    if entry["recipe"].startswith("dreambooth") and config.method == "dreambooth":  # the whole fine-tuned UNet
-        unet = UNet(config_from_dict(UNetConfig, info("ldm_unet")["config"]))
-        unet.load_state_dict({k[len("unet."):]: v for k, v in tensors.items()})
-        return unet.float().to(device).eval()
-    if entry["recipe"] == "textual_inversion":
-        row = new_row(torch.tensor(caption_vocabulary()), config.token)
-        return TokenEmbedding(config.token, tensors["text.token_embedding.weight"][row].float().to(device))
-    metadata = {"name": name, "base_model": "ldm_unet", "trigger": config.token, "rank": config.rank,
-                "alpha": config.alpha}
-    network = network_from_state(tensors, config.alpha, metadata)
-    network.layers = {k: (A.to(device), B.to(device), alpha) for k, (A, B, alpha) in network.layers.items()}
-    return network
+def _base_config(name: str):
+    """The config of the package's shipped model `name`: what a fine-tuning result was trained on."""
+    entry = info(name)
+    return architectures.read_config(entry["recipe"], entry["config"], source=f"the manifest's config for {name!r}")
 
 
 def shipped_adapters(kind: str, weights_dir=None) -> list[str]:

@@ -13,7 +13,7 @@ import types
 import typing
 from collections.abc import Iterable
 
-from diffusion_notes.checkpoint import _to_tuple_if_needed, config_to_dict
+from diffusion_notes.run_files import _to_tuple_if_needed, config_to_dict
 
 
 def _parse_value(text: str, hint, key: str):

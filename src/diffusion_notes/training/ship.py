@@ -2,7 +2,10 @@
 
 `ship(run_dir)` runs the recipe's evaluation on the shipped weights (with the
 frozen parts it binds), records how the model was trained (steps, batch size,
-seed, data, wall time, machine) and the commands that train it again.
+seed, data, wall time, machine) and the commands that train it again. The new
+weights are staged under a hidden name while they are evaluated; only then are
+they renamed into place, right before the manifest, so a failed evaluation
+leaves the shelf as it was.
 """
 
 from __future__ import annotations
@@ -18,16 +21,17 @@ from pathlib import Path
 
 import torch
 
-from diffusion_notes.checkpoint import (
+from diffusion_notes.pretrained import MANIFEST_NAME, read_manifest, weights_path
+from diffusion_notes.run_files import (
     CHECKPOINT_NAME,
     WEIGHTS_NAME,
     atomic_write_bytes,
-    config_from_dict,
     load_checkpoint,
     read_metadata,
+    sync_directory,
 )
-from diffusion_notes.pretrained import MANIFEST_NAME, read_manifest, weights_path
 from diffusion_notes.training.recipes import get_recipe
+from diffusion_notes.training.run_state import build_model
 
 
 def machine_info(device: str = "cpu", threads: int | None = None) -> dict:
@@ -68,10 +72,38 @@ def loss_curve(losses: list[float], points: int = 60) -> list[list[float]]:
 def ship(run_dir, name: str | None = None, weights_dir=None, evaluate: bool = True) -> dict:
     """Copy run_dir/model.safetensors into the weights directory as <name>.safetensors and record it.
 
-    Runs the recipe's `evaluate` on the shipped weights and writes the manifest
-    entry (atomically). Returns the entry.
+    Runs the recipe's `evaluate` on the staged weights, then renames them into place and writes the
+    manifest entry. Returns the entry. If anything fails before, the weights directory is left as it was.
     """
     run_dir = Path(run_dir)
+    run = _finished_run(run_dir)
+    name = name or run["recipe"]
+    if not name.replace("_", "").replace("-", "").isalnum():
+        raise ValueError(f"a shipped model's name may hold letters, digits, '_' and '-', got {name!r}")
+    target_dir = weights_path(weights_dir)
+    target = target_dir / f"{name}.safetensors"
+    data = (run_dir / WEIGHTS_NAME).read_bytes()
+    staged = [target_dir / f".{name}.safetensors.staged", target_dir / f".{MANIFEST_NAME}.staged"]
+    try:
+        atomic_write_bytes(staged[0], data)
+        metrics = _evaluate(run, staged[0]) if evaluate else {}
+        entry = _entry(run, run_dir, name, target, data, metrics)
+        manifest = read_manifest(weights_dir)
+        manifest["models"][name] = entry
+        manifest["models"] = dict(sorted(manifest["models"].items()))
+        atomic_write_bytes(staged[1], (json.dumps(manifest, indent=2) + "\n").encode())
+        os.replace(staged[0], target)  # the weights and their manifest entry, one rename after the other
+        os.replace(staged[1], target_dir / MANIFEST_NAME)
+        sync_directory(target_dir)
+    finally:
+        for path in staged:
+            path.unlink(missing_ok=True)
+    print(f"shipped {name}: {target} ({len(data) / 1e6:.2f} MB), metrics {entry['metrics']}", file=sys.stderr)
+    return entry
+
+
+def _finished_run(run_dir: Path) -> dict:
+    """The settings of the finished run in `run_dir` (a FileNotFoundError or ValueError if it is not one)."""
     source, ckpt = run_dir / WEIGHTS_NAME, run_dir / CHECKPOINT_NAME
     if not source.is_file() or not ckpt.is_file():
         raise FileNotFoundError(
@@ -82,27 +114,29 @@ def ship(run_dir, name: str | None = None, weights_dir=None, evaluate: bool = Tr
         raise ValueError(
             f"the run in {run_dir} stopped at step {run['step']} of {run['steps']}; finish it with --resume first"
         )
-    name = name or run["recipe"]
-    if not name.replace("_", "").replace("-", "").isalnum():
-        raise ValueError(f"a shipped model's name may hold letters, digits, '_' and '-', got {name!r}")
-    target_dir = weights_path(weights_dir)
-    data = source.read_bytes()
-    target = atomic_write_bytes(target_dir / f"{name}.safetensors", data)
+    return run
 
+
+def _evaluate(run: dict, weights: Path) -> dict:
+    """The recipe's metrics of the weights in `weights` ({} for a recipe without an evaluation)."""
     recipe = get_recipe(run["recipe"])
-    metrics = {}
-    if evaluate and recipe.evaluate is not None:
-        model = recipe.build(config_from_dict(type(recipe.config), run["config"]))
-        # a fine-tuning run ships only what it trained (recipe.trainable_state): loaded on top of the built model
-        unexpected = model.load_state_dict(load_checkpoint(target)[0], strict=recipe.trainable_state is None)
-        if unexpected and unexpected.unexpected_keys:
-            raise ValueError(f"{target} holds tensors the {run['recipe']} model does not have: "
-                             f"{unexpected.unexpected_keys[0]!r}")
-        metrics = recipe.evaluate(model.eval())
-    losses = load_checkpoint(ckpt)[0]["log.loss"].tolist()
+    if recipe.evaluate is None:
+        return {}
+    model = build_model(recipe, run["config"])
+    # a fine-tuning run ships only what it trained (recipe.trainable_state): loaded on top of the built model
+    unexpected = model.load_state_dict(load_checkpoint(weights)[0], strict=recipe.trainable_state is None)
+    if unexpected and unexpected.unexpected_keys:
+        raise ValueError(f"{weights} holds tensors the {run['recipe']} model does not have: "
+                         f"{unexpected.unexpected_keys[0]!r}")
+    return recipe.evaluate(model.eval())
+
+
+def _entry(run: dict, run_dir: Path, name: str, target: Path, data: bytes, metrics: dict) -> dict:
+    """The manifest entry of the weights `data`, shipped as `target` from the run in `run_dir`."""
+    losses = load_checkpoint(run_dir / CHECKPOINT_NAME)[0]["log.loss"].tolist()
     ship_words = ["python -m diffusion_notes ship", shlex.quote(str(run_dir))]
     ship_words += ["--name", name] if name != run["recipe"] else []
-    entry = {
+    return {
         "recipe": run["recipe"],
         "file": target.name,
         "sha256": hashlib.sha256(data).hexdigest(),
@@ -123,9 +157,3 @@ def ship(run_dir, name: str | None = None, weights_dir=None, evaluate: bool = Tr
         "final_loss": _mean_of_last(losses, 100),
         "loss_curve": loss_curve(losses),
     }
-    manifest = read_manifest(weights_dir)
-    manifest["models"][name] = entry
-    manifest["models"] = dict(sorted(manifest["models"].items()))
-    atomic_write_bytes(target_dir / MANIFEST_NAME, (json.dumps(manifest, indent=2) + "\n").encode())
-    print(f"shipped {name}: {target} ({len(data) / 1e6:.2f} MB), metrics {entry['metrics']}", file=sys.stderr)
-    return entry

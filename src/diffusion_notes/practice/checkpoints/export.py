@@ -20,9 +20,9 @@ from pathlib import Path
 
 import torch
 
-from diffusion_notes.checkpoint import atomic_write_bytes
 from diffusion_notes.practice.checkpoints import sd_keys, to_diffusers
 from diffusion_notes.practice.checkpoints.schedulers import diffusers_scheduler
+from diffusion_notes.run_files import atomic_write_bytes
 
 DEFAULT_SAMPLER = "dpmpp_2m"  # our pipeline's default, written as the folder's scheduler
 

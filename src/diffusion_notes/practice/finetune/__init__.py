@@ -4,5 +4,6 @@
     lora            LoRALinear, inject / merge / unmerge: h = W0 x + (alpha / r) B A x
     lora_files      LoRANetwork, kohya and diffusers files, conversion, checks, `applied` at a weight
     peft_interop    the same LoRA through peft's LoraConfig
-    learner         ConceptLearner: textual inversion, LoRA and DreamBooth, the prior-preservation loss
+    learner         ConceptLearner: textual inversion, LoRA and DreamBooth, the prior-preservation loss;
+                    shipped_result, what a shipped fine-tuning run adds, from its tensors
 """

@@ -22,16 +22,19 @@ Notation: B pictures per step, D text width, V + 1 rows in the embedding table.
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 
 from diffusion_notes.data.shapes import ShapesDataset
-from diffusion_notes.data.tokenizer import tokenize
+from diffusion_notes.data.tokenizer import caption_vocabulary, tokenize
 from diffusion_notes.foundations.diffusion import noise_prediction_loss
+from diffusion_notes.nn.unet import UNet
 from diffusion_notes.practice.finetune.concept import CONCEPT, N_INSTANCE, instance_images
 from diffusion_notes.practice.finetune.lora import inject_lora, lora_state
+from diffusion_notes.practice.finetune.lora_files import LoRANetwork, network_from_state
 from diffusion_notes.stable_diffusion.ldm import encode_latents, ldm_schedule
 from diffusion_notes.stable_diffusion.pipeline import LatentDiffusionPipeline
 
@@ -222,3 +225,25 @@ def with_embeddings(clip, embeddings: list[TokenEmbedding]):
     for embedding in embeddings:
         add_token(clip.text, embedding.word, embedding.vector)
     return clip
+
+
+def shipped_result(config: FineTuneConfig, tensors: dict[str, torch.Tensor], *, name: str,
+                   base_config: Callable[[str], object], device="cpu") -> TokenEmbedding | LoRANetwork | UNet:
+    """What a fine-tuning run adds, from the tensors its `trainable_state` saved: the inverse of that method.
+
+    textual inversion: a TokenEmbedding (the new word's row of the table); LoRA and DreamBooth-LoRA: a
+    LoRANetwork called `name` (apply it with `lora_files.applied`); DreamBooth: the whole fine-tuned UNet,
+    float32 in eval mode, of the base model's config (`base_config("ldm_unet")`, the shipped one's). On `device`.
+    """
+    if config.method == "textual_inversion":
+        row = new_row(torch.tensor(caption_vocabulary()), config.token)
+        return TokenEmbedding(config.token, tensors["text.token_embedding.weight"][row].float().to(device))
+    if config.method == "dreambooth":  # the whole UNet
+        unet = UNet(base_config("ldm_unet"))
+        unet.load_state_dict({k[len("unet."):]: v for k, v in tensors.items()})
+        return unet.float().to(device).eval()
+    metadata = {"name": name, "base_model": "ldm_unet", "trigger": config.token, "rank": config.rank,
+                "alpha": config.alpha}
+    network = network_from_state(tensors, config.alpha, metadata)
+    network.layers = {k: (A.to(device), B.to(device), alpha) for k, (A, B, alpha) in network.layers.items()}
+    return network

@@ -17,8 +17,8 @@ from pathlib import Path
 
 import torch
 
-from diffusion_notes.checkpoint import atomic_write_bytes, load_checkpoint, read_metadata, save_checkpoint
 from diffusion_notes.practice.webui.models import RECIPE, CheckpointInfo, checkpoint_info
+from diffusion_notes.run_files import atomic_write_bytes, load_checkpoint, read_metadata, save_checkpoint
 
 METHODS = ("Weighted sum", "Add difference")
 MANIFEST = "manifest.json"

@@ -1,6 +1,6 @@
 """The checkpoints the web UI offers: the shipped UNet and every `.safetensors` in the user's folder.
 
-A checkpoint here is a latent-diffusion UNet in the library's checkpoint format (`checkpoint.py`:
+A checkpoint here is a latent-diffusion UNet in the library's checkpoint format (`run_files.py`:
 tensors named as the state dict, JSON metadata with `recipe: "ldm_unet"` and its config), the
 format `train` writes and `ship` copies. The text encoder and the autoencoder are the shipped ones
 for every checkpoint, so a checkpoint swaps only the UNet (merged and fine-tuned files change only
@@ -13,8 +13,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from diffusion_notes.checkpoint import config_from_dict, load_checkpoint, model_hash, read_metadata, sha256
 from diffusion_notes.nn.unet import UNet, UNetConfig
+from diffusion_notes.run_files import config_from_dict, load_checkpoint, model_hash, read_metadata, sha256
 from diffusion_notes.stable_diffusion.pipeline import LatentDiffusionPipeline
 
 RECIPE = "ldm_unet"

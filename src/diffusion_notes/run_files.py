@@ -1,6 +1,7 @@
-"""Checkpoints as safetensors files, written atomically.
+"""The files of a training run, as safetensors written atomically: checkpoints, final weights, configs.
 
-A checkpoint is one safetensors file: tensors named "model.<name>",
+(Chapter 15's `practice/checkpoints/` reads other people's checkpoint files; this module writes and
+reads the library's own.) A checkpoint is one safetensors file: tensors named "model.<name>",
 "ema.<name>", "optim.<index>.<key>", "rng.torch" and "log.*", plus JSON in the
 file's metadata (step, recipe, config, seed, ...). Nothing is pickled:
 `torch.save` would be, and a pickle can run code when it is loaded.
@@ -25,7 +26,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save
 
 METADATA_KEY = "diffusion_notes"
-# The files of a run directory (see training/train.py).
+# The files of a run directory (see training/run_state.py).
 CHECKPOINT_NAME = "checkpoint.safetensors"  # the latest state: model, EMA, optimiser, RNG, logs
 WEIGHTS_NAME = "model.safetensors"  # the final weights (EMA ones when there are any), what pretrained ships
 
@@ -44,15 +45,20 @@ def atomic_write_bytes(path, data: bytes) -> Path:
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
-    try:  # make the rename itself durable (not possible on every platform)
-        dir_fd = os.open(path.parent, os.O_RDONLY)
+    sync_directory(path.parent)
+    return path
+
+
+def sync_directory(directory) -> None:
+    """Make the renames in `directory` durable (not possible on every platform)."""
+    try:
+        dir_fd = os.open(directory, os.O_RDONLY)
         try:
             os.fsync(dir_fd)
         finally:
             os.close(dir_fd)
     except OSError:
         pass
-    return path
 
 
 def remove_stale_temporaries(directory) -> None:

@@ -6,8 +6,8 @@ import struct
 import pytest
 import torch
 
-from diffusion_notes import checkpoint
-from diffusion_notes.checkpoint import (
+from diffusion_notes import run_files
+from diffusion_notes.run_files import (
     flatten_optimizer_state,
     load_checkpoint,
     read_metadata,
@@ -52,7 +52,7 @@ def test_failing_write_leaves_old_checkpoint(tmp_path, monkeypatch, fail_at):
     def boom(*args, **kwargs):
         raise OSError("disk full (simulated)")
 
-    monkeypatch.setattr(checkpoint.os, fail_at, boom)
+    monkeypatch.setattr(run_files.os, fail_at, boom)
     with pytest.raises(OSError, match="simulated"):
         save_checkpoint(path, _tensors(2), {"step": 2})
     monkeypatch.undo()
@@ -115,7 +115,7 @@ def test_optimizer_state_round_trip(tmp_path):
 def test_model_hash_is_the_first_ten_hex_digits_of_the_sha256(tmp_path):
     import hashlib
 
-    from diffusion_notes.checkpoint import model_hash, sha256
+    from diffusion_notes.run_files import model_hash, sha256
 
     path = tmp_path / "model.safetensors"
     path.write_bytes(b"not really a model" * 1000)

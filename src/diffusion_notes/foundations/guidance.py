@@ -31,7 +31,7 @@ import math
 import torch
 
 from diffusion_notes.device import per_item_rand
-from diffusion_notes.foundations.sampler_steps import sigma_at
+from diffusion_notes.foundations.sigmas import sigma_at
 from diffusion_notes.foundations.schedules import Schedule, broadcast_at, expand_like
 
 

@@ -36,7 +36,8 @@ def jump_update(x_t, eps, c, *, noise=None, clip_x0=None, state=None):
 
 def jump_coefficients(grid, schedule, *, dtype=torch.float32, **options):
     alpha_bar, alpha_bar_prev = (a.to(dtype) for a in alpha_bar_pair(*timestep_pairs(grid), schedule))
-    return JumpCoefficients(alpha_bar.sqrt(), (1 - alpha_bar).sqrt(), alpha_bar_prev.sqrt(), (1 - alpha_bar_prev).sqrt())
+    return JumpCoefficients(alpha_bar.sqrt(), (1 - alpha_bar).sqrt(),
+                            alpha_bar_prev.sqrt(), (1 - alpha_bar_prev).sqrt())
 
 
 TOY = Sampler(

@@ -27,8 +27,7 @@ the one-call front that builds all four from keyword options. x_t stays in the D
 
 from __future__ import annotations
 
-import math
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from typing import NamedTuple
 
 import torch
@@ -43,7 +42,12 @@ from . import ddpm, ddim, euler, euler_a, dpmpp_2m  # noqa: F401
 
 from diffusion_notes.foundations.samplers.base import SAMPLERS, Sampler, get, register  # noqa: F401
 from diffusion_notes.foundations.samplers.common import StepOutput  # noqa: F401
-from diffusion_notes.foundations.samplers.ddim import ddim_coefficients, ddim_step, ddim_update  # noqa: F401
+from diffusion_notes.foundations.samplers.ddim import (  # noqa: F401
+    ddim_coefficients,
+    ddim_invert,
+    ddim_step,
+    ddim_update,
+)
 from diffusion_notes.foundations.samplers.ddpm import ddpm_coefficients, ddpm_step, ddpm_update  # noqa: F401
 from diffusion_notes.foundations.samplers.dpmpp_2m import (  # noqa: F401
     dpmpp_2m_coefficients,
@@ -65,24 +69,15 @@ class SamplerAlias(NamedTuple):
     diffusers_class: str  # the diffusers scheduler it equals
 
 
-class _WebUINames(Mapping):
+class _WebUINames(RegistryView):
     """web-UI name -> SamplerAlias, over every registered sampler's `webui_names`, read at each use."""
+
+    def __init__(self):
+        super().__init__(read=None)
 
     def _current(self) -> dict:
         return {ui: SamplerAlias(s.name, karras, s.diffusers_class)
                 for s in SAMPLERS.values() for ui, karras in s.webui_names.items()}
-
-    def __getitem__(self, name):
-        return self._current()[name]
-
-    def __iter__(self):
-        return iter(self._current())
-
-    def __len__(self):
-        return len(self._current())
-
-    def __repr__(self):
-        return repr(self._current())
 
 
 # The names the Stable Diffusion web UIs show, and what they are here and in diffusers.
@@ -121,7 +116,7 @@ def _infer_device(eps_model, x_T):
 class PreparedStep(NamedTuple):
     """A sampler's update with its coefficients computed once for every point of a grid."""
 
-    update: Callable  # update(x_t, eps, c, *, noise, clip_x0, state) -> StepOutput (`sampler_steps`)
+    update: Callable  # update(x_t, eps, c, *, noise, clip_x0, state) -> StepOutput (`Sampler.update`)
     coefficients: list  # c at each grid point: a NamedTuple of floats
     draws_noise: list  # whether step i takes fresh N(0, I) noise: exactly where diffusers' scheduler draws it
 
@@ -286,34 +281,3 @@ def sample(eps_model, shape, *, sampler: str = "ddpm", num_inference_steps: int 
     step = prepare_step(sampler, grid, schedule, float(eta), set_alpha_to_one, dtype=x.dtype)
     return loop(model, x, grid, step, generator=generator, clip_x0=clip_x0, callback=callback,
                 start_step=start_step, progress=progress)
-
-
-@torch.no_grad()
-def ddim_invert(eps_model, x0: torch.Tensor, schedule: Schedule, num_inference_steps: int = 50, *, cond=None,
-                uncond=None, guidance_scale: float = 1.0, spacing: str | None = None) -> torch.Tensor:
-    r"""Run the deterministic DDIM update backwards, x_0 -> x_T, on the grid DDIM samples on.
-
-    Each step reads the noise the model predicts at the current point and moves to the next, noisier
-    grid point along the same straight line the sampler would come down:
-
-    $$\hat x_0 = \frac{x_t - \sqrt{1-\bar\alpha_t}\,\epsilon_\theta(x_t, t')}{\sqrt{\bar\alpha_t}},\qquad
-      x_{t'} = \sqrt{\bar\alpha_{t'}}\,\hat x_0 + \sqrt{1-\bar\alpha_{t'}}\,\epsilon_\theta(x_t, t')$$
-
-    with t < t' neighbours on the grid (x at t = 0 is x_0, alpha_bar = 1) and the model read at t', as
-    diffusers' DDIMInverseScheduler does. DDIM (eta = 0) from the returned x_T on the same grid, with
-    the same conditions and guidance, comes back close to x_0: the smaller each step, the closer.
-    Guidance above 1 makes the inversion less exact (Mokady et al. 2023).
-    Book: eq-ddim-inversion
-    Paper: Song et al. 2021 (DDIM), section 4.3; Ramesh et al. 2022, section 3 (the bipartite latent)
-    """
-    check_guidance_scale(guidance_scale)
-    grid = make_grid("ddim", num_inference_steps, schedule, spacing)
-    model = CFGDenoiser(eps_model, cond, uncond, guidance_scale)
-    alpha_bar = schedule.alphas_cumprod
-    x, a_prev = x0, 1.0
-    for t in grid.timesteps.flip(0).tolist():  # ascending
-        a = float(alpha_bar[t])
-        eps = model(x, torch.full((x.shape[0],), t, dtype=torch.long, device=x.device))
-        x0_hat = (x - math.sqrt(1 - a_prev) * eps) / math.sqrt(a_prev)
-        x, a_prev = math.sqrt(a) * x0_hat + math.sqrt(1 - a) * eps, a
-    return x

@@ -1,7 +1,8 @@
 r"""DDIM (Song et al. 2021): jump to x0_hat, walk back along the predicted noise. Its diffusers class: DDIMScheduler.
 
 Integer timesteps ("leading" spacing by default, as DDPM's), coefficients in x_t's dtype from
-alpha_bar. eta = 0 is deterministic; eta > 0 draws fresh noise at every step.
+alpha_bar. eta = 0 is deterministic; eta > 0 draws fresh noise at every step. `ddim_invert` runs
+the deterministic update backwards, x_0 -> x_T.
 """
 
 from __future__ import annotations
@@ -12,7 +13,8 @@ from typing import NamedTuple
 import torch
 
 from diffusion_notes.foundations.diffusion import alpha_bar_pair
-from diffusion_notes.foundations.grids import Grid
+from diffusion_notes.foundations.grids import Grid, make_grid
+from diffusion_notes.foundations.guidance import CFGDenoiser, check_guidance_scale
 from diffusion_notes.foundations.samplers.base import Sampler, register
 from diffusion_notes.foundations.samplers.common import (StepOutput, check_inputs, fresh_noise, timestep_pairs,
                                                           x0_from_eps)
@@ -90,6 +92,37 @@ def coefficients(grid: Grid, schedule: Schedule, *, dtype=torch.float32, eta: fl
     final = 1.0 if set_alpha_to_one else schedule.alphas_cumprod[0]
     alpha_bar, alpha_bar_prev = (a.to(dtype) for a in alpha_bar_pair(*timestep_pairs(grid), schedule, final))
     return ddim_coefficients(alpha_bar, alpha_bar_prev, eta)
+
+
+@torch.no_grad()
+def ddim_invert(eps_model, x0: torch.Tensor, schedule: Schedule, num_inference_steps: int = 50, *, cond=None,
+                uncond=None, guidance_scale: float = 1.0, spacing: str | None = None) -> torch.Tensor:
+    r"""Run the deterministic DDIM update backwards, x_0 -> x_T, on the grid DDIM samples on.
+
+    Each step reads the noise the model predicts at the current point and moves to the next, noisier
+    grid point along the same straight line the sampler would come down:
+
+    $$\hat x_0 = \frac{x_t - \sqrt{1-\bar\alpha_t}\,\epsilon_\theta(x_t, t')}{\sqrt{\bar\alpha_t}},\qquad
+      x_{t'} = \sqrt{\bar\alpha_{t'}}\,\hat x_0 + \sqrt{1-\bar\alpha_{t'}}\,\epsilon_\theta(x_t, t')$$
+
+    with t < t' neighbours on the grid (x at t = 0 is x_0, alpha_bar = 1) and the model read at t', as
+    diffusers' DDIMInverseScheduler does. DDIM (eta = 0) from the returned x_T on the same grid, with
+    the same conditions and guidance, comes back close to x_0: the smaller each step, the closer.
+    Guidance above 1 makes the inversion less exact (Mokady et al. 2023).
+    Book: eq-ddim-inversion
+    Paper: Song et al. 2021 (DDIM), section 4.3; Ramesh et al. 2022, section 3 (the bipartite latent)
+    """
+    check_guidance_scale(guidance_scale)
+    grid = make_grid("ddim", num_inference_steps, schedule, spacing)  # the grid DDIM samples on
+    model = CFGDenoiser(eps_model, cond, uncond, guidance_scale)
+    alpha_bar = schedule.alphas_cumprod
+    x, a_prev = x0, 1.0
+    for t in grid.timesteps.flip(0).tolist():  # ascending
+        a = float(alpha_bar[t])
+        eps = model(x, torch.full((x.shape[0],), t, dtype=torch.long, device=x.device))
+        x0_hat = (x - math.sqrt(1 - a_prev) * eps) / math.sqrt(a_prev)
+        x, a_prev = math.sqrt(a) * x0_hat + math.sqrt(1 - a) * eps, a
+    return x
 
 
 SAMPLER = register(Sampler(

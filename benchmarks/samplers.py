@@ -17,55 +17,52 @@ Targets:
 Run: OMP_NUM_THREADS=1 python benchmarks/samplers.py [repeats] [--crossover]
 """
 
+import functools
 import sys
 import time
 
+import diffusers
 import torch
-from diffusers import (
-    DDIMScheduler,
-    DDPMScheduler,
-    DPMSolverMultistepScheduler,
-    EulerAncestralDiscreteScheduler,
-    EulerDiscreteScheduler,
-)
 
 from diffusion_notes.device import make_generator, randn
 from diffusion_notes.foundations.guidance import MAX_GUIDED_BATCH, CFGDenoiser
-from diffusion_notes.foundations.samplers import sample
+from diffusion_notes.foundations.samplers import SAMPLERS, sample
 from diffusion_notes.foundations.schedules import make_schedule
 from diffusion_notes.foundations.toy2d import ToyDenoiser, ToyDenoiserConfig
 
 torch.set_num_threads(1)
 
-SCHEDULERS = {
-    "ddpm": DDPMScheduler,
-    "ddim": DDIMScheduler,
-    "euler": EulerDiscreteScheduler,
-    "euler_a": EulerAncestralDiscreteScheduler,
-    "dpmpp_2m": DPMSolverMultistepScheduler,
-}
 BATCH, STEPS = 2000, 25
 GUIDED_BATCHES = (500, BATCH)
 TARGET_RATIO, TARGET_GUIDED = 1.05, 2.05
 
 
+def scheduler_for(sampler):
+    """The sampler's diffusers scheduler in its default configuration (`Sampler.diffusers_class`)."""
+    return getattr(diffusers, SAMPLERS[sampler].diffusers_class)()
+
+
+@functools.cache
+def clips_x0(sampler) -> bool:
+    """Whether the scheduler's default configuration clips x0_hat to [-1, 1] (DDPM's and DDIM's do)."""
+    return bool(scheduler_for(sampler).config.get("clip_sample", False))
+
+
 def ours(model, sampler):
     sample(model, (BATCH, 2), sampler=sampler, num_inference_steps=STEPS, schedule=make_schedule("linear"),
-           generator=make_generator(0), clip_x0=1.0 if sampler in ("ddpm", "ddim") else None)
+           generator=make_generator(0), clip_x0=1.0 if clips_x0(sampler) else None)
 
 
 def theirs(model, sampler):
     """diffusers' pipeline loop (default configuration), with the same model and batch."""
-    scheduler = SCHEDULERS[sampler]()
+    scheduler = scheduler_for(sampler)
     scheduler.set_timesteps(STEPS)
     g = make_generator(0)
     x = randn((BATCH, 2), g) * scheduler.init_noise_sigma
-    takes_generator = sampler in ("ddpm", "euler_a")
     for t in scheduler.timesteps:
         model_input = scheduler.scale_model_input(x, t)
         eps = model(model_input, t.expand(BATCH))
-        kwargs = dict(generator=g) if takes_generator else {}
-        x = scheduler.step(eps, t, x, **kwargs).prev_sample
+        x = scheduler.step(eps, t, x, generator=g).prev_sample  # used where the scheduler draws noise
 
 
 def timed(fn, *args):
@@ -91,7 +88,7 @@ def sampler_timings(model, repeats):
           f"loop alone, model = zeros (us/step): ours, diffusers  target ours <= diffusers")
     zeros = lambda x_t, t: torch.zeros_like(x_t)  # noqa: E731
     met = []
-    for sampler in SCHEDULERS:
+    for sampler in SAMPLERS:
         ours(model, sampler), theirs(model, sampler), ours(zeros, sampler), theirs(zeros, sampler)  # warm up
         times = {"ours": [], "theirs": [], "ours_loop": [], "theirs_loop": []}
         for _ in range(repeats):  # interleaved, so a busy moment hits both

@@ -103,7 +103,7 @@ def test_a_given_x_T_is_used_as_it_is():
     assert torch.equal(seen[0], x_T)
 
 
-@pytest.mark.parametrize("sampler", list(SAMPLERS))
+@pytest.mark.parametrize("sampler", [name for name, s in SAMPLERS.items() if s.step is not None])
 @pytest.mark.parametrize("kind", ["linear", "scaled_linear", "cosine"])
 def test_loop_updates_equal_the_step_functions(sampler, kind):
     """At every grid point, the loop's update with precomputed coefficients is the step function's result."""
@@ -119,7 +119,7 @@ def test_loop_updates_equal_the_step_functions(sampler, kind):
         t_prev = timesteps[i + 1] if i + 1 < len(timesteps) else -1
         eps, noise = randn(SHAPE, g), randn(SHAPE, g)
         state_step["step_index"] = i
-        expected = SAMPLERS[sampler](x, eps, t, t_prev, schedule, noise=noise, state=state_step, **options)
+        expected = SAMPLERS[sampler].step(x, eps, t, t_prev, schedule, noise=noise, state=state_step, **options)
         got = step.update(x, eps, step.coefficients[i], noise=noise if step.draws_noise[i] else None,
                           state=state_loop)
         torch.testing.assert_close(got.x_prev, expected.x_prev, rtol=1e-5, atol=1e-6)

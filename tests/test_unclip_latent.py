@@ -119,8 +119,10 @@ def test_ddim_inversion_matches_diffusers_and_comes_back():
     assert make_grid("ddim", 20, schedule).timesteps.flip(0).tolist() == inverse.timesteps.tolist()  # the same grid
     reference = _reference_inversion(eps_model, x0, schedule, 20)
     assert torch.allclose(ours, reference, atol=1e-4), float((ours - reference).abs().max())
-    back = sample(lambda x, t: eps_model(x, t), x0.shape, "ddim", 200, schedule, x_T=ddim_invert(eps_model, x0, schedule, 200))
-    coarse = sample(lambda x, t: eps_model(x, t), x0.shape, "ddim", 10, schedule, x_T=ddim_invert(eps_model, x0, schedule, 10))
+    back = sample(lambda x, t: eps_model(x, t), x0.shape, sampler="ddim", num_inference_steps=200, schedule=schedule,
+                  x_T=ddim_invert(eps_model, x0, schedule, 200))
+    coarse = sample(lambda x, t: eps_model(x, t), x0.shape, sampler="ddim", num_inference_steps=10, schedule=schedule,
+                    x_T=ddim_invert(eps_model, x0, schedule, 10))
     assert (back - x0).abs().max() < (coarse - x0).abs().max()  # smaller steps, closer round trip
     assert (back - x0).abs().max() < 0.05
 

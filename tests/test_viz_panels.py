@@ -69,13 +69,13 @@ def test_companions_render_every_setting():
 def test_bad_panel_input():
     render = _recording_render([])
     with pytest.raises(ValueError, match="not one of the step counts"):
-        viz.sampler_panel(render, steps=[5, 10], steps_value=7)
+        viz.sampler_panel(render, ["DDIM"], steps=[5, 10], steps_value=7)
     with pytest.raises(ValueError, match="outside the slider's range"):
-        viz.sampler_panel(render, guidance=(0.0, 5.0, 0.5), guidance_value=7.5)
+        viz.sampler_panel(render, ["DDIM"], guidance=(0.0, 5.0, 0.5), guidance_value=7.5)
     with pytest.raises(ValueError, match="pass sampler_value and steps_value"):
         viz.sampler_panel(render, samplers=None)
     with pytest.raises(ValueError, match="must return a matplotlib Figure"):
-        viz.sampler_panel(lambda *args: None)
+        viz.sampler_panel(lambda *args: None, ["DDIM"])
     with pytest.raises(ValueError, match="at least one setting"):
         viz.companion_grid(render, [])
 

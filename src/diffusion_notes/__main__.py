@@ -122,8 +122,8 @@ def _add_generate(p: argparse.ArgumentParser) -> None:
     p.add_argument("--negative-prompt", help="used in place of the empty caption in guidance (stable_diffusion only)")
     p.add_argument("--steps", type=int, default=25, help="sampling steps (default 25)")
     p.add_argument("--guidance-scale", type=float, help="classifier-free guidance scale (default: the pipeline's)")
-    p.add_argument("--sampler", help="ddpm, ddim, euler, euler_a, dpmpp_2m or a web-UI name "
-                                     "(default: the pipeline's, dpmpp_2m for stable_diffusion, euler_a for unclip and glide)")
+    p.add_argument("--sampler", help="a sampler, by our name or its web-UI name (an unknown name lists them all; "
+                                     "default: the pipeline's own)")
     p.add_argument("--seed", type=int, default=0, help="seed of the noise (default 0)")
     p.add_argument("--num-images", type=int, default=1, help="images to draw; more than one are saved as a grid")
     p.add_argument("--init-image", help="a 32x32 RGB image file (or a k-times enlargement, such as an earlier --out): image-to-image from it")

@@ -89,15 +89,31 @@ def q_sample(x0: torch.Tensor, t, noise: torch.Tensor, schedule: Schedule) -> to
     return sqrt_ab * x0 + sqrt_one_minus_ab * noise
 
 
-def _alpha_bar_pair(t, t_prev, schedule: Schedule):
-    """alpha_bar at t and at t_prev (t_prev = -1: "before the first step", alpha_bar = 1), (B,) float64."""
+def alpha_bar_pair(t, t_prev, schedule: Schedule, final: float = 1.0):
+    """alpha_bar at t and at t_prev as (B,) float64 tensors; t_prev None means t - 1.
+
+    t_prev = -1 means "after the last step" (the data): alpha_bar there is `final`, 1 unless
+    DDIM's `set_alpha_to_one=False` says alpha_bar_0.
+    """
     t = check_timestep_tensor(t, schedule.num_train_timesteps).reshape(-1)  # (B,)
-    t_prev = (t - 1) if t_prev is None else torch.as_tensor(t_prev).to("cpu", torch.long).reshape(-1)
+    t_prev = (t - 1) if t_prev is None else torch.as_tensor(t_prev).to("cpu", torch.long).reshape(-1)  # (B,)
     if (t_prev < -1).any() or (t_prev >= t).any():
         raise ValueError(f"t_prev must be in [-1, t - 1], got t={t.tolist()}, t_prev={t_prev.tolist()}")
     alpha_bar = schedule.alphas_cumprod  # (T,)
-    alpha_bar_prev = torch.where(t_prev >= 0, alpha_bar[t_prev.clamp(min=0)], 1.0)  # (B,)
-    return alpha_bar[t], alpha_bar_prev
+    return alpha_bar[t], torch.where(t_prev >= 0, alpha_bar[t_prev.clamp(min=0)], final)
+
+
+def posterior_coefficients(alpha_bar, alpha_bar_prev):
+    """q_posterior's weights on x0 and x_t and its variance beta_tilde, elementwise in alpha_bar's dtype.
+
+    The DDPM sampler's step (`samplers.ddpm`) is this posterior with x0_hat in place of x0.
+    """
+    alpha_t = alpha_bar / alpha_bar_prev
+    beta_t = 1 - alpha_t
+    coef_x0 = alpha_bar_prev.sqrt() * beta_t / (1 - alpha_bar)
+    coef_xt = alpha_t.sqrt() * (1 - alpha_bar_prev) / (1 - alpha_bar)
+    variance = (1 - alpha_bar_prev) / (1 - alpha_bar) * beta_t
+    return coef_x0, coef_xt, variance
 
 
 def q_posterior(x0: torch.Tensor, x_t: torch.Tensor, t, schedule: Schedule, t_prev=None):
@@ -119,15 +135,9 @@ def q_posterior(x0: torch.Tensor, x_t: torch.Tensor, t, schedule: Schedule, t_pr
     _check_data(x0, "x0")
     _check_data(x_t, "x_t")
     _check_same_shape(x0, x_t, "x0", "x_t")
-    alpha_bar_t, alpha_bar_prev = _alpha_bar_pair(t, t_prev, schedule)  # (B,), (B,)
-    alpha_bar_t = expand_like(alpha_bar_t, x_t)  # (B, 1, ...)
-    alpha_bar_prev = expand_like(alpha_bar_prev, x_t)  # (B, 1, ...)
-    alpha_t = alpha_bar_t / alpha_bar_prev
-    beta_t = 1 - alpha_t
-    coef_x0 = alpha_bar_prev.sqrt() * beta_t / (1 - alpha_bar_t)
-    coef_xt = alpha_t.sqrt() * (1 - alpha_bar_prev) / (1 - alpha_bar_t)
+    alpha_bar_t, alpha_bar_prev = (expand_like(a, x_t) for a in alpha_bar_pair(t, t_prev, schedule))  # (B, 1, ...)
+    coef_x0, coef_xt, variance = posterior_coefficients(alpha_bar_t, alpha_bar_prev)  # (B, 1, ...) each
     mean = coef_x0 * x0 + coef_xt * x_t  # (B, ...)
-    variance = (1 - alpha_bar_prev) / (1 - alpha_bar_t) * beta_t  # (B, 1, ...)
     return mean, variance
 
 

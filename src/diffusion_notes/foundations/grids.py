@@ -2,26 +2,59 @@
 
 `make_grid(sampler, n, schedule)` gives the n timesteps the model is called at, in descending order, and
 for the sigma-based samplers (Euler, Euler a, DPM++ 2M) the n + 1 noise levels ending in 0, with
-diffusers' spacings ("leading", "trailing", "linspace"), `steps_offset` and Karras sigmas.
-`noise_to_grid_point` noises clean data to one of its points: where image-to-image starts.
+diffusers' spacings ("leading", "trailing", "linspace"), `steps_offset` and Karras sigmas. It reads the
+sampler from the registry (`samplers.base.SAMPLERS`): each sampler's module builds its own grid from
+the parts here (`make_timesteps`, `_sigma_grid`). `noise_to_grid_point` noises clean data to one of
+a grid's points: where image-to-image starts.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 from typing import NamedTuple
 
 import numpy as np
 import torch
 
-from diffusion_notes.foundations.sampler_steps import karras_sigmas, sigma_at
 from diffusion_notes.foundations.schedules import Schedule
+from diffusion_notes.foundations.sigmas import karras_sigmas, sigma_at
+
+
+class RegistryView(Mapping):
+    """sampler name -> `read(sampler)` for every registered sampler that `keep` selects, read at each use.
+
+    A sampler registered later (a new module, or one a test registers) is in the view at once.
+    The registry is imported when first read: importing it runs `samplers/__init__.py`, which
+    registers every sampler module, and that package imports this module.
+    """
+
+    def __init__(self, read: Callable, keep: Callable = lambda sampler: True):
+        self.read, self.keep = read, keep
+
+    def _current(self) -> dict:
+        from diffusion_notes.foundations.samplers.base import SAMPLERS
+
+        return {name: self.read(s) for name, s in SAMPLERS.items() if self.keep(s)}
+
+    def __getitem__(self, name):
+        return self._current()[name]
+
+    def __iter__(self):
+        return iter(self._current())
+
+    def __len__(self):
+        return len(self._current())
+
+    def __repr__(self):
+        return repr(self._current())
+
 
 TIMESTEP_SPACINGS = ("leading", "trailing", "linspace")
 
 # Each sampler's default timestep spacing: that of its diffusers scheduler.
-DEFAULT_SPACING = {"ddpm": "leading", "ddim": "leading", "euler": "linspace", "euler_a": "linspace",
-                   "dpmpp_2m": "linspace"}
-KARRAS_SAMPLERS = ("euler", "dpmpp_2m")
+DEFAULT_SPACING = RegistryView(lambda sampler: sampler.default_spacing)
+# The samplers that accept use_karras_sigmas=True (name -> Sampler).
+KARRAS_SAMPLERS = RegistryView(lambda sampler: sampler, keep=lambda sampler: sampler.karras)
 
 
 def _check_steps(n, T):
@@ -101,44 +134,27 @@ def make_grid(
 ) -> Grid:
     """The timesteps (and noise levels) `sampler` visits: exactly its diffusers scheduler's `set_timesteps`.
 
-    ddpm, ddim:      `make_timesteps` (DDPMScheduler, DDIMScheduler; default spacing "leading").
-    euler, euler_a:  "linspace" is NOT rounded (n fractional timesteps over [0, T - 1]); sigmas are
-                     interpolated linearly in t (EulerDiscreteScheduler, EulerAncestral...; default "linspace").
-                     Karras sigmas span the grid's first and last sigma; their timesteps stay fractional.
-    dpmpp_2m:        "linspace" and "leading" take n + 1 points and drop the last (t = 0):
-                     linspace(0, T - 1, n + 1) rounded, or k = T // (n + 1) (DPMSolverMultistepScheduler;
-                     default "linspace"). Karras sigmas span the whole schedule and their timesteps are
-                     rounded (except for the cosine schedule), while the sigmas themselves stay exact.
-    `spacing=None` picks the sampler's default (`DEFAULT_SPACING`).
+    `sampler` is a registered sampler's name; its module's `make_grid` says what its grid is
+    (e.g. `samplers.euler.make_euler_grid`). `spacing=None` picks the sampler's default
+    (`DEFAULT_SPACING`, its diffusers scheduler's); `use_karras_sigmas` needs a sampler that
+    accepts it (`KARRAS_SAMPLERS`).
     """
-    if sampler not in DEFAULT_SPACING:
-        raise ValueError(f"sampler must be one of {', '.join(DEFAULT_SPACING)}, got {sampler!r}")
-    spacing = DEFAULT_SPACING[sampler] if spacing is None else spacing
-    T, n = schedule.num_train_timesteps, num_inference_steps
-    if use_karras_sigmas and sampler not in KARRAS_SAMPLERS:
-        raise ValueError(
-            f"use_karras_sigmas works with the {' and '.join(KARRAS_SAMPLERS)} samplers, not {sampler!r}"
-        )
-    if sampler in ("ddpm", "ddim"):
-        return Grid(make_timesteps(n, T, spacing, steps_offset), None)
-    _check_steps(n, T)
+    from diffusion_notes.foundations.samplers.base import get
+
+    s = get(sampler)
+    if use_karras_sigmas and not s.karras:
+        raise ValueError(f"use_karras_sigmas works with the {_and(KARRAS_SAMPLERS)} samplers, not {sampler!r}")
+    spacing = s.default_spacing if spacing is None else spacing
+    _check_steps(num_inference_steps, schedule.num_train_timesteps)
     _check_spacing(spacing)
-    if spacing == "trailing" or (spacing == "leading" and sampler != "dpmpp_2m"):
-        timesteps = make_timesteps(n, T, spacing, steps_offset).numpy().astype(np.float64)
-    elif sampler != "dpmpp_2m":  # Euler's linspace, in float32 as diffusers makes it
-        timesteps = np.linspace(0, T - 1, n, dtype=np.float32)[::-1].astype(np.float64)
-    elif spacing == "linspace":
-        timesteps = np.linspace(0, T - 1, n + 1).round()[::-1][:-1]
-    else:
-        timesteps = (np.arange(0, n + 1) * (T // (n + 1))).round()[::-1][:-1] + steps_offset
-    _check_offset(timesteps, steps_offset, T)
-    karras_range = "schedule" if sampler == "dpmpp_2m" else "grid"
-    timesteps, sigmas = _sigma_grid(timesteps, schedule, use_karras_sigmas, karras_range)
-    if sampler == "dpmpp_2m" and schedule.kind != "cosine":
-        timesteps = torch.from_numpy(timesteps.round().astype(np.int64).copy())  # (n,)
-    else:
-        timesteps = torch.from_numpy(timesteps.astype(np.float64).copy())  # (n,)
-    return Grid(timesteps, torch.from_numpy(sigmas.astype(np.float64)))
+    return s.make_grid(num_inference_steps, schedule, spacing=spacing, steps_offset=steps_offset,
+                       use_karras_sigmas=bool(use_karras_sigmas))
+
+
+def _and(names) -> str:
+    """"a", "a and b", "a, b and c"."""
+    names = list(names)
+    return " and ".join(names) if len(names) < 3 else f"{', '.join(names[:-1])} and {names[-1]}"
 
 
 def noise_to_grid_point(x0: torch.Tensor, noise: torch.Tensor, grid: Grid, index: int,

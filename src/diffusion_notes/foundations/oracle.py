@@ -10,7 +10,7 @@ its training set. Learned models generalise because they are *not* perfect.
 
 import torch
 
-from diffusion_notes.foundations.sampler_steps import sigma_at
+from diffusion_notes.foundations.sigmas import sigma_at
 from diffusion_notes.foundations.schedules import Schedule, broadcast_at, expand_like
 
 

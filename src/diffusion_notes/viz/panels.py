@@ -49,7 +49,7 @@ def _render_png(render: Render, setting: Setting, dpi: int) -> bytes:
 
 def sampler_panel(
     render: Render,
-    samplers: Sequence[str] | None = ("DDIM", "DDPM", "Euler", "Euler a", "DPM++ 2M", "DPM++ 2M Karras"),
+    samplers: Sequence[str] | None = None,
     steps: Sequence[int] | None = (5, 10, 20, 50, 100, 250, 1000),
     guidance: tuple[float, float, float] | None = None,
     seed: int | None = 0,
@@ -63,7 +63,8 @@ def sampler_panel(
 ) -> widgets.VBox:
     """A panel of controls over the picture `render` draws for their current values.
 
-    samplers: the dropdown's choices (None: no dropdown, `sampler_value` is passed).
+    samplers: the dropdown's choices, e.g. `list(foundations.samplers.SAMPLER_ALIASES)`, every
+              registered sampler's web-UI name (None, the default: no dropdown, `sampler_value` is passed).
     steps:    the step counts the slider offers (None: no slider, `steps_value` is passed).
     guidance: (min, max, step) of a guidance-scale slider starting at `guidance_value`
               (None: no slider, `guidance_value` is passed).

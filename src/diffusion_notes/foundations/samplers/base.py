@@ -15,7 +15,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from diffusion_notes.foundations.grids import Grid  # noqa: F401  (the type the callables below take)
+# The callables below take and make `grids.Grid`s. This module imports nothing of the library:
+# `grids.make_grid` reads the registry, so an import of `grids` here would close a circle.
 
 
 @dataclass(frozen=True)
@@ -32,6 +33,8 @@ class Sampler:
         whether iteration i takes fresh N(0, I) noise: exactly where diffusers draws it
     init_noise_scale(grid, spacing) -> float
         std of x_T in the DDPM scale, where diffusers' pipeline starts
+    step(x_t, eps, t, t_prev, schedule, *, noise, clip_x0, state, **options) -> StepOutput, or None
+        the same update as one flat function of (t, t_prev), for the chapters and the tests
     """
 
     name: str  # our key: "ddim", "euler_a", "heun"
@@ -46,13 +49,26 @@ class Sampler:
     diffusers_config: dict = field(default_factory=dict)  # extra scheduler kwargs, e.g. algorithm_type
     webui_names: dict = field(default_factory=dict)  # web-UI name -> use_karras_sigmas, {"Euler a": False}
     options: tuple = ()  # sampler-specific keyword options `sample` accepts, e.g. ("eta",)
+    step: Callable | None = None  # the flat step function, e.g. `ddim.ddim_step`
 
 
 SAMPLERS: dict[str, Sampler] = {}
 
 
 def register(sampler: Sampler) -> Sampler:
+    """Add `sampler` to the registry; its name and its web-UI names must be new."""
     if sampler.name in SAMPLERS:
         raise ValueError(f"a sampler named {sampler.name!r} is already registered")
+    for other in SAMPLERS.values():
+        taken = set(sampler.webui_names) & set(other.webui_names)
+        if taken:
+            raise ValueError(f"the web-UI name {sorted(taken)[0]!r} of {sampler.name!r} is {other.name!r}'s already")
     SAMPLERS[sampler.name] = sampler
     return sampler
+
+
+def get(name: str) -> Sampler:
+    """The registered sampler called `name`, or a ValueError that lists them."""
+    if name not in SAMPLERS:
+        raise ValueError(f"sampler must be one of {', '.join(SAMPLERS)}, got {name!r}")
+    return SAMPLERS[name]

@@ -11,12 +11,11 @@ from __future__ import annotations
 
 import torch
 
-from diffusion_notes.foundations.samplers import SAMPLER_ALIASES, resolve_sampler
+from diffusion_notes.foundations.samplers import SAMPLERS, resolve_sampler
 from diffusion_notes.foundations.schedules import Schedule, make_schedule
 
 # our schedule kinds <-> diffusers' beta_schedule names
 BETA_SCHEDULES = {"linear": "linear", "scaled_linear": "scaled_linear", "cosine": "squaredcos_cap_v2"}
-DIFFUSERS_CLASSES = {alias.sampler: alias.diffusers_class for alias in SAMPLER_ALIASES.values()}
 
 
 def beta_config(schedule: Schedule) -> dict:
@@ -31,18 +30,15 @@ def beta_config(schedule: Schedule) -> dict:
 def diffusers_scheduler(sampler: str, schedule: Schedule, use_karras_sigmas: bool | None = None, **options):
     """The diffusers scheduler that steps as our `sampler` does with our pipeline's defaults.
 
-    Defaults follow ours: no clipping of x0_hat, set_alpha_to_one (DDIM), steps_offset 0, each
-    scheduler's own timestep spacing. `options` (e.g. timestep_spacing="trailing") go to the scheduler.
+    Defaults follow ours: each sampler's `diffusers_config` (e.g. no clipping of x0_hat and
+    set_alpha_to_one for DDIM), steps_offset 0, each scheduler's own timestep spacing.
+    `options` (e.g. timestep_spacing="trailing") go to the scheduler, over those defaults.
     """
     import diffusers
 
     name, karras = resolve_sampler(sampler, use_karras_sigmas)
-    cls = getattr(diffusers, DIFFUSERS_CLASSES[name])
-    config = {**beta_config(schedule), "prediction_type": "epsilon", **options}
-    if name in ("ddpm", "ddim"):
-        config.setdefault("clip_sample", False)
-    if name == "ddim":
-        config.setdefault("set_alpha_to_one", True)
+    cls = getattr(diffusers, SAMPLERS[name].diffusers_class)
+    config = {**beta_config(schedule), "prediction_type": "epsilon", **SAMPLERS[name].diffusers_config, **options}
     if karras:
         config["use_karras_sigmas"] = True
     return cls(**config)

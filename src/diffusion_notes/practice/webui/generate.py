@@ -21,7 +21,7 @@ import torch
 from PIL import Image, ImageFilter
 
 from diffusion_notes.data.images import to_pil
-from diffusion_notes.foundations.grids import noise_to_grid_point
+from diffusion_notes.foundations.grids import RegistryView, noise_to_grid_point
 from diffusion_notes.foundations.samplers import SAMPLER_ALIASES, SAMPLERS
 from diffusion_notes.practice.controlnet.units import ControlledUNet, ControlUnit
 from diffusion_notes.practice.finetune.lora_files import applied
@@ -37,8 +37,9 @@ SIZE = 32  # the only size our models draw
 LIMITS = {"steps": (1, 150), "cfg_scale": (0.0, 30.0), "batch_size": (1, 8), "n_iter": (1, 100),
           "mask_blur": (0, 16), "inpaint_full_res_padding": (0, 32)}
 DEFAULT_SAMPLER = "DPM++ 2M"
-# our sampler names as the web UI's: "euler_a" -> "Euler a"
-WEBUI_NAME = {alias.sampler: name for name, alias in reversed(SAMPLER_ALIASES.items())}
+# our sampler names as the web UI's, each sampler's first: "euler_a" -> "Euler a", "dpmpp_2m" -> "DPM++ 2M".
+# The web UI's list of samplers is SAMPLER_ALIASES, every registered sampler's web-UI names (`samplers.base`).
+WEBUI_NAME = RegistryView(lambda sampler: next(iter(sampler.webui_names)), keep=lambda sampler: sampler.webui_names)
 
 
 @dataclass

@@ -26,8 +26,15 @@ from diffusers import (
 )
 
 from diffusion_notes.device import make_generator, randn
-from diffusion_notes.foundations.samplers import PreparedStep, loop
-from diffusion_notes.foundations.samplers import dpm2, dpmpp_2m_sde, heun, lms, unipc
+from diffusion_notes.foundations.samplers import (
+    PreparedStep,
+    dpm2,
+    dpmpp_2m_sde,
+    heun,
+    lms,
+    loop,
+    unipc,
+)
 from diffusion_notes.foundations.samplers.base import SAMPLERS
 from diffusion_notes.foundations.schedules import make_schedule
 
@@ -107,7 +114,7 @@ def run_reference(sampler, ref, x_T, generator):
         model_input = ref.scale_model_input(x, t)
         inputs.append(model_input)
         eps = fake_model(model_input, t.view(1))
-        out = ref.step(eps, t, x, **(dict(generator=generator) if takes_generator else {}))
+        out = ref.step(eps, t, x, **({"generator": generator} if takes_generator else {}))
         x0_hats.append(getattr(out, "pred_original_sample", None))
         x = out.prev_sample
     return inputs, x0_hats, x

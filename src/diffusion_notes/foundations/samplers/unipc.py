@@ -25,7 +25,10 @@ import torch
 from diffusion_notes.foundations.grids import Grid
 from diffusion_notes.foundations.sampler_steps import StepOutput, vp_scale
 from diffusion_notes.foundations.samplers.base import Sampler, register
-from diffusion_notes.foundations.samplers.dpmpp_2m_sde import log_snr_steps, multistep_grid
+from diffusion_notes.foundations.samplers.dpmpp_2m_sde import (
+    log_snr_steps,
+    multistep_grid,
+)
 
 
 def corrector_rhos(h: torch.Tensor, r: torch.Tensor):

@@ -41,7 +41,7 @@ def corrector_rhos(h: torch.Tensor, r: torch.Tensor):
     with phi_1(x) = (e^x - 1) / x, phi_{k+1}(x) = (phi_k(x) - 1 / k!) / x and r = (lambda_{s_1} -
     lambda_s) / h the previous point's offset, elementwise on float64 tensors.
 
-    Paper: Zhao et al. 2023 (UniPC), Sec. 3.2 (UniC-p with B(h)) and Algorithm 2
+    Paper: Zhao et al. 2023 (UniPC), the corrector UniC-p's linear system, B_2(h) = e^h - 1 in their sign of h
     """
     h_hat = -h
     phi_1 = torch.expm1(h_hat) / h_hat
@@ -104,7 +104,7 @@ def unipc_corrector(x_s, m_t, m_s, m_s1, c: UniPCCoefficients):
     x_s the (corrected) point the last step started from, m_s and m_{s_1} the data predictions
     there and one step before, rho from `corrector_rhos` (UniC-1: rho_1 = 0, rho_t = 1/2).
 
-    Paper: Zhao et al. 2023 (UniPC), Sec. 3.2 (UniC-p), Algorithm 2
+    Paper: Zhao et al. 2023 (UniPC), the unified corrector UniC-p (p = 1, 2), data-prediction form
     """
     correction = c.rho_t * (m_t - m_s)  # (B, ...)
     if c.rho_c != 0:
@@ -120,7 +120,7 @@ def unipc_predictor(x_t, m_t, m_s1, c: UniPCCoefficients):
 
     (rho = 0 for UniP-1). With B(h) = e^{-h} - 1 this is DPM-Solver++(2M)'s step.
 
-    Paper: Zhao et al. 2023 (UniPC), Sec. 3.1 (UniP-p), Algorithm 2
+    Paper: Zhao et al. 2023 (UniPC), the unified predictor UniP-p (p = 1, 2), data-prediction form
     """
     x_next = c.ratio_p * x_t - c.alpha_phi_p * m_t  # (B, ...)
     if c.rho_p != 0:
@@ -139,7 +139,7 @@ def unipc_update(x_t, eps, c: UniPCCoefficients, *, noise=None, clip_x0=None, st
     is first order. Deterministic; `noise` is ignored. Equals diffusers'
     `UniPCMultistepScheduler.step` (default configuration, see the module) given the same eps.
 
-    Paper: Zhao et al. 2023 (UniPC), Algorithm 2 (UniPC-p with B(h) = e^h - 1 in their sign of h)
+    Paper: Zhao et al. 2023 (UniPC), multistep UniPC-2, B_2(h) = e^h - 1 in their sign of h, data prediction
     """
     m_t = (x_t - c.sigma_vp * eps) / c.alpha  # (B, ...)
     m_t = m_t if clip_x0 is None else m_t.clamp(-clip_x0, clip_x0)

@@ -5,7 +5,7 @@ ODE: it forgets part of x_t at each step and puts back fresh noise of the matchi
 diffusers: `DPMSolverMultistepScheduler(algorithm_type="sde-dpmsolver++")` (solver_order 2,
 midpoint, final_sigmas_type "zero"), which draws one noise at every step, the last included.
 
-Notation (VP, as in `sampler_steps`): alpha_t = sqrt(alpha_bar), sigma_t = sqrt(1 - alpha_bar),
+Notation (VP, as DPM-Solver writes it): alpha_t = sqrt(alpha_bar), sigma_t = sqrt(1 - alpha_bar),
 lambda_t = log(alpha_t / sigma_t) = -log(sigma) with sigma Karras' noise level, h = lambda_{t'} - lambda_t.
 The grid (`multistep_grid`) is DPMSolverMultistepScheduler's, which UniPC shares.
 """

@@ -7,7 +7,7 @@ predict_x0, lower_order_final, no disabled correctors, final_sigmas_type "zero")
 (`dpmpp_2m_sde.multistep_grid`), with SD 1.x's betas and with Karras sigmas. With bh2 the
 predictor UniP-2 is DPM-Solver++(2M)'s step.
 
-Notation (VP, as in `sampler_steps`): alpha_t = sqrt(alpha_bar), sigma_t = sqrt(1 - alpha_bar),
+Notation (VP, as DPM-Solver writes it): alpha_t = sqrt(alpha_bar), sigma_t = sqrt(1 - alpha_bar),
 lambda = log(alpha_t / sigma_t) = -log(sigma), h = lambda_{t'} - lambda_t, m = x0_hat (the data
 prediction), and B(h) = e^{-h} - 1 ("bh2").
 

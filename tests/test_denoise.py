@@ -111,3 +111,25 @@ def test_plan_takes_diffusers_options_and_checks_eta():
         make_plan("euler", 5, schedule, eta=0.5)
     with pytest.raises(ValueError, match="eta must be a number >= 0"):
         make_plan("ddim", 5, schedule, eta=-1)
+
+
+@pytest.mark.parametrize("sampler", ["heun", "dpm2"])
+def test_img2img_with_two_calls_a_step_starts_where_its_step_begins(sampler):
+    """Heun and DPM2 visit 2n - 1 points; step k begins at point 2k, where diffusers' img2img starts them."""
+    n, schedule = 5, ldm_schedule()
+    plan = make_plan(sampler, n, schedule)
+    assert len(plan.grid.timesteps) == 2 * n - 1
+    start = strength_start(n, 0.6)  # redo 3 of the 5 steps: start at step 2, point 4
+    seen = []
+
+    def model(x, t, step):
+        seen.append(step)
+        return torch.zeros_like(x)
+
+    model.takes_step = True
+    z0, first = torch.ones(1, 4, 2, 2), torch.zeros(1, 4, 2, 2)
+    starts = []
+    denoise(model, plan, first, z0=z0, start_step=start, callback=lambda i, t, x, x0: starts.append((i, x.clone())))
+    assert seen == [2, 2, 3, 3, 4]  # steps 2-4, each step's two calls handed the same step
+    i, x_start = starts[0]
+    assert i == 4 and torch.equal(x_start, noise_to_grid_point(z0, first, plan.grid, 4, schedule).float())

@@ -157,6 +157,22 @@ def _and(names) -> str:
     return " and ".join(names) if len(names) < 3 else f"{', '.join(names[:-1])} and {names[-1]}"
 
 
+def num_steps(grid: Grid) -> int:
+    """The user-facing steps a grid holds: its points, or fewer where a sampler calls the model twice a step."""
+    return len(grid.timesteps) if grid.step_index is None else int(grid.step_index[-1]) + 1
+
+
+def grid_index(grid: Grid, step: int) -> int:
+    """The loop iteration where user-facing `step` begins; `num_steps(grid)` maps to the grid's end.
+
+    Heun and DPM2 visit 2n - 1 points for n steps: step k begins at point 2k, where diffusers'
+    img2img starts them (`t_start * order`).
+    """
+    if grid.step_index is None or step >= num_steps(grid):
+        return len(grid.timesteps) if step >= num_steps(grid) else step
+    return int((grid.step_index == step).nonzero()[0])
+
+
 def noise_to_grid_point(x0: torch.Tensor, noise: torch.Tensor, grid: Grid, index: int,
                         schedule: Schedule) -> torch.Tensor:
     """x at the grid's `index`-th timestep from clean x0: sqrt(alpha_bar) x0 + sqrt(1 - alpha_bar) noise.

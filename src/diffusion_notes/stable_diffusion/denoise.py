@@ -17,7 +17,7 @@ from typing import NamedTuple
 
 import torch
 
-from diffusion_notes.foundations.grids import Grid, make_grid, noise_to_grid_point
+from diffusion_notes.foundations.grids import Grid, grid_index, make_grid, noise_to_grid_point, num_steps
 from diffusion_notes.foundations.samplers import init_noise_scale, loop, prepare_step, resolve_sampler
 from diffusion_notes.foundations.schedules import Schedule
 
@@ -70,13 +70,14 @@ def denoise(model, plan: Plan, first: torch.Tensor, *, z0: torch.Tensor | None =
     """Denoise from where the run starts down to z_0 (B, C, h, w), with `samplers.loop`.
 
     txt2img (z0 None): x_T = first * plan.init_scale, where diffusers' pipelines start.
-    img2img: z0 noised by `first` to grid point `start_step` (`noise_to_grid_point`: SDEdit),
-    and the loop runs the steps from there; a start at the grid's end returns z0 itself.
+    img2img: z0 noised by `first` to where step `start_step` begins (`noise_to_grid_point`: SDEdit),
+    and the loop runs the steps from there; a start at the last step's end returns z0 itself.
     `noise(i)` (or `generator`), `after_step`, `callback` and `progress` go to the loop.
     """
-    n = len(plan.grid.timesteps)
+    n = num_steps(plan.grid)
     if isinstance(start_step, bool) or not isinstance(start_step, int) or not 0 <= start_step <= n:
         raise ValueError(f"start_step must be an int in [0, {n}], got {start_step!r}")
+    first_call = grid_index(plan.grid, start_step)  # the same, but for samplers that call the model twice a step
     if z0 is None:
         if start_step:
             raise ValueError("a run that starts part-way (start_step > 0) needs z0, the input to noise")
@@ -84,7 +85,7 @@ def denoise(model, plan: Plan, first: torch.Tensor, *, z0: torch.Tensor | None =
     elif start_step == n:
         return z0
     else:
-        x = noise_to_grid_point(z0, first, plan.grid, start_step, plan.schedule).float()  # (B, C, h, w)
+        x = noise_to_grid_point(z0, first, plan.grid, first_call, plan.schedule).float()  # (B, C, h, w)
     step = prepare_step(plan.sampler, plan.grid, plan.schedule, plan.eta, plan.set_alpha_to_one, dtype=x.dtype)
     return loop(model, x, plan.grid, step, noise=noise, generator=generator, after_step=after_step,
-                callback=callback, start_step=start_step, clip_x0=clip_x0, progress=progress)
+                callback=callback, start_step=first_call, clip_x0=clip_x0, progress=progress)

@@ -20,7 +20,8 @@ import torch
 
 from diffusion_notes.foundations import grids
 from diffusion_notes.foundations.grids import Grid
-from diffusion_notes.foundations.sampler_steps import StepOutput, vp_scale
+from diffusion_notes.foundations.samplers.common import StepOutput
+from diffusion_notes.foundations.sigmas import vp_scale
 from diffusion_notes.foundations.samplers.base import Sampler, register
 
 

@@ -19,7 +19,8 @@ from typing import NamedTuple
 import torch
 
 from diffusion_notes.foundations.grids import Grid
-from diffusion_notes.foundations.sampler_steps import StepOutput, vp_scale
+from diffusion_notes.foundations.samplers.common import StepOutput
+from diffusion_notes.foundations.sigmas import vp_scale
 from diffusion_notes.foundations.samplers.base import Sampler, register
 from diffusion_notes.foundations.samplers.lms import k_init_noise_scale, k_sigma_grid
 

@@ -23,7 +23,8 @@ from typing import NamedTuple
 import torch
 
 from diffusion_notes.foundations.grids import Grid
-from diffusion_notes.foundations.sampler_steps import StepOutput, vp_scale
+from diffusion_notes.foundations.samplers.common import StepOutput
+from diffusion_notes.foundations.sigmas import vp_scale
 from diffusion_notes.foundations.samplers.base import Sampler, register
 from diffusion_notes.foundations.samplers.dpmpp_2m_sde import (
     log_snr_steps,

@@ -18,6 +18,7 @@ from __future__ import annotations
 import torch
 
 from diffusion_notes.data.images import prompt_list
+from diffusion_notes.foundations.grids import grid_index
 from diffusion_notes.foundations.guidance import CFGDenoiser
 from diffusion_notes.practice.controlnet.units import ControlledUNet, ControlUnit, check_control, condition_tensor
 from diffusion_notes.stable_diffusion.ldm import DEFAULT_GUIDANCE_SCALE
@@ -63,5 +64,5 @@ class ControlNetPipeline(LatentDiffusionPipeline):
         cond = {"context": cond, "weight": torch.ones(rows, device=self.device)}
         if uncond is not None:
             uncond = {"context": uncond, "weight": torch.full((rows,), 0.0 if guess_mode else 1.0, device=self.device)}
-        unet = ControlledUNet(self.unet, [control], grid.timesteps.tolist()[first:], guess_mode)
+        unet = ControlledUNet(self.unet, [control], grid.timesteps.tolist()[grid_index(grid, first):], guess_mode)
         return CFGDenoiser(unet, cond, uncond, guidance_scale)

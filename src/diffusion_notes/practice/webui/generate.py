@@ -21,7 +21,7 @@ import torch
 from PIL import Image, ImageFilter
 
 from diffusion_notes.data.images import to_pil
-from diffusion_notes.foundations.grids import RegistryView, noise_to_grid_point
+from diffusion_notes.foundations.grids import RegistryView, grid_index, noise_to_grid_point
 from diffusion_notes.foundations.samplers import SAMPLER_ALIASES, SAMPLERS
 from diffusion_notes.practice.controlnet.units import ControlledUNet, ControlUnit
 from diffusion_notes.practice.finetune.lora_files import applied
@@ -170,14 +170,15 @@ def run_batch(pipe, settings: Settings, seeds: list[int], subseeds: list[int], e
         keep = 1 - latent_mask(mask, c.sample_size).to(pipe.device)  # (1, 1, 8, 8): 1 where the input stays
 
         def after_step(i, x_prev):  # the known latent, noised to where the sampler now is
-            known = z0 if i + 1 == n else noise_to_grid_point(z0, noise, plan.grid, i + 1, pipe.schedule).float()
+            last = i + 1 == len(plan.grid.timesteps)  # i counts model calls: 2n - 1 of them for Heun and DPM2
+            known = z0 if last else noise_to_grid_point(z0, noise, plan.grid, i + 1, pipe.schedule).float()
             return keep * known + (1 - keep) * x_prev
 
     conds = [Conditioning(encoder, settings.prompt, n) for _ in range(B)]
     unconds = [Conditioning(encoder, settings.negative_prompt, n, split=False) for _ in range(B)]
     unet = pipe.unet
     if settings.controlnet:  # Chapter 17: the units' residuals on every row the denoiser sends
-        unet = ControlledUNet(unet, settings.controlnet, plan.grid.timesteps.tolist()[start:])
+        unet = ControlledUNet(unet, settings.controlnet, plan.grid.timesteps.tolist()[grid_index(plan.grid, start):])
     model = WebUIDenoiser(unet, conds, unconds, settings.cfg_scale, encoder(""))
     z = denoise(model, plan, noise, z0=z0, start_step=start, noise=rng.next, after_step=after_step, callback=callback)
     return pipe.decode_latents(z).cpu()  # (B, 3, 32, 32)

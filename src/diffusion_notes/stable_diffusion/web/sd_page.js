@@ -13,7 +13,7 @@
  *   tables    config.json's sampling (web_export.sampling_table): for each sampler and step count the
  *             page offers, make_grid's timesteps, prepare_step's coefficients, where noise is drawn
  *             and init_noise_scale, all computed in Python; the page computes none of them
- *   steps     foundations/sampler_steps.py: ddim_update, euler_update with sigma_up, dpmpp_2m_update,
+ *   steps     foundations/samplers/{ddim,euler,euler_a,dpmpp_2m}.py: ddim_update, euler_update with sigma_up, dpmpp_2m_update,
  *             each reading its coefficients by name, rounded to float32 as torch multiplies a float32
  *             tensor by a Python float, each tensor operation rounded to float32 as torch computes it
  *   guidance  foundations/guidance.py: one UNet call on [x, x] with [cond; uncond] states,
@@ -125,7 +125,7 @@
     return { ...t, rows };
   }
 
-  // ---- steps: foundations/sampler_steps.py's updates, each rounded to float32 as torch computes it ---
+  // ---- steps: the updates of foundations/samplers/, each rounded to float32 as torch computes it ---
   function ddimUpdate(x, eps, c, noise) {  // x0 = (x - sqrt(1 - a) eps) / sqrt(a); x' = sqrt(a') x0 + coef_eps eps
     return x.map((xi, k) => {
       const x0 = f(f(xi - f(c.sqrt_one_minus_alpha_bar * eps[k])) / c.sqrt_alpha_bar);

@@ -55,12 +55,14 @@ $(VENV)/.installed: pyproject.toml requirements.lock
 	$(PY) -m pip check
 	@touch $@
 
-# Re-resolve requirements.lock from pyproject.toml (newest versions that fit), with uv in a
-# throwaway venv. Then `make test` (and `make execute` where a chapter's stored outputs changed).
+# Re-resolve requirements.lock from pyproject.toml, with uv in a throwaway venv: the dependencies
+# and every extra, for any platform and Python 3.10+. uv keeps each pin already in the lock that still
+# fits and takes the newest version of anything new (LOCK_ARGS=--upgrade renews every pin).
+# Then `make test` (and `make execute` where a chapter's stored outputs changed).
 LOCK_TOOLS := _build/lock-tools
 lock:
 	@test -x $(LOCK_TOOLS)/bin/uv || { $(PYTHON) -m venv $(LOCK_TOOLS) && $(LOCK_TOOLS)/bin/pip install --quiet uv==$(UV_VERSION); }
-	$(LOCK_TOOLS)/bin/uv pip compile pyproject.toml --extra book --extra test --universal \
+	$(LOCK_TOOLS)/bin/uv pip compile pyproject.toml --all-extras --universal \
 	    --python-version 3.10 --custom-compile-command "make lock" $(LOCK_ARGS) -o requirements.lock
 
 vendor: _vendor/.installed

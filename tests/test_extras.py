@@ -9,6 +9,8 @@ import sys
 import textwrap
 from pathlib import Path
 
+import pytest
+
 if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover
@@ -53,6 +55,7 @@ def optional_imports() -> list[str]:
     return [IMPORT_NAME.get(name, name).replace("-", "_") for name in names]
 
 
+@pytest.mark.slow  # a new process that imports every module
 def test_only_part_iv_modules_import_an_optional_package():
     hidden = optional_imports()
     assert {"gradio", "diffusers", "transformers", "peft", "onnx", "accelerate", "skimage"} <= set(hidden)

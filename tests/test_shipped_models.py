@@ -11,6 +11,8 @@ from diffusion_notes import pretrained
 from diffusion_notes.data.shapes import ShapesDataset
 from diffusion_notes.unclip.clip_eval import retrieval_recall, zero_shot_accuracy
 
+pytestmark = pytest.mark.slow  # every test here loads shipped models
+
 torch.set_num_threads(1)
 
 

@@ -1,4 +1,4 @@
-# Two commands a newcomer needs:  make book   and   make test
+# Two commands a newcomer needs:  make book   and   make test   (and, while editing, make quick)
 # Everything they need is set up here: a venv in .venv, the JavaScript the
 # pages serve themselves in _vendor/, and Jupyter/IPython/matplotlib state
 # kept inside _build/ so nothing is written under ~.
@@ -22,11 +22,13 @@ export MPLCONFIGDIR        := $(STATE)/matplotlib
 export PYDEVD_DISABLE_FILE_VALIDATION := 1
 export PYTHONHASHSEED      := 0
 
-.PHONY: help setup web serve state stamp check-home venv vendor lock book test checks unit nbval build-strict browser lab bench execute clean distclean
+.PHONY: help setup web serve state stamp check-home venv vendor lock lint quick book test checks unit nbval build-strict browser lab bench execute clean distclean
 
 help:
 	@echo "make book    set up, execute every chapter, render HTML into _build/html"
 	@echo "make test    set up, unit tests and chapters against stored outputs (nbval) side by side, strict build, browser check"
+	@echo "make quick   lint, then the unit tests not marked slow, stopping at the first failure (a minute or two)"
+	@echo "make lint    ruff check src tests benchmarks (the rules are in pyproject.toml)"
 	@echo "make serve   serve _build/html on http://127.0.0.1:8000 (PORT=...)"
 	@echo "make lab     JupyterLab on book/"
 	@echo "make bench   run the benchmarks in benchmarks/"
@@ -56,12 +58,14 @@ $(VENV)/.installed: pyproject.toml requirements.lock
 	$(PY) -m pip check
 	@touch $@
 
-# Re-resolve requirements.lock from pyproject.toml (newest versions that fit), with uv in a
-# throwaway venv. Then `make test` (and `make execute` where a chapter's stored outputs changed).
+# Re-resolve requirements.lock from pyproject.toml, with uv in a throwaway venv: the dependencies
+# and every extra, for any platform and Python 3.10+. uv keeps each pin already in the lock that still
+# fits and takes the newest version of anything new (LOCK_ARGS=--upgrade renews every pin).
+# Then `make test` (and `make execute` where a chapter's stored outputs changed).
 LOCK_TOOLS := _build/lock-tools
 lock:
 	@test -x $(LOCK_TOOLS)/bin/uv || { $(PYTHON) -m venv $(LOCK_TOOLS) && $(LOCK_TOOLS)/bin/pip install --quiet uv==$(UV_VERSION); }
-	$(LOCK_TOOLS)/bin/uv pip compile pyproject.toml --extra book --extra test --universal \
+	$(LOCK_TOOLS)/bin/uv pip compile pyproject.toml --all-extras --universal \
 	    --python-version 3.10 --custom-compile-command "make lock" $(LOCK_ARGS) -o requirements.lock
 
 vendor: _vendor/.installed
@@ -98,6 +102,14 @@ checks: setup state
 
 unit: setup state
 	$(PY) -m pytest tests --ignore=tests/browser -q
+
+# The loop to run while editing: lint, then the unit tests that neither load a shipped pipeline nor
+# train (`slow`, registered in pyproject.toml), stopping at the first failure. `make unit` runs them all.
+lint: venv
+	$(VENV)/bin/ruff check src tests benchmarks
+
+quick: venv state lint
+	$(PY) -m pytest tests --ignore=tests/browser -m "not slow" -x -q
 
 # The stored outputs were made on this CPU family's own kernels (AVX2). The chapters are re-executed
 # on another floating-point path, torch's portable kernels, so an output that holds only where it

@@ -21,7 +21,8 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def execute_seconds(nb: nbformat.NotebookNode) -> float:
     start = time.perf_counter()
-    NotebookClient(nb, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(ROOT / "book")}}).execute()
+    resources = {"metadata": {"path": str(ROOT / "book")}}
+    NotebookClient(nb, timeout=600, kernel_name="python3", resources=resources).execute()
     return time.perf_counter() - start
 
 

@@ -42,7 +42,7 @@ class _Handler(http.server.SimpleHTTPRequestHandler):
     extensions_map = {**http.server.SimpleHTTPRequestHandler.extensions_map, ".js": "text/javascript",
                       ".mjs": "text/javascript", ".wasm": "application/wasm", ".onnx": "application/octet-stream"}
 
-    def log_message(self, format, *args):  # noqa: A002
+    def log_message(self, format, *args):  # no request log (the names are the base class's)
         pass
 
 
@@ -118,7 +118,8 @@ def main(argv=None) -> int:
     diff = np.abs(web_pixels.astype(int) - py_pixels.astype(int)).max()
     print(f"{o['sampler']}, {o['steps']} steps, guidance {o['guidance']:g}, {o['prompt']!r}; median of "
           f"{args.repeats} images after a warm-up")
-    web_label, py_label = "Chromium, onnxruntime-web (WebAssembly, 1 thread)", f"Python, torch (CPU, {torch.get_num_threads()} thread)"
+    web_label = "Chromium, onnxruntime-web (WebAssembly, 1 thread)"
+    py_label = f"Python, torch (CPU, {torch.get_num_threads()} thread)"
     print(f"{web_label:52s} {web:8.1f} ms per image (model loaded in {load_ms:.0f} ms, once)")
     print(f"{py_label:52s} {py:8.1f} ms per image")
     print(f"browser / Python: {web / py:.2f}x; largest pixel difference {diff}/255")

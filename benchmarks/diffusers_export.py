@@ -47,7 +47,8 @@ def main() -> None:
         single, t_load_single = timed(lambda: StableDiffusionPipeline.from_single_file(
             str(file), config=str(folder), local_files_only=True))
         result = {"prompts": prompts, "steps": args.steps, "guidance_scale": 4.0,
-                  "folder_mb": round(export.folder_size(folder) / 1e6, 1), "file_mb": round(file.stat().st_size / 1e6, 1),
+                  "folder_mb": round(export.folder_size(folder) / 1e6, 1),
+                  "file_mb": round(file.stat().st_size / 1e6, 1),
                   "export_s": round(t_export, 2), "export_single_file_s": round(t_single, 2),
                   "load_s": round(t_load, 2), "load_single_file_s": round(t_load_single, 2)}
         (diffs, t_draw) = timed(lambda: max_difference(pipe, loaded, prompts, steps=args.steps))

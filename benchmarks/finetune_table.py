@@ -49,17 +49,21 @@ def main() -> int:
         recipe = get_recipe(recipe_name)
         out = RUNS / row.replace(" ", "_").replace("=", "").replace("+", "and")
         done = (out / "model.safetensors").is_file()
-        result = train(recipe, out_dir=out, config_overrides=overrides, progress=False, resume=(out / "checkpoint.safetensors").is_file())
+        result = train(recipe, out_dir=out, config_overrides=overrides, progress=False,
+                       resume=(out / "checkpoint.safetensors").is_file())
         learner = result.model
         scores = concept_scores(learner_pipeline(learner, clip), judge, word=learner.config.token)
         entry = {"method": row, "recipe": recipe_name, "overrides": overrides, "steps": recipe.steps,
-                 "parameters": count_parameters(learner) if learner.row is None else learner.text.token_embedding.weight.shape[1],
-                 "cpu_minutes": round(result.seconds / 60, 2), "run": str(out.relative_to(ROOT)), "trained_before": done, **scores}
+                 "parameters": (count_parameters(learner) if learner.row is None
+                                else learner.text.token_embedding.weight.shape[1]),
+                 "cpu_minutes": round(result.seconds / 60, 2), "run": str(out.relative_to(ROOT)),
+                 "trained_before": done, **scores}
         table.append(entry)
         print(entry, flush=True)
     out = ROOT / "benchmarks" / "results" / "finetune.json"
     out.write_text(json.dumps({"rows": table, "prompts": 64, "steps": 20, "guidance_scale": 4.0,
-                               "torch": torch.__version__, "threads": 1, "machine": platform.machine()}, indent=1) + "\n")
+                               "torch": torch.__version__, "threads": 1, "machine": platform.machine()},
+                              indent=1) + "\n")
     print(f"wrote {out}", file=sys.stderr)
     return 0
 

@@ -51,7 +51,8 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     pipe, classifier = pretrained.load("stable_diffusion"), pretrained.load("shapes_classifier")
-    results = {"command": "python benchmarks/" + Path(__file__).name + " " + " ".join(sys.argv[1:] if argv is None else argv),
+    invocation = " ".join(sys.argv[1:] if argv is None else argv)
+    results = {"command": "python benchmarks/" + Path(__file__).name + " " + invocation,
                "date": date.today().isoformat(), "machine": machine_info("cpu", args.threads),
                "default_guidance_scale": ldm.DEFAULT_GUIDANCE_SCALE}
     started = time.perf_counter()
@@ -85,8 +86,8 @@ def main(argv=None) -> int:
     results["samplers"] = {k: {m: round(v, 4) for m, v in row.items()} for k, row in rows.items()}
     reference = rows["DDPM, 1000 steps"]["frechet_distance"]
     for name, row in rows.items():
-        print(f"{name:22s} FD {row['frechet_distance']:7.3f}  ratio to DDPM-1000 {row['frechet_distance'] / reference:5.2f}",
-              flush=True)
+        fd = row["frechet_distance"]
+        print(f"{name:22s} FD {fd:7.3f}  ratio to DDPM-1000 {fd / reference:5.2f}", flush=True)
     for name in ("DPM++ 2M, 25 steps", "DDIM, 50 steps"):
         ratio = rows[name]["frechet_distance"] / reference
         print(f"  {name}: {ratio:.2f}x DDPM-1000's FD -> {'meets' if ratio <= 1.1 else 'misses'} the 1.1x target")

@@ -137,6 +137,15 @@ def guidance_timings(model, batch, repeats):
     return ratio <= TARGET_GUIDED
 
 
+def guided_calls(model, x, t, cond, uncond):
+    """The conditional and unconditional predictions of one batch, three ways."""
+    return {
+        "one B call": lambda: model(x, t, cond),
+        "one 2B call": lambda: model(torch.cat([x, x]), torch.cat([t, t]), torch.cat([cond, uncond])),
+        "two B calls": lambda: (model(x, t, cond), model(x, t, uncond)),
+    }
+
+
 @torch.no_grad()
 def crossover(model, repeats):
     """One model call on 2B rows against two on B, over batch sizes: where MAX_GUIDED_BATCH comes from."""
@@ -144,11 +153,7 @@ def crossover(model, repeats):
     for batch in (250, 500, 750, 900, 1000, 1250, 1500, 2000):
         x, t = torch.randn(batch, 2), torch.full((batch,), 500)
         cond, uncond = torch.randint(0, 8, (batch,)), torch.full((batch,), model.null_label)
-        calls = {
-            "one B call": lambda: model(x, t, cond),
-            "one 2B call": lambda: model(torch.cat([x, x]), torch.cat([t, t]), torch.cat([cond, uncond])),
-            "two B calls": lambda: (model(x, t, cond), model(x, t, uncond)),
-        }
+        calls = guided_calls(model, x, t, cond, uncond)
         times = {name: [] for name in calls}
         for _ in range(3 * repeats):
             for name, fn in calls.items():

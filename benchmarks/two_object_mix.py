@@ -51,7 +51,8 @@ def right_per_picture(pipe, prompts, attributes, per_prompt, classifier) -> torc
     """(P, k) float: colour and shape right for each of the k pictures of each of the P captions."""
     images = pipe(prompts, num_images_per_prompt=per_prompt, generator=torch.Generator().manual_seed(0)).images
     repeated = [a for a in attributes for _ in range(per_prompt)]
-    return fidelity_per_image(images * 2 - 1, repeated, classifier)["colour_shape"].view(len(prompts), per_prompt).double()
+    scores = fidelity_per_image(images * 2 - 1, repeated, classifier)["colour_shape"]  # (prompts * per_prompt,)
+    return scores.view(len(prompts), per_prompt).double()
 
 
 def interval(values: torch.Tensor, resamples: int) -> dict:
@@ -88,7 +89,8 @@ def main(argv=None) -> int:
                    "--checkpoint-every", "250"] + (["--resume"] if (run / "checkpoint.safetensors").is_file() else []) \
             + (["--max-seconds", str(args.max_seconds)] if args.max_seconds else [])
         if not args.train:
-            print(f"{run / WEIGHTS_NAME} is missing: run with --train, or python -m diffusion_notes {' '.join(command)}")
+            print(f"{run / WEIGHTS_NAME} is missing: run with --train, "
+                  f"or python -m diffusion_notes {' '.join(command)}")
             return 2
         if cli(command) != 0 or not (run / WEIGHTS_NAME).is_file():
             print(f"{recipe} has not finished (stopped by --max-seconds?): run again with --train to resume it")
@@ -98,7 +100,8 @@ def main(argv=None) -> int:
     pipe = pretrained.load("stable_diffusion")
     shipped = {k: v.clone() for k, v in pipe.unet.state_dict().items()}
     sets = {name: caption_set(name, args.prompts) for name in SETS}
-    results = {"command": "python benchmarks/" + Path(__file__).name + " " + " ".join(sys.argv[1:] if argv is None else argv),
+    invocation = " ".join(sys.argv[1:] if argv is None else argv)
+    results = {"command": "python benchmarks/" + Path(__file__).name + " " + invocation,
                "prompts": args.prompts, "per_prompt": args.per_prompt, "resamples": args.resamples,
                "guidance_scale": DEFAULT_GUIDANCE_SCALE, "sampling_steps": 25,
                "arms": {}}
@@ -119,7 +122,8 @@ def main(argv=None) -> int:
                           for s in SETS), flush=True)
     results["difference_50_minus_30"] = {s: interval(right["ldm_unet"][s] - right["ldm_unet_mix30"][s], args.resamples)
                                          for s in SETS}
-    print("50% minus 30%: " + ", ".join(f"{s} {v['mean']:+.3f} {v['ci']}" for s, v in results["difference_50_minus_30"].items()))
+    differences = results["difference_50_minus_30"].items()
+    print("50% minus 30%: " + ", ".join(f"{s} {v['mean']:+.3f} {v['ci']}" for s, v in differences))
     results["seconds"] = round(time.perf_counter() - started, 1)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)

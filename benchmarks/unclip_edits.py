@@ -139,7 +139,8 @@ def main(argv=None) -> int:
     torch.set_num_threads(args.threads)
     pipe, classifier = pretrained.unclip(), pretrained.load("shapes_classifier")
     attrs = sources(args.n)
-    results = {"command": "python benchmarks/" + Path(__file__).name + " " + " ".join(sys.argv[1:] if argv is None else argv)}
+    invocation = " ".join(sys.argv[1:] if argv is None else argv)
+    results = {"command": "python benchmarks/" + Path(__file__).name + " " + invocation}
     out_path = Path(args.out)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()

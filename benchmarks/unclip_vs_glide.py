@@ -14,7 +14,8 @@ caption, its pictures (seeds): `evaluation.metrics.bootstrap_interval`.
 Caption sets: "seen" (one object, colour-shape pairs of the training split, new captions and pictures),
 "heldout" (one object, the held-out colour-shape pairs) and "two" (two objects, training split).
 The guidance sweep runs on "seen" for unCLIP and GLIDE, and the three sets at the default scale for
-both; unCLIP with the autoregressive prior, Stable Diffusion and the pixel-space cascades run on "seen". Chapter 8 reads the JSON.
+both; unCLIP with the autoregressive prior, Stable Diffusion and the pixel-space cascades run on
+"seen". Chapter 8 reads the JSON.
 
 Run: python benchmarks/unclip_vs_glide.py [--prompts 32] [--per-prompt 8] [--threads 2] [--resume]
 """
@@ -103,8 +104,9 @@ def ceilings(vae, classifier, real, n: int, resamples: int) -> dict:
     for name, images in (("real", x), ("real_through_vae", vae.decode(vae.encode(x).mean).clamp(-1, 1))):
         feats = classifier_features(classifier, images).double()
         inside = precision_per_image(real, feats).double()
+        interval = bootstrap_interval(lambda idx, inside=inside: inside[idx].mean(), n, resamples)
         out[name] = {"precision": round(float(inside.mean()), 4),
-                     "precision_ci": [round(v, 4) for v in bootstrap_interval(lambda idx: inside[idx].mean(), n, resamples)],
+                     "precision_ci": [round(v, 4) for v in interval],
                      "frechet_distance": round(frechet_distance(real, feats), 4)}
     return out
 
@@ -128,7 +130,8 @@ def main(argv=None) -> int:
               "unclip_pixel": pretrained.unclip(space="pixel"), "glide_pixel": pretrained.glide(space="pixel")}
     sets = {name: caption_set(name, args.prompts) for name in SETS}
     reals = {name: reference(name, classifier) for name in SETS}
-    results = {"command": "python benchmarks/" + Path(__file__).name + " " + " ".join(sys.argv[1:] if argv is None else argv),
+    invocation = " ".join(sys.argv[1:] if argv is None else argv)
+    results = {"command": "python benchmarks/" + Path(__file__).name + " " + invocation,
                "prompts": args.prompts, "per_prompt": args.per_prompt, "scales": scales,
                "resamples": args.resamples, "fd_resamples": args.fd_resamples,
                "default_guidance_scale": DEFAULT_GUIDANCE_SCALE, "sweep": {}, "sets": {}}

@@ -74,7 +74,8 @@ def main(repeats: int = 5) -> None:
     build_s = time.perf_counter() - start
     server = BackgroundServer(app, port=free_port())
     url = server.url + "/sdapi/v1/txt2img"
-    body = {"prompt": PROMPT, "steps": STEPS, "cfg_scale": 4, "sampler_name": "DPM++ 2M", "seed": 0, "batch_size": BATCH}
+    body = {"prompt": PROMPT, "steps": STEPS, "cfg_scale": 4, "sampler_name": "DPM++ 2M", "seed": 0,
+            "batch_size": BATCH}
 
     def api():
         assert len(post(url, body)["images"]) == BATCH

@@ -95,7 +95,8 @@ def main(argv: list[str] | None = None) -> int:
             if code:
                 failed.append(job["name"])
     for name in failed:
-        print(f"\n== output of the failed job {name}\n" + (LOGS / f"{name}.log").read_text(encoding="utf-8"), flush=True)
+        log = (LOGS / f"{name}.log").read_text(encoding="utf-8")
+        print(f"\n== output of the failed job {name}\n" + log, flush=True)
     print(f"== {len(jobs) - len(failed)} of {len(jobs)} jobs passed in {time.perf_counter() - start:.0f} s"
           + (f"; failed: {', '.join(failed)}" if failed else ""), flush=True)
     return 1 if failed else 0

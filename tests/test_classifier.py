@@ -141,6 +141,7 @@ def test_input_validation(bad):
         _tiny()(bad)
 
 
+@pytest.mark.slow
 def test_trained_classifier_reads_unseen_and_heldout_images(trained):
     for split, seed in (("train", 1), ("heldout", 0)):
         dataset = ShapesDataset(split, length=500, seed=seed)

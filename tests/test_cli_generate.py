@@ -14,6 +14,7 @@ pytestmark = pytest.mark.skipif("ldm_unet" not in pretrained.available(),
                                 reason="the ldm_unet weights are not shipped in this checkout")
 
 
+@pytest.mark.slow
 def test_generate_writes_a_png_in_a_subprocess(tmp_path):
     out = tmp_path / "out.png"
     cmd = [sys.executable, "-m", "diffusion_notes", "generate", "a small red circle on the left",

@@ -140,6 +140,7 @@ def test_a_batch_that_does_not_divide_by_the_processes_is_refused(tmp_path, monk
               device="cpu")
 
 
+@pytest.mark.slow
 def test_two_processes_under_torchrun_equal_one_process(tmp_path, one_process):
     run = tmp_path / "two"
     done = _torchrun(run)
@@ -151,6 +152,7 @@ def test_two_processes_under_torchrun_equal_one_process(tmp_path, one_process):
     assert "processes" not in read_metadata(one_process / CHECKPOINT_NAME)
 
 
+@pytest.mark.slow
 def test_a_one_process_checkpoint_resumes_on_two_processes_under_accelerate_launch(tmp_path, one_process):
     """Started in one process, stopped by --max-seconds after step 1, finished by 2 processes (accelerate, or torchrun)."""
     run = tmp_path / "resumed"
@@ -260,6 +262,7 @@ def _finetune_recipe_calling_forward():
     return dataclasses.replace(recipe, loss=loss)
 
 
+@pytest.mark.slow
 def test_two_processes_fine_tune_frozen_models_like_one(tmp_path, one_thread):
     """Frozen parameters, after_step, trainable_state and a loss that does not call model(...), on 2 processes."""
     one = train(_finetune_recipe_calling_forward(), steps=6, batch_size=32, seed=2, out_dir=tmp_path / "one",

@@ -61,6 +61,7 @@ def test_textual_inversion_trains_only_the_new_row(tmp_path, one_thread):
                if n != "token_embedding.weight")
 
 
+@pytest.mark.slow
 def test_dreambooth_with_prior_preservation_adds_the_class_term(one_thread):
     plain, prior = get_recipe("dreambooth").make_batch(0, 6, 0), get_recipe("dreambooth_prior").make_batch(0, 6, 0)
     assert set(plain) == {"z0", "ids"} and set(prior) == {"z0", "ids", "prior_z0", "prior_ids"}
@@ -104,6 +105,7 @@ def test_the_shipped_lora_and_embedding_load_through_pretrained(one_thread):
     assert library.names() == ["heart_lora"] and library.get("heart_lora") is not None
 
 
+@pytest.mark.slow
 def test_a_run_draws_the_same_numbers_whether_or_not_its_frozen_models_were_loaded_before(tmp_path, one_thread):
     """Loading builds modules, whose initial weights are random draws; they must not shift the run's own draws
     (the LoRA factors A start random), or a run in a notebook that loaded the pipeline first differs from the CLI."""

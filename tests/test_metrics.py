@@ -175,6 +175,7 @@ def sets(classifier):
     return SimpleNamespace(feats=feats, images=dict(a=real_a, **spoiled), attributes=attributes[:1000])
 
 
+@pytest.mark.slow
 def test_frechet_distance_real_vs_real_is_far_below_spoiled_sets(sets):
     f = sets.feats
     real = frechet_distance(f["a"], f["b"])
@@ -183,6 +184,7 @@ def test_frechet_distance_real_vs_real_is_far_below_spoiled_sets(sets):
     assert real < 0.05 * frechet_distance(f["noise"], f["b"])
 
 
+@pytest.mark.slow
 def test_precision_recall_real_vs_real_high_and_blurred_worse(sets):
     f = sets.feats
     real = precision_recall(f["b"], f["a"])
@@ -193,6 +195,7 @@ def test_precision_recall_real_vs_real_high_and_blurred_worse(sets):
     assert noise["precision"] < 0.05 and noise["recall"] < 0.05
 
 
+@pytest.mark.slow
 def test_prompt_fidelity_of_real_and_recoloured_images(sets, classifier):
     real = prompt_fidelity(sets.images["a"], sets.attributes, classifier)
     assert min(real.values()) > 0.98
@@ -202,6 +205,7 @@ def test_prompt_fidelity_of_real_and_recoloured_images(sets, classifier):
     assert recoloured["colour"] < 0.3 and recoloured["shape"] > 0.9
 
 
+@pytest.mark.slow
 def test_evaluate_images_on_real_images(sets, classifier):
     dataset = ShapesDataset("train", length=40, seed=1)
     attributes = [dataset.attributes(i % 4) for i in range(40)]  # 4 prompts, 10 images each

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import run_jobs  # noqa: E402
+import run_jobs
 
 
 def notebook(path: Path, seconds: list[float]) -> Path:

@@ -11,6 +11,8 @@ from diffusion_notes import pretrained
 from diffusion_notes.data.shapes import ShapesDataset
 from diffusion_notes.unclip.clip_eval import retrieval_recall, zero_shot_accuracy
 
+pytestmark = pytest.mark.slow  # every test here loads shipped models
+
 torch.set_num_threads(1)
 
 
@@ -167,7 +169,10 @@ def test_the_upsampler_is_about_as_good_as_bilinear_enlargement(unclip_items):
     real = render(unclip_items.attributes)
     low = downsample(real)
     out = upsample_images(pretrained.load("unclip_upsampler"), low, generator=torch.Generator().manual_seed(0))
-    mse = lambda a: float(((a.clamp(-1, 1) - real) ** 2).mean())
+
+    def mse(a):
+        return float(((a.clamp(-1, 1) - real) ** 2).mean())
+
     # about as good as bilinear by PSNR (Chapter 7: 28.4 against 28.1 dB on 64 pictures; 4.7% more MSE on these 48)
     assert mse(out) < 1.1 * mse(upsample(low)), (mse(out), mse(upsample(low)))
     assert float((out - upsample(low)).abs().mean()) > 0.003  # and it does add something to the bilinear picture

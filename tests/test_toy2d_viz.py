@@ -43,6 +43,7 @@ def test_bad_toy_input():
         toy2d.train_toy_denoiser(torch.zeros(10, 3), make_schedule("linear"), steps=1)
 
 
+@pytest.mark.slow
 def test_training_lowers_the_loss_and_samples_land_on_the_data():
     schedule = make_schedule("linear")
     data = toy2d.sample_toy("gaussian_mixture", 4000, torch.Generator().manual_seed(0))

@@ -54,6 +54,7 @@ def test_same_seed_same_losses_other_seed_other_losses(tmp_path, one_thread):
     assert read_metadata(a.run_dir / WEIGHTS_NAME) == {"recipe": "toy2d", "config": meta["config"]}
 
 
+@pytest.mark.slow
 def test_killed_run_resumes_to_the_same_losses_and_weights(tmp_path, one_thread):
     steps, every = 240, 20
     run = tmp_path / "killed"
@@ -90,6 +91,7 @@ def test_killed_run_resumes_to_the_same_losses_and_weights(tmp_path, one_thread)
     assert all(torch.equal(w_resumed[k], w_reference[k]) for k in w_reference)
 
 
+@pytest.mark.slow
 def test_max_seconds_then_resume_in_process(tmp_path, one_thread):
     whole = _tiny(tmp_path, "whole", steps=40, seed=5)
     part = _tiny(tmp_path, "part", steps=40, seed=5, max_seconds=0.0)

@@ -164,6 +164,7 @@ def test_variations_from_the_inverted_noise(latent_pipe):
 
 @pytest.mark.skipif(not {"unclip_latent_decoder", "vae", "unclip_prior"} <= set(pretrained.available()),
                     reason="the latent unCLIP decoder is not shipped")
+@pytest.mark.slow
 def test_the_shipped_interpolation_starts_and_ends_at_its_pictures():
     from diffusion_notes.data.shapes import ShapesDataset
 

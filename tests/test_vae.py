@@ -185,6 +185,7 @@ def test_latent_scale_factor_gives_unit_std(tiny_vae, images):
     assert latent_scale_factor(tiny_vae, images, seed=0) == s
 
 
+@pytest.mark.slow
 def test_tiny_vae_overfits_one_batch(one_thread):
     torch.manual_seed(0)
     model = AutoencoderKL(TINY)

@@ -198,6 +198,7 @@ STARTUP = textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow
 def test_the_app_starts_with_the_network_blocked():
     run = subprocess.run([sys.executable, "-c", STARTUP], capture_output=True, text=True, timeout=120,
                          env={"PATH": "/usr/bin:/bin", "OMP_NUM_THREADS": "1", "HOME": "/nonexistent"})
@@ -206,6 +207,7 @@ def test_the_app_starts_with_the_network_blocked():
     assert "ATTEMPTS []" in run.stdout, run.stdout
 
 
+@pytest.mark.slow
 def test_create_api_serves_the_api_without_the_pages_or_gradio(pipe, models_dir):
     code = textwrap.dedent("""
         import sys

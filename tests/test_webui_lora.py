@@ -79,6 +79,7 @@ def test_unknown_loras_and_kinds_are_errors(pipe, library):
         generate(pipe, Settings(prompt="a <hypernet:x:1>", steps=2), loras=library)
 
 
+@pytest.mark.slow
 def test_the_http_api_takes_lora_tags(pipe, library, network):
     state = WebUIState(ModelRegistry(pipe, pretrained.verify("ldm_unet")), loras=library)
     with TestClient(create_app(state)) as client:

@@ -120,7 +120,7 @@ def test_prompt_editing_in_img2img_counts_from_the_grid_start():
 
 
 def test_and_composes_guided_differences():
-    encoder, unet = FakeEncoder(), CountingUNet()
+    encoder = FakeEncoder()
     cond = Conditioning(encoder, "a AND b :0.5", 5)
     model = WebUIDenoiser(lambda x, t, c: c[:, :4, :1].reshape(-1, 1, 2, 2).expand(-1, 4, 2, 2) * 1.0,
                           [cond], [Conditioning(encoder, "", 5)], 3.0, encoder(""))

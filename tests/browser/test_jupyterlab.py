@@ -241,7 +241,8 @@ def test_guidance_panel_redraws_in_jupyterlab(lab, offline_page, tmp_path):
 
         # Run -> Run All Cells, then wait until every code cell has its execution count
         page.locator(".lm-MenuBar-itemLabel", has_text=re.compile(r"^Run$")).click()
-        page.locator(".lm-Menu-item", has=page.locator(".lm-Menu-itemLabel", has_text=re.compile(r"^Run All Cells$"))).click()
+        run_all = page.locator(".lm-Menu-itemLabel", has_text=re.compile(r"^Run All Cells$"))
+        page.locator(".lm-Menu-item", has=run_all).click()
         run_started = time.monotonic()
         page.wait_for_function(
             """() => {
@@ -255,10 +256,11 @@ def test_guidance_panel_redraws_in_jupyterlab(lab, offline_page, tmp_path):
         assert errors.count() == 0, f"a cell failed:\n{errors.first.inner_text()[:2000]}"
 
         # The sampler panel: a box holding a FloatSlider labelled "guidance" and an Image
-        slider = page.locator(".widget-slider", has=page.locator(".widget-label", has_text=re.compile(r"^\s*guidance\s*$")))
+        label = page.locator(".widget-label", has_text=re.compile(r"^\s*guidance\s*$"))
+        slider = page.locator(".widget-slider", has=label)
         panel = slider.locator("xpath=ancestor::div[contains(@class, 'widget-box')][.//img][1]").first
         panel.wait_for(state="visible", timeout=60_000)
-        slider = panel.locator(".widget-slider", has=page.locator(".widget-label", has_text=re.compile(r"^\s*guidance\s*$")))
+        slider = panel.locator(".widget-slider", has=label)
         picture = panel.locator("img").last
         picture.scroll_into_view_if_needed()
         picture.wait_for(state="visible")

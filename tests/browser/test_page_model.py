@@ -55,7 +55,7 @@ class _Handler(http.server.SimpleHTTPRequestHandler):
                       ".mjs": "text/javascript", ".wasm": "application/wasm", ".onnx": "application/octet-stream",
                       ".json": "application/json"}
 
-    def log_message(self, format, *args):  # noqa: A002 (the base class's name)
+    def log_message(self, format, *args):  # no request log (the names are the base class's)
         pass
 
 

@@ -36,7 +36,8 @@ def _chromium():
 
 def _run(args, tmp_path):
     cmd = [_chromium(), *CHROMIUM_FLAGS, f"--user-data-dir={tmp_path / 'profile'}", *args]
-    home = {"HOME": str(tmp_path), "XDG_CONFIG_HOME": str(tmp_path / "config"), "XDG_CACHE_HOME": str(tmp_path / "cache")}
+    home = {"HOME": str(tmp_path), "XDG_CONFIG_HOME": str(tmp_path / "config"),
+            "XDG_CACHE_HOME": str(tmp_path / "cache")}
     return subprocess.run(cmd, capture_output=True, text=True, timeout=180, env={**os.environ, **home})
 
 

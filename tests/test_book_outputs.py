@@ -9,6 +9,7 @@ import re
 from pathlib import Path
 
 import pytest
+
 from test_report import sanitize
 
 BOOK = Path(__file__).resolve().parents[1] / "book"

@@ -1,8 +1,8 @@
 """practice/checkpoints/anatomy: a safetensors header read by hand, hashes, what a pickle imports, float16 storage."""
 
 import hashlib
-import pickletools
 import io
+import pickletools
 
 import pytest
 import torch

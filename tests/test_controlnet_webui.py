@@ -14,8 +14,8 @@ from diffusion_notes.data.images import to_pil
 from diffusion_notes.data.shapes import sample_attributes
 from diffusion_notes.practice.controlnet.conditions import make_condition
 from diffusion_notes.practice.controlnet.model import ControlNet
-from diffusion_notes.practice.webui.controlnet_panel import unit_from_panel
 from diffusion_notes.practice.webui.app import create_app
+from diffusion_notes.practice.webui.controlnet_panel import unit_from_panel
 from diffusion_notes.practice.webui.models import ModelRegistry
 from diffusion_notes.practice.webui.state import WebUIState
 

@@ -36,7 +36,7 @@ MAY_IMPORT = {
     "architectures": {"run_files", "device", "rng", "data", "nn", "evaluation", "foundations", "unclip",
                       "stable_diffusion", "practice"},
     "pretrained": {"run_files", "device", "data", "nn", "evaluation", "foundations", "unclip", "stable_diffusion",
-                   "practice", "architectures"},  # Part IV's models too (LoRAs, ControlNets); only webui.launch imports it
+                   "practice", "architectures"},  # Part IV's models too (LoRAs, ControlNets); webui.launch asks it
     "training": BASE | {"evaluation", "foundations", "unclip", "stable_diffusion", "practice", "architectures",
                         "pretrained"},
     "__main__": BASE | {"evaluation", "foundations", "unclip", "stable_diffusion", "practice", "architectures",

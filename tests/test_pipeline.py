@@ -91,7 +91,7 @@ def test_every_sampler_and_web_ui_name_works(pipe, sampler):
     with unet_calls(pipe) as calls:
         out = run(pipe, sampler=sampler, num_inference_steps=3)
     assert out.images.shape == (1, 3, 32, 32) and torch.isfinite(out.latents).all()
-    twice = resolve_sampler(sampler, None)[0] in ("heun", "dpm2", "dpm2_a")  # a second model call in every step but the last
+    twice = resolve_sampler(sampler, None)[0] in ("heun", "dpm2", "dpm2_a")  # two calls a step, but the last
     assert len(calls) == (5 if twice else 3)
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from diffusion_book.report import benchmark_results, below, ci, live, results_folder
+from diffusion_book.report import below, benchmark_results, ci, live, results_folder
 
 SANITIZE = Path(__file__).with_name("nbval_sanitize.cfg")
 ROOT = Path(__file__).resolve().parents[1]

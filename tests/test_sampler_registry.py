@@ -13,8 +13,17 @@ import torch
 from diffusion_notes.device import make_generator, randn
 from diffusion_notes.foundations.diffusion import alpha_bar_pair
 from diffusion_notes.foundations.grids import DEFAULT_SPACING, KARRAS_SAMPLERS, Grid, make_grid, make_timesteps
-from diffusion_notes.foundations.samplers import (SAMPLER_ALIASES, SAMPLERS, UPDATES, Sampler, StepOutput,
-                                                  init_noise_scale, prepare_step, register, sample)
+from diffusion_notes.foundations.samplers import (
+    SAMPLER_ALIASES,
+    SAMPLERS,
+    UPDATES,
+    Sampler,
+    StepOutput,
+    init_noise_scale,
+    prepare_step,
+    register,
+    sample,
+)
 from diffusion_notes.foundations.samplers.common import timestep_pairs
 from diffusion_notes.foundations.schedules import make_schedule
 

@@ -26,7 +26,7 @@ from diffusion_notes.stable_diffusion import web_export
 from diffusion_notes.stable_diffusion.web_vocab import tokenize_with_table, unknown_word_message
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from web_noise import TorchCPUGenerator  # noqa: E402  (the page's noise, in Python: a test helper)
+from web_noise import TorchCPUGenerator
 
 pytestmark = pytest.mark.skipif("ldm_unet" not in pretrained.available(),
                                 reason="the ldm_unet weights are not shipped in this checkout")

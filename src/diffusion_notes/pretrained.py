@@ -25,7 +25,6 @@ import torch
 from diffusion_notes import architectures
 from diffusion_notes.device import default_device
 from diffusion_notes.practice.controlnet.pipeline import ControlNetPipeline
-from diffusion_notes.practice.finetune.learner import TokenEmbedding
 from diffusion_notes.run_files import load_checkpoint, read_metadata, sha256
 from diffusion_notes.stable_diffusion.pipeline import LatentDiffusionPipeline
 from diffusion_notes.unclip.pipeline import GLIDEPipeline, UnCLIPPipeline

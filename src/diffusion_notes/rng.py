@@ -18,7 +18,6 @@ import torch
 
 from diffusion_notes.device import randn
 
-
 # ---------------------------------------------------------------------------
 # Random numbers per training step: a seed that is a pure function of (seed, step), so a
 # resumed run draws exactly what an uninterrupted one would.
@@ -98,7 +97,8 @@ def shard_rows(total: int, world_size: int, rank: int) -> BatchShard:
 
 @contextmanager
 def batch_shard(start: int, stop: int, total: int):
-    """Inside, the per-item helpers (`per_item_rand`, `per_item_randint`, `per_item_randn`) draw `total` rows and keep [start, stop).
+    """Inside, the per-item helpers (`per_item_rand`, `per_item_randint`, `per_item_randn`) draw `total` rows
+    and keep [start, stop).
 
     The training loop enters it around the loss of a data-parallel step; nothing else needs to.
     """

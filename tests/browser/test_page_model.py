@@ -29,7 +29,7 @@ from diffusion_notes.stable_diffusion import web_export
 from diffusion_notes.stable_diffusion.web_vocab import unknown_word_message, vocab_table
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from web_noise import TorchCPUGenerator  # noqa: E402  (tests/web_noise.py: the page's noise, in Python)
+from web_noise import TorchCPUGenerator
 
 ROOT = Path(__file__).resolve().parents[2]
 ORT = ROOT / "_vendor" / "ort"

@@ -44,8 +44,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from diffusion_notes.data.shapes import (
-    CONCEPT_SHAPES,
     COLOURS,
+    CONCEPT_SHAPES,
     POSITIONS,
     SHAPES,
     SIZES,

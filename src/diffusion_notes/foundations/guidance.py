@@ -30,8 +30,8 @@ import math
 
 import torch
 
-from diffusion_notes.foundations.sigmas import sigma_at
 from diffusion_notes.foundations.schedules import Schedule, broadcast_at, expand_like
+from diffusion_notes.foundations.sigmas import sigma_at
 from diffusion_notes.rng import per_item_rand
 
 

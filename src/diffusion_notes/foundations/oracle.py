@@ -10,8 +10,8 @@ its training set. Learned models generalise because they are *not* perfect.
 
 import torch
 
-from diffusion_notes.foundations.sigmas import sigma_at
 from diffusion_notes.foundations.schedules import Schedule, broadcast_at, expand_like
+from diffusion_notes.foundations.sigmas import sigma_at
 
 
 def _alpha_bar_at(t: torch.Tensor, schedule: Schedule, like: torch.Tensor) -> torch.Tensor:

@@ -26,9 +26,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from diffusion_notes.data.shapes import ShapesDataset, check_images, render
+from diffusion_notes.evaluation.metrics import psnr
 from diffusion_notes.nn.resnet import Downsample, ResBlock, Upsample, group_norm
 from diffusion_notes.rng import per_item_randn
-from diffusion_notes.evaluation.metrics import psnr  # noqa: F401  (Chapters 10 and 11 read it as vae.psnr)
 
 
 @dataclass(frozen=True)

@@ -6,11 +6,23 @@
   static website too, and draw live in JupyterLab.
 """
 
-from diffusion_notes.viz.figures import (denoising_animation, figure_png, image_grid, offline_player,
-                                         scatter_animation, to_image)
+from diffusion_notes.viz.figures import (
+                                         denoising_animation,
+                                         figure_png,
+                                         image_grid,
+                                         offline_player,
+                                         scatter_animation,
+                                         to_image,
+)
 from diffusion_notes.viz.panels import Setting, companion_animation, companion_grid, sampler_panel
-from diffusion_notes.viz.precomputed import (Control, PrecomputedPanel, control, png_parameters,
-                                             precomputed_panel, stamp_png)
+from diffusion_notes.viz.precomputed import (
+                                         Control,
+                                         PrecomputedPanel,
+                                         control,
+                                         png_parameters,
+                                         precomputed_panel,
+                                         stamp_png,
+)
 
 __all__ = ["Control", "PrecomputedPanel", "Setting", "companion_animation", "companion_grid", "control",
            "denoising_animation", "figure_png", "image_grid", "offline_player", "png_parameters",

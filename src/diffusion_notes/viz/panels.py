@@ -14,7 +14,8 @@ and `companion_animation` draw it for several settings side by side, or as a pla
 from __future__ import annotations
 
 import io
-from typing import Callable, NamedTuple, Sequence
+from collections.abc import Callable, Sequence
+from typing import NamedTuple
 
 import ipywidgets as widgets
 import matplotlib.image as mpimg

@@ -23,7 +23,8 @@ import io
 import itertools
 import json
 import uuid
-from typing import Any, Callable, NamedTuple, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any, NamedTuple
 
 import ipywidgets as widgets
 from PIL import Image, PngImagePlugin

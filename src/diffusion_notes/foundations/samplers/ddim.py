@@ -16,8 +16,13 @@ from diffusion_notes.foundations.diffusion import alpha_bar_pair
 from diffusion_notes.foundations.grids import Grid, make_grid
 from diffusion_notes.foundations.guidance import CFGDenoiser, check_guidance_scale
 from diffusion_notes.foundations.samplers.base import Sampler, register
-from diffusion_notes.foundations.samplers.common import (StepOutput, check_inputs, fresh_noise, timestep_pairs,
-                                                          x0_from_eps)
+from diffusion_notes.foundations.samplers.common import (
+    StepOutput,
+    check_inputs,
+    fresh_noise,
+    timestep_pairs,
+    x0_from_eps,
+)
 from diffusion_notes.foundations.samplers.ddpm import make_integer_grid
 from diffusion_notes.foundations.schedules import Schedule, expand_like
 

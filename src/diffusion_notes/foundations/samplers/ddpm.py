@@ -15,8 +15,13 @@ import torch
 from diffusion_notes.foundations.diffusion import alpha_bar_pair, check_timesteps, posterior_coefficients
 from diffusion_notes.foundations.grids import Grid, make_timesteps
 from diffusion_notes.foundations.samplers.base import Sampler, register
-from diffusion_notes.foundations.samplers.common import (StepOutput, check_inputs, fresh_noise, timestep_pairs,
-                                                          x0_from_eps)
+from diffusion_notes.foundations.samplers.common import (
+    StepOutput,
+    check_inputs,
+    fresh_noise,
+    timestep_pairs,
+    x0_from_eps,
+)
 from diffusion_notes.foundations.schedules import Schedule, expand_like
 
 
@@ -59,7 +64,8 @@ def ddpm_step(
 
     with t' = t_prev, beta_t := 1 - alpha_bar_t / alpha_bar_{t'} (alpha_bar_{-1} = 1)
     and no noise added when t = 0. For t' = t - 1 this is eq. 11 of the paper:
-    $x_{t-1} = \frac{1}{\sqrt{\alpha_t}}\left(x_t - \frac{\beta_t}{\sqrt{1-\bar\alpha_t}}\epsilon_\theta\right) + \sigma_t z$.
+    $x_{t-1} = \frac{1}{\sqrt{\alpha_t}}\left(x_t - \frac{\beta_t}{\sqrt{1-\bar\alpha_t}}\epsilon_\theta\right)
+    + \sigma_t z$.
     `clip_x0` clamps x0_hat to [-clip_x0, clip_x0] first (diffusers' `clip_sample`).
     The variance is the posterior's, beta_tilde ("fixed_small"). Equals diffusers'
     `DDPMScheduler.step` given the same eps and noise.

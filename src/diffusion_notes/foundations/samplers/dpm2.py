@@ -23,11 +23,11 @@ import numpy as np
 import torch
 
 from diffusion_notes.foundations.grids import Grid
-from diffusion_notes.foundations.samplers.common import StepOutput
-from diffusion_notes.foundations.sigmas import vp_scale
 from diffusion_notes.foundations.samplers.base import Sampler, register
+from diffusion_notes.foundations.samplers.common import StepOutput
 from diffusion_notes.foundations.samplers.heun import first_halves
 from diffusion_notes.foundations.samplers.lms import k_init_noise_scale, k_sigma_grid
+from diffusion_notes.foundations.sigmas import vp_scale
 
 
 def timestep_at(sigma: torch.Tensor, schedule) -> torch.Tensor:

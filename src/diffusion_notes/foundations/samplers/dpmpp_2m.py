@@ -16,8 +16,14 @@ import torch
 
 from diffusion_notes.foundations.grids import Grid, _check_offset, _sigma_grid, make_timesteps
 from diffusion_notes.foundations.samplers.base import Sampler, register
-from diffusion_notes.foundations.samplers.common import (StepOutput, check_inputs, clip, per_example, sigma_pair,
-                                                          sigma_pairs)
+from diffusion_notes.foundations.samplers.common import (
+    StepOutput,
+    check_inputs,
+    clip,
+    per_example,
+    sigma_pair,
+    sigma_pairs,
+)
 from diffusion_notes.foundations.schedules import Schedule
 from diffusion_notes.foundations.sigmas import vp_scale
 

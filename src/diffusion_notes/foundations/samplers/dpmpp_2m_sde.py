@@ -20,9 +20,9 @@ import torch
 
 from diffusion_notes.foundations import grids
 from diffusion_notes.foundations.grids import Grid
+from diffusion_notes.foundations.samplers.base import Sampler, register
 from diffusion_notes.foundations.samplers.common import StepOutput
 from diffusion_notes.foundations.sigmas import vp_scale
-from diffusion_notes.foundations.samplers.base import Sampler, register
 
 
 def multistep_grid(n: int, schedule, *, spacing: str | None = None, steps_offset: int = 0,

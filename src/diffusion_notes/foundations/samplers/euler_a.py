@@ -11,10 +11,20 @@ import torch
 
 from diffusion_notes.foundations.grids import Grid
 from diffusion_notes.foundations.samplers.base import Sampler, register
-from diffusion_notes.foundations.samplers.common import (StepOutput, check_inputs, fresh_noise, per_example,
-                                                          sigma_pair, sigma_pairs)
-from diffusion_notes.foundations.samplers.euler import (EulerCoefficients, euler_init_noise_scale, euler_update,
-                                                         make_euler_grid)
+from diffusion_notes.foundations.samplers.common import (
+    StepOutput,
+    check_inputs,
+    fresh_noise,
+    per_example,
+    sigma_pair,
+    sigma_pairs,
+)
+from diffusion_notes.foundations.samplers.euler import (
+    EulerCoefficients,
+    euler_init_noise_scale,
+    euler_update,
+    make_euler_grid,
+)
 from diffusion_notes.foundations.schedules import Schedule
 from diffusion_notes.foundations.sigmas import vp_scale
 

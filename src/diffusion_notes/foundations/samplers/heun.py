@@ -19,10 +19,10 @@ from typing import NamedTuple
 import torch
 
 from diffusion_notes.foundations.grids import Grid
-from diffusion_notes.foundations.samplers.common import StepOutput
-from diffusion_notes.foundations.sigmas import vp_scale
 from diffusion_notes.foundations.samplers.base import Sampler, register
+from diffusion_notes.foundations.samplers.common import StepOutput
 from diffusion_notes.foundations.samplers.lms import k_init_noise_scale, k_sigma_grid
+from diffusion_notes.foundations.sigmas import vp_scale
 
 
 def first_halves(step_index: torch.Tensor) -> torch.Tensor:

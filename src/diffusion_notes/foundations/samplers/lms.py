@@ -18,9 +18,9 @@ import torch
 
 from diffusion_notes.foundations import grids
 from diffusion_notes.foundations.grids import Grid
+from diffusion_notes.foundations.samplers.base import Sampler, register
 from diffusion_notes.foundations.samplers.common import StepOutput
 from diffusion_notes.foundations.sigmas import vp_scale
-from diffusion_notes.foundations.samplers.base import Sampler, register
 
 ORDER = 4  # derivatives LMS combines: diffusers' `LMSDiscreteScheduler.step(order=4)`, k-diffusion's default
 

@@ -23,13 +23,13 @@ from typing import NamedTuple
 import torch
 
 from diffusion_notes.foundations.grids import Grid
-from diffusion_notes.foundations.samplers.common import StepOutput
-from diffusion_notes.foundations.sigmas import vp_scale
 from diffusion_notes.foundations.samplers.base import Sampler, register
+from diffusion_notes.foundations.samplers.common import StepOutput
 from diffusion_notes.foundations.samplers.dpmpp_2m_sde import (
     log_snr_steps,
     multistep_grid,
 )
+from diffusion_notes.foundations.sigmas import vp_scale
 
 
 def corrector_rhos(h: torch.Tensor, r: torch.Tensor):

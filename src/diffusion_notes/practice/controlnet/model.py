@@ -98,13 +98,13 @@ class ControlNet(nn.Module):
         return first.conv1.out_channels if isinstance(first, ResBlock) else first.conv.out_channels  # Downsample
 
     @classmethod
-    def from_unet(cls, unet: UNet, config: ControlNetConfig | None = None) -> "ControlNet":
+    def from_unet(cls, unet: UNet, config: ControlNetConfig | None = None) -> ControlNet:
         """A ControlNet whose copy starts from `unet`'s encoder weights (Theta_c = Theta), as the paper trains it."""
         config = config or config_for(unet.config)
         return cls(config).to(next(unet.parameters()).device).copy_encoder_from(unet)
 
     @torch.no_grad()
-    def copy_encoder_from(self, unet: UNet) -> "ControlNet":
+    def copy_encoder_from(self, unet: UNet) -> ControlNet:
         """Set the copy's weights to `unet`'s input convolution, down path and middle block; the rest unchanged."""
         if self.config.unet_config() != _encoder_fields(unet.config):
             raise ValueError(f"the ControlNet config {self.config} does not copy the UNet config {unet.config}")

@@ -34,7 +34,7 @@ class ControlUnit:
     guidance_end: float = 1.0
     net: object = None  # the ControlNet `model` names, filled in by the web UI's generate
 
-    def check(self, known=None) -> "ControlUnit":
+    def check(self, known=None) -> ControlUnit:
         """Raise a ValueError for a bad weight or window, an unknown model, or a condition image that is not 32x32."""
         check_control(self.weight, self.guidance_start, self.guidance_end)
         if known is not None and self.model not in known:

@@ -33,7 +33,7 @@ def peft_unet(unet, rank: int = 4, alpha: float = 4.0, targets: tuple[str, ...] 
 
 def _peft_layers(model) -> dict:
     return {name: module for name, module in model.named_modules()
-            if hasattr(module, "lora_A") and isinstance(getattr(module, "lora_A"), torch.nn.ModuleDict)}
+            if hasattr(module, "lora_A") and isinstance(module.lora_A, torch.nn.ModuleDict)}
 
 
 @torch.no_grad()

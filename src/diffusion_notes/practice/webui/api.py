@@ -28,8 +28,16 @@ from starlette.concurrency import run_in_threadpool
 
 from diffusion_notes.practice.controlnet.units import ControlUnit
 from diffusion_notes.practice.webui import infotext
-from diffusion_notes.practice.webui.api_models import (AlwaysOnScripts, BadRequest, GenerationResponse, Img2ImgRequest,
-                                                       PngInfoRequest, PngInfoResponse, Txt2ImgRequest, http_error)
+from diffusion_notes.practice.webui.api_models import (
+    AlwaysOnScripts,
+    BadRequest,
+    GenerationResponse,
+    Img2ImgRequest,
+    PngInfoRequest,
+    PngInfoResponse,
+    Txt2ImgRequest,
+    http_error,
+)
 from diffusion_notes.practice.webui.generate import SAMPLER_ALIASES, WEBUI_NAME, Result, Settings
 from diffusion_notes.practice.webui.state import VERSION, WebUIState
 

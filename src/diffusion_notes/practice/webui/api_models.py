@@ -13,7 +13,7 @@ an image, unit list or override that is not the shape the API reads, is a 400 (`
 from __future__ import annotations
 
 from dataclasses import MISSING, fields
-from typing import Any, Optional, get_type_hints
+from typing import Any, get_type_hints
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
 
@@ -40,14 +40,14 @@ class Request(BaseModel):
 class ControlNetUnitRequest(Request):
     """One ControlNet unit as the extension's API sends it (ch. 17); `image` may also be called `input_image`."""
 
-    image: Optional[str | dict] = None  # a base64 PNG, or {"image": base64 PNG, "mask": ...}
-    input_image: Optional[str | dict] = None
-    model: Optional[str] = None
-    weight: Optional[float] = None
-    guidance_start: Optional[float] = None
-    guidance_end: Optional[float] = None
+    image: str | dict | None = None  # a base64 PNG, or {"image": base64 PNG, "mask": ...}
+    input_image: str | dict | None = None
+    model: str | None = None
+    weight: float | None = None
+    guidance_start: float | None = None
+    guidance_end: float | None = None
     enabled: bool = Field(True, strict=False)
-    module: Optional[str] = "none"  # a preprocessor: only "none" (the condition image as given)
+    module: str | None = "none"  # a preprocessor: only "none" (the condition image as given)
 
 
 class ControlNetScript(Request):
@@ -57,8 +57,8 @@ class ControlNetScript(Request):
 class AlwaysOnScripts(Request):
     """alwayson_scripts: the ControlNet extension's units (its key spelled either way); other scripts are ignored."""
 
-    controlnet: Optional[ControlNetScript] = None
-    ControlNet: Optional[ControlNetScript] = None
+    controlnet: ControlNetScript | None = None
+    ControlNet: ControlNetScript | None = None
 
     def units(self) -> list[ControlNetUnitRequest]:
         script = self.controlnet or self.ControlNet
@@ -68,8 +68,8 @@ class AlwaysOnScripts(Request):
 def _settings_fields() -> dict:
     """Settings' fields as Pydantic fields: (type or None, default); a bool is read loosely (1 and "true" are true)."""
     hints = get_type_hints(Settings)
-    return {f.name: (Optional[hints[f.name]], Field(f.default if f.default is not MISSING else None,
-                                                   strict=hints[f.name] is not bool)) for f in SETTINGS}
+    return {f.name: (hints[f.name] | None, Field(f.default if f.default is not MISSING else None,
+                                        strict=hints[f.name] is not bool)) for f in SETTINGS}
 
 
 _SettingsRequest = create_model("_SettingsRequest", __base__=Request, **_settings_fields())
@@ -78,9 +78,9 @@ _SettingsRequest = create_model("_SettingsRequest", __base__=Request, **_setting
 class Txt2ImgRequest(_SettingsRequest):
     """POST /sdapi/v1/txt2img: the settings, plus the web UI's sampler_index, override_settings and alwayson_scripts."""
 
-    sampler_index: Optional[str] = None  # the web UI's older name for sampler_name
-    override_settings: Optional[dict[str, Any]] = None  # only "sd_model_checkpoint" is read: the model for this job
-    alwayson_scripts: Optional[AlwaysOnScripts] = None
+    sampler_index: str | None = None  # the web UI's older name for sampler_name
+    override_settings: dict[str, Any] | None = None  # only "sd_model_checkpoint" is read: the model for this job
+    alwayson_scripts: AlwaysOnScripts | None = None
 
     def values(self) -> dict:
         """The settings the request sets (not null), as `Settings` keywords."""
@@ -98,7 +98,7 @@ class Img2ImgRequest(Txt2ImgRequest):
     """POST /sdapi/v1/img2img: txt2img's fields plus one init image and an optional mask (base64 PNGs)."""
 
     init_images: list[str] = Field(min_length=1, max_length=1)
-    mask: Optional[str] = None  # white = redraw
+    mask: str | None = None  # white = redraw
 
 
 class PngInfoRequest(Request):
@@ -122,7 +122,10 @@ class BadRequest(ValueError):
 
 
 def http_error(err: ValidationError) -> ValueError:
-    """Pydantic's first complaint as the API's own: a BadRequest for the request's shape, else a ValueError naming the field."""
+    """Pydantic's first complaint as the API's own.
+
+    A BadRequest for the request's shape, else a ValueError naming the field.
+    """
     first = err.errors()[0]
     loc = [str(part) for part in first["loc"]]
     if first["type"] == "json_invalid":

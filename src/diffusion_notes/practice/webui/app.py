@@ -16,14 +16,14 @@ from dataclasses import dataclass, fields
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # before gradio is imported
 
-import gradio as gr  # noqa: E402
-from fastapi import FastAPI  # noqa: E402
+import gradio as gr
+from fastapi import FastAPI
 
-from diffusion_notes.practice.webui import infotext, merger, xyz  # noqa: E402
-from diffusion_notes.practice.webui.api import create_api  # noqa: E402
-from diffusion_notes.practice.webui.controlnet_panel import controlnet_panel  # noqa: E402
-from diffusion_notes.practice.webui.generate import LIMITS, SAMPLER_ALIASES, Result, Settings  # noqa: E402
-from diffusion_notes.practice.webui.state import WebUIState  # noqa: E402
+from diffusion_notes.practice.webui import infotext, merger, xyz
+from diffusion_notes.practice.webui.api import create_api
+from diffusion_notes.practice.webui.controlnet_panel import ControlNetPanel, controlnet_panel
+from diffusion_notes.practice.webui.generate import LIMITS, SAMPLER_ALIASES, Result, Settings
+from diffusion_notes.practice.webui.state import WebUIState
 
 THEME = gr.themes.Default(font=["system-ui", "Segoe UI", "Helvetica", "Arial", "sans-serif"],
                           font_mono=["ui-monospace", "Menlo", "Consolas", "monospace"])

@@ -42,7 +42,10 @@ def unit_from_panel(enabled: bool, upload, drawing, model: str, weight, start, e
 
 @dataclass
 class ControlNetPanel:
-    """The unit's controls, in `unit_from_panel`'s order: enable, an uploaded or drawn condition, model, weight, window."""
+    """The unit's controls, in `unit_from_panel`'s order.
+
+    Enable, an uploaded or drawn condition, model, weight, window.
+    """
 
     enabled: gr.Checkbox
     upload: gr.Image
@@ -70,7 +73,8 @@ def controlnet_panel(state) -> ControlNetPanel:
                               elem_classes="dn-input")
         with gr.Tab("Draw"):
             drawing = gr.ImageEditor(type="pil", label="Draw the outline", canvas_size=(256, 256),
-                                     value={"background": Image.new("RGB", (256, 256)), "layers": [], "composite": None},
+                                     value={"background": Image.new("RGB", (256, 256)), "layers": [],
+                                            "composite": None},
                                      brush=gr.Brush(colors=["#ffffff"], color_mode="fixed", default_size=8))
     names = sorted(state.controlnets)
     model = gr.Dropdown(names, value=names[0] if names else None, label="Model", elem_id="controlnet_model")

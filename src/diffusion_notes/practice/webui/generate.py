@@ -26,8 +26,8 @@ from diffusion_notes.foundations.samplers import SAMPLER_ALIASES, SAMPLERS
 from diffusion_notes.practice.controlnet.units import ControlledUNet, ControlUnit
 from diffusion_notes.practice.finetune.lora_files import applied
 from diffusion_notes.practice.webui import infotext
-from diffusion_notes.practice.webui.extra_networks import parse_extra_networks
 from diffusion_notes.practice.webui.conditioning import Conditioning, PromptEncoder, WebUIDenoiser
+from diffusion_notes.practice.webui.extra_networks import parse_extra_networks
 from diffusion_notes.practice.webui.prompts import parse_prompt_attention
 from diffusion_notes.practice.webui.seeds import ImageRNG, resolve_seed
 from diffusion_notes.stable_diffusion.denoise import denoise, make_plan

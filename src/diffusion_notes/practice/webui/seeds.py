@@ -11,7 +11,6 @@ import random
 
 import torch
 
-
 MAX_SEED = 2**32 - 1
 
 

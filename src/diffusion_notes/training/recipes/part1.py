@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import torch
 
-from diffusion_notes.rng import step_generator
 from diffusion_notes.foundations.diffusion import noise_prediction_loss
 from diffusion_notes.foundations.schedules import make_schedule
 from diffusion_notes.foundations.toy2d import sample_toy
+from diffusion_notes.rng import step_generator
 from diffusion_notes.training.recipes.base import Recipe, recipe
 
 

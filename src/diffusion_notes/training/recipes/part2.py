@@ -7,8 +7,8 @@ from __future__ import annotations
 
 from functools import partial
 
-from diffusion_notes.rng import step_generator
 from diffusion_notes.evaluation.classifier import classifier_batch, classifier_loss, evaluate_classifier
+from diffusion_notes.rng import step_generator
 from diffusion_notes.stable_diffusion.ldm import encode_latents
 from diffusion_notes.training import frozen
 from diffusion_notes.training.recipes.base import Recipe, device_of, recipe
@@ -105,7 +105,8 @@ def _ar_prior(device: str) -> Recipe:
         evaluate=_evaluate_prior,
         prepare=lambda model, seed: model.fit(frozen.unclip_bank(seed).z_i.to(device_of(model))),
         dataset=_UNCLIP_DATA,
-        description="autoregressive prior: z_i reduced by PCA, quantised, predicted code by code by a causal Transformer",
+        description="autoregressive prior: z_i reduced by PCA, quantised, predicted code by code "
+                    "by a causal Transformer",
     )
 
 
@@ -154,8 +155,9 @@ def _latent_decoder(device: str, *, name: str, image_embedding: bool) -> Recipe:
                                 vae=parts["vae"], scale_factor=parts["scale_factor"])
 
     what = ("unCLIP decoder eps(z_t, t, z_i, y) on 8x8x4 latents, from the shipped ldm_unet: z_i added to the "
-            "timestep embedding and as 4 extra tokens; z_i zeroed 10%, caption dropped 50%") if image_embedding else \
-        "GLIDE baseline on 8x8x4 latents, from the shipped ldm_unet: pooled caption and tokens only, caption dropped 20%"
+            "timestep embedding and as 4 extra tokens; z_i zeroed 10%, caption dropped 50%") if image_embedding else (
+        "GLIDE baseline on 8x8x4 latents, from the shipped ldm_unet: pooled caption and tokens only, "
+        "caption dropped 20%")
     return recipe(
         name,
         config=latent_decoder_config(image_embedding),

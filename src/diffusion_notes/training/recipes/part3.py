@@ -11,6 +11,11 @@ from diffusion_notes.training import frozen
 from diffusion_notes.training.recipes.base import Recipe, device_of, recipe
 
 
+def _share(p: float) -> str:
+    """How the recipes' dataset text names the share of two-object pictures: "half", or "30%"."""
+    return "half" if p == 0.5 else f"{p:.0%}"
+
+
 def _vae(device: str) -> Recipe:
     return recipe(
         "vae",
@@ -52,7 +57,7 @@ def _ldm_unet(device: str, *, name: str = "ldm_unet", p_two_objects: float = P_T
         warmup_steps=200,
         ema_decay=0.999,
         evaluate=evaluate,
-        dataset=f"Shapes train split, seed 0, {'half' if p_two_objects == 0.5 else f'{p_two_objects:.0%}'} of the images "
+        dataset=f"Shapes train split, seed 0, {_share(p_two_objects)} of the images "
                 "with two objects, as latents of the shipped vae and token states of the shipped clip",
         description="latent UNet eps_theta(z_t, t, tau(y)) with cross-attention to CLIP's token states",
     )

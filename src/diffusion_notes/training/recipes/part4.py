@@ -7,7 +7,6 @@ from functools import partial
 
 import torch
 
-from diffusion_notes.rng import step_generator
 from diffusion_notes.evaluation.classifier import (
     ClassifierConfig,
     classifier_loss,
@@ -25,6 +24,7 @@ from diffusion_notes.practice.finetune.learner import (
     instance_batch,
     learner_pipeline,
 )
+from diffusion_notes.rng import step_generator
 from diffusion_notes.training import frozen
 from diffusion_notes.training.recipes.base import Recipe, device_of, recipe
 
@@ -88,7 +88,8 @@ def _finetune(device: str, *, name: str, config: FineTuneConfig, steps: int, lr:
         trainable_state=lambda learner: learner.trainable_state(),
         after_step=lambda learner: learner.restore_rows(),
         dataset="six pictures of a heart (practice/finetune/concept.py), as latents of the shipped vae"
-                + (", and 48 class pictures the shipped pipeline drew for training captions" if config.prior_preservation else ""),
+                + (", and 48 class pictures the shipped pipeline drew for training captions"
+                   if config.prior_preservation else ""),
         description=f"the shipped Stable Diffusion taught the heart: {what}"
                     + (", with prior preservation" if config.prior_preservation else ""),
     )
@@ -106,7 +107,8 @@ def _controlnet(device: str) -> Recipe:
     def evaluate(controlnet):
         where = device_of(controlnet)
         parts = frozen.stable_diffusion(where)
-        pipe = ControlNetPipeline(frozen.ldm_unet(where), parts["vae"], parts["clip"], parts["scale_factor"], controlnet)
+        pipe = ControlNetPipeline(frozen.ldm_unet(where), parts["vae"], parts["clip"], parts["scale_factor"],
+                                  controlnet)
         return evaluate_controlnet(pipe, frozen.classifier(where))
 
     return recipe(

@@ -244,10 +244,14 @@ def test_guidance_panel_redraws_in_jupyterlab(lab, offline_page, tmp_path):
         run_all = page.locator(".lm-Menu-itemLabel", has_text=re.compile(r"^Run All Cells$"))
         page.locator(".lm-Menu-item", has=run_all).click()
         run_started = time.monotonic()
+        # (JupyterLab stops a Run All at a failing cell, whose later cells never get a count: stop waiting there)
         page.wait_for_function(
             """() => {
                 const prompts = [...document.querySelectorAll('.jp-NotebookPanel .jp-CodeCell .jp-InputPrompt')];
-                return prompts.length > 0 && prompts.every(p => /\\[\\d+\\]/.test(p.textContent));
+                const failed = document.querySelector(
+                    '.jp-NotebookPanel .jp-OutputArea-output[data-mime-type="application/vnd.jupyter.stderr"]');
+                return (prompts.length > 0 && prompts.every(p => /\\[\\d+\\]/.test(p.textContent)))
+                    || (failed !== null && /Traceback|Error/.test(failed.textContent));
             }""", timeout=RUN_ALL_TIMEOUT_S * 1000, polling=1000)
         watch.wait_idle(120)
         ran_in = time.monotonic() - run_started

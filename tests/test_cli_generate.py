@@ -44,7 +44,7 @@ def test_same_seed_same_png_and_img2img_from_an_earlier_output(tmp_path, one_thr
     (["--steps", "0"], "num_inference_steps"),
     (["--guidance-scale", "-1"], "guidance_scale"),
     (["--strength", "1.5", "--init-image", "IMG"], "strength"),
-    (["--sampler", "heun"], "sampler"),
+    (["--sampler", "plms"], "sampler"),
 ])
 def test_bad_settings_exit_2_with_a_message(tmp_path, capsys, bad, words):
     init = tmp_path / "init.png"

@@ -359,7 +359,7 @@ def test_unclip_pipeline_follows_the_sd_pipeline_conventions(pipe):
     (dict(num_images_per_prompt=0), "num_images_per_prompt"),
     (dict(num_candidates=0), "num_candidates"),
     (dict(output_type="np"), "output_type"),
-    (dict(sampler="heun"), "sampler"),
+    (dict(sampler="plms"), "sampler"),
     (dict(image_embeddings=torch.randn(3, 10)), "image_embeddings"),
 ])
 def test_unclip_pipeline_rejects_bad_settings(pipe, bad, message):

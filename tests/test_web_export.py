@@ -126,6 +126,8 @@ def test_the_page_computes_no_grid_and_reads_coefficients_by_their_names(pipe):
                  "num_train_timesteps", "sampler === "):  # no grid, no coefficient, no branch per sampler
         assert code not in js, f"sd_page.js still holds {code!r}"
     assert "config.sampling" in js
+    for name in web_export.WEB_SAMPLERS:  # the sampler menu and its check read the names config.json holds
+        assert f'"{name}"' not in js, f"sd_page.js names the sampler {name!r} itself"
     fields = {name for sampler in web_export.WEB_SAMPLERS.values()
               for name in web_export.sampling_fields(sampler, pipe.schedule)}
     read = set(re.findall(r"\bc\.(\w+)", js))  # the updates' coefficient rows are `c`

@@ -108,6 +108,22 @@ def test_prompt_editing_switches_at_the_right_step(sampler):
     assert unet.calls == [[red, empty]] * 4 + [[blue, empty]] * 6  # steps 1-4 red, 5-10 blue
 
 
+@pytest.mark.parametrize("sampler", ["heun", "dpm2_a"])
+def test_prompt_editing_with_two_model_calls_a_step_switches_at_the_same_step(sampler):
+    """Heun and DPM2 call the model twice in a step: both calls get the step's prompt, never a count of calls."""
+    steps, encoder, unet = 10, FakeEncoder(), CountingUNet()
+    cond = Conditioning(encoder, "a [red:blue:4] circle", steps)
+    uncond = Conditioning(encoder, "", steps, split=False)
+    schedule = ldm_schedule()
+    grid = make_grid(sampler, steps, schedule)
+    model = WebUIDenoiser(unet, [cond], [uncond], 4.0, encoder(""))
+    loop(model, torch.zeros(1, 4, 8, 8), grid, prepare_step(sampler, grid, schedule),
+         noise=ImageRNG((4, 8, 8), [0]).next)
+    red, blue, empty = (encoder.ids[t] for t in ("a red circle", "a blue circle", ""))
+    assert len(unet.calls) == 2 * steps - 1  # steps 1-9 twice, the last once
+    assert unet.calls == [[red, empty]] * 8 + [[blue, empty]] * 11  # steps 1-4 red (8 calls), 5-10 blue
+
+
 def test_prompt_editing_in_img2img_counts_from_the_grid_start():
     steps, encoder, unet = 10, FakeEncoder(), CountingUNet()
     model = WebUIDenoiser(unet, [Conditioning(encoder, "[red:blue:0.5]", steps)],

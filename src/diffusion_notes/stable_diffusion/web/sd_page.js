@@ -35,7 +35,6 @@
   const SCRIPT_URL = document.currentScript ? document.currentScript.src : location.href;
   const MODEL_URL = new URL("./", SCRIPT_URL).href;
   const DEFAULT_ORT_URL = new URL("../ort/", SCRIPT_URL).href;
-  const SAMPLERS = { "DDIM": "ddim", "Euler a": "euler_a", "DPM++ 2M": "dpmpp_2m" };
 
   // ---- noise: torch's CPU generator (tests/web_noise.py) -------------------------------------
   class TorchGenerator {
@@ -195,8 +194,9 @@
 
   // ---- one image ------------------------------------------------------------------------------
   function checkOptions(o, config) {  // the pipeline's checks, in its words; the sampler and its table
-    const sampler = SAMPLERS[o.sampler] || (Object.values(SAMPLERS).includes(o.sampler) ? o.sampler : null);
-    if (!sampler) throw new Error(`sampler must be one of ${Object.keys(SAMPLERS).join(", ")}, got ${o.sampler}`);
+    const names = config.samplers;  // web-UI name -> ours, as the export wrote them
+    const sampler = names[o.sampler] || (Object.values(names).includes(o.sampler) ? o.sampler : null);
+    if (!sampler) throw new Error(`sampler must be one of ${Object.keys(names).join(", ")}, got ${o.sampler}`);
     const grid = table(config, sampler, o.steps);
     if (!(Number.isFinite(o.guidance) && o.guidance >= 0)) {
       throw new Error(`guidance scale must be a number >= 0, got ${o.guidance}`);
@@ -248,12 +248,12 @@
 .dn-sd-panel label{display:inline-block;margin:0 12px 8px 0}.dn-sd-panel input[type=text]{width:26em}
 .dn-sd-panel input[type=number]{width:5em}.dn-sd-canvas{width:256px;height:256px;image-rendering:pixelated;
 border:1px solid #ddd;display:block;margin:8px 0;background:#f4f4f4}.dn-sd-error{color:#b00020}`;
-  function controls(d, steps) {  // d: config.json's defaults; steps: the step counts with tables
+  function controls(d, steps, samplers) {  // d: config.json's defaults; the step counts and samplers with tables
     const field = (label, html) => `<label>${label} ${html}</label>`;
     const menu = (values, value) => values.map((v) => `<option${v === value ? " selected" : ""}>${v}</option>`)
       .join("");
     return field("Caption", `<input type="text" class="dn-sd-prompt" value="${d.prompt}">`) + "<br>" +
-      field("Sampler", `<select class="dn-sd-sampler">${menu(Object.keys(SAMPLERS), d.sampler)}</select>`) +
+      field("Sampler", `<select class="dn-sd-sampler">${menu(samplers, d.sampler)}</select>`) +
       field("Steps", `<select class="dn-sd-steps">${menu(steps, d.steps)}</select>`) +
       field("Guidance", `<input type="number" class="dn-sd-guidance" min="0" max="20" step="0.5" value="${d.guidance}">`) +
       field("Seed", `<input type="number" class="dn-sd-seed" min="0" value="${d.seed}">`) +
@@ -265,7 +265,7 @@ border:1px solid #ddd;display:block;margin:8px 0;background:#f4f4f4}.dn-sd-error
     const modelUrl = new URL(panel.dataset.model || MODEL_URL, document.baseURI).href;
     try {
       const config = await loadConfig(modelUrl);
-      panel.innerHTML = controls(config.defaults, config.sampling.steps);
+      panel.innerHTML = controls(config.defaults, config.sampling.steps, Object.keys(config.samplers));
     } catch (err) {
       panel.innerHTML = `<p class="dn-sd-error">The model's files did not load: ${err.message}</p>`;
       return;

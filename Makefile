@@ -26,7 +26,7 @@ export PYTHONHASHSEED      := 0
 
 help:
 	@echo "make book    set up, execute every chapter, render HTML into _build/html"
-	@echo "make test    set up, unit tests and chapters against stored outputs (nbval) side by side, strict build, browser check"
+	@echo "make test    set up, lint, unit tests and chapters against stored outputs (nbval) side by side, strict build, browser check"
 	@echo "make quick   lint, then the unit tests not marked slow, stopping at the first failure (a minute or two)"
 	@echo "make lint    ruff check src tests benchmarks (the rules are in pyproject.toml)"
 	@echo "make serve   serve _build/html on http://127.0.0.1:8000 (PORT=...)"
@@ -92,7 +92,7 @@ book: setup state web
 
 # Unit tests, then every chapter re-executed against its stored outputs (nbval),
 # then a strict build (warnings are errors), then a headless-browser check of the pages.
-test: setup state stamp checks build-strict browser check-home
+test: setup state stamp lint checks build-strict browser check-home
 
 # The unit tests and the chapters under nbval, side by side: JOBS pytest processes at once, one torch
 # thread each, longest first (tests/run_jobs.py; JOBS=1 runs them one after another).

@@ -9,7 +9,10 @@ weights, on captions no model trained on, the same captions and seeds for every 
 * diversity: mean pairwise distance, in classifier feature space, between the pictures of one caption.
 
 Every number comes with a 95% percentile bootstrap interval that resamples captions and, within each
-caption, its pictures (seeds): `evaluation.metrics.bootstrap_interval`.
+caption, its pictures (seeds): `evaluation.metrics.bootstrap_interval`. The Fréchet distance's percentile
+interval is stored as computed; the distance is biased upwards in small samples, more so in a resample that
+repeats pictures, so that interval can lie wholly above the full-sample value, and the chapters report it
+moved onto the value by `evaluation.metrics.bias_corrected_interval` (`report.ci(..., bias_corrected=True)`).
 
 Caption sets: "seen" (one object, colour-shape pairs of the training split, new captions and pictures),
 "heldout" (one object, the held-out colour-shape pairs) and "two" (two objects, training split).

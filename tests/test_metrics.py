@@ -11,6 +11,8 @@ import torch.nn.functional as F
 
 from diffusion_notes.data.shapes import ShapesDataset, render
 from diffusion_notes.evaluation.metrics import (
+    bias_corrected_interval,
+    bootstrap_interval,
     classifier_features,
     clip_score,
     diversity,
@@ -224,6 +226,22 @@ def test_mean_interval_brackets_the_mean_and_narrows_with_more_items():
     assert lo_few < 0.5 < hi_few and lo_many < 0.5 < hi_many
     assert hi_many - lo_many < (hi_few - lo_few) / 4  # the width falls as 1/sqrt(N): 64 times the items, an eighth of the width
     assert mean_interval(torch.ones(5)) == (1.0, 1.0, 1.0)
+
+
+def test_the_bias_corrected_interval_holds_a_small_sample_frechet_distance_that_the_percentile_one_misses():
+    g = torch.Generator().manual_seed(0)
+    real = torch.randn(2000, 8, generator=g, dtype=torch.float64)  # the reference: many pictures' features
+    fake = torch.randn(24, 8, generator=g, dtype=torch.float64)  # a few from the same distribution
+    estimate = frechet_distance(real, fake)
+    lo, hi = bootstrap_interval(lambda idx: frechet_distance(real, fake[idx]), len(fake), n_resamples=200)
+    assert not lo <= estimate <= hi  # repeated rows narrow the spread and add distance: the interval sits above
+    assert lo > estimate
+    lo_bc, hi_bc = bias_corrected_interval(estimate, (lo, hi))
+    assert lo_bc <= estimate <= hi_bc
+    assert hi_bc - lo_bc == pytest.approx(hi - lo)  # moved, not widened
+    assert bias_corrected_interval(0.5, (0.4, 0.6)) == pytest.approx((0.4, 0.6))  # an unbiased one stays put
+    with pytest.raises(ValueError, match="lo <= hi"):
+        bias_corrected_interval(1.0, (2.0, 1.5))
 
 
 # ----------------------------------------------------------------------------- PSNR

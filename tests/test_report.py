@@ -84,6 +84,12 @@ def test_ci_writes_a_value_with_its_interval_in_both_of_the_benchmarks_forms():
         ci({"fidelity": 0.5}, "fidelity")
 
 
+def test_ci_moves_a_biased_interval_onto_its_value_when_asked():
+    record = {"frechet_distance": 2.2561, "frechet_distance_ci": [2.382, 4.155]}  # Chapter 8's unCLIP
+    assert ci(record, "frechet_distance", ".1f") == "2.3 [2.4, 4.2]"  # the percentile interval misses 2.26
+    assert ci(record, "frechet_distance", ".1f", bias_corrected=True) == "2.3 [1.4, 3.1]"
+
+
 def test_a_chapter_in_book_and_a_test_in_the_root_find_the_same_benchmark_results(monkeypatch):
     monkeypatch.chdir(ROOT / "book")  # where Jupyter Book, `make execute` and nbval run a chapter
     from_book = benchmark_results("unclip_vs_glide")

@@ -15,7 +15,7 @@ versions, so a printed figure must say only what every machine reproduces:
 
 `html_table(header, rows)` shows a table, `benchmark_results(name)` reads what a script in
 `benchmarks/` measured (found from the working directory: a chapter runs in book/), and
-`ci(record, key)` writes one of its values with its interval.
+`ci(record, key)` writes one of its values with its interval (bias-corrected on request).
 """
 
 import json
@@ -23,6 +23,8 @@ import math
 from pathlib import Path
 
 import torch
+
+from diffusion_notes.evaluation.metrics import bias_corrected_interval
 
 
 def below(difference, bound: float) -> str:
@@ -82,15 +84,20 @@ def benchmark_results(name: str, folder=None) -> dict:
     return json.loads(path.read_text())
 
 
-def ci(record: dict, key: str = "mean", fmt: str = ".2f") -> str:
+def ci(record: dict, key: str = "mean", fmt: str = ".2f", bias_corrected: bool = False) -> str:
     """`'0.97 [0.95, 0.99]'`: record[key] and its 95% interval, as the benchmarks write them.
 
     The interval is record[key + "_ci"], or record["ci"] for the key "mean" (`{"mean": m, "ci": [lo, hi]}`).
+    `bias_corrected=True` moves the stored percentile interval by the bootstrap's estimate of the bias
+    (`evaluation.metrics.bias_corrected_interval`), for a statistic biased in small samples such as the
+    Fréchet distance, whose percentile interval can miss its own value.
     """
     interval_key = "ci" if key == "mean" else f"{key}_ci"
     if key not in record or interval_key not in record:
         raise KeyError(f"the record needs {key!r} and {interval_key!r}, it has {sorted(record)}")
     lo, hi = record[interval_key]
+    if bias_corrected:
+        lo, hi = bias_corrected_interval(record[key], (lo, hi))
     return f"{record[key]:{fmt}} [{lo:{fmt}}, {hi:{fmt}}]"
 
 

@@ -104,3 +104,15 @@ def test_the_chapter_list_folds_away_on_a_desktop(open_page):
     visible_button(page, "primary").click()
     expect(sidebar).not_to_have_class(FOLDED, timeout=WAIT_MS)
     expect(sidebar).to_be_visible(timeout=WAIT_MS)
+
+
+@pytest.mark.parametrize("viewport", [PHONE, DESKTOP], ids=["phone", "desktop"])
+def test_search_stays_one_press_away(open_page, viewport):
+    """Without the theme's header bar the search button is the article header's (phone) or the sidebar's
+    field (desktop): exactly one is visible, and it opens the search dialog."""
+    page = open_page(viewport)
+    buttons = page.locator("button.search-button__button")
+    shown = [buttons.nth(i) for i in range(buttons.count()) if buttons.nth(i).is_visible()]
+    assert len(shown) == 1, f"{len(shown)} visible search buttons at {viewport['width']} px"
+    shown[0].click()
+    expect(page.locator("dialog#pst-search-dialog")).to_have_attribute("open", "", timeout=WAIT_MS)

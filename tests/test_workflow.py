@@ -1,6 +1,7 @@
 """The GitHub Actions workflow: tests on pull requests, the book built and published on pushes to main."""
 
-import re
+import os
+import subprocess
 from pathlib import Path
 
 import yaml
@@ -66,13 +67,17 @@ def test_concurrency_group():
     assert "group" in wf["concurrency"] and "github.ref" in wf["concurrency"]["group"]
 
 
-def test_publishing_points_the_launch_buttons_at_its_repository():
-    """The build step that fills in the repository URL matches the placeholder _config.yml holds, if any."""
+def test_publishing_points_the_launch_buttons_at_its_repository(tmp_path):
+    """The build job's step fills the empty `repository: url` of _config.yml with its own repository."""
     wf = _load()
     build = _job_running(wf, "make book")
-    [sed] = [line for line in _runs(build).splitlines() if "sed -i" in line and "_config.yml" in line]
-    pattern = sed.split('"s|', 1)[1].split("|", 1)[0]
+    [step] = [step for step in build["steps"] if "_config.yml" in step.get("run", "") and "sed -i" in step["run"]]
     config = (WORKFLOW.parents[2] / "_config.yml").read_text()
-    placeholder = "YOUR-GITHUB-USER" in config
-    assert bool(re.search(pattern, config, re.MULTILINE)) == placeholder
-    assert yaml.safe_load(config)["repository"]["url"].startswith("https://github.com/")
+    assert yaml.safe_load(config)["repository"]["url"] == "", "the book ships with no repository set"
+    (tmp_path / "_config.yml").write_text(config)
+    env = {"PATH": os.environ["PATH"], "REPO_URL": "https://github.com/someone/diffusion_notes"}
+    subprocess.run(["bash", "-e", "-c", step["run"]], cwd=tmp_path, env=env, check=True, capture_output=True)
+    filled = yaml.safe_load((tmp_path / "_config.yml").read_text())
+    assert filled["repository"]["url"] == env["REPO_URL"]
+    assert {k: v for k, v in filled.items() if k != "repository"} == \
+        {k: v for k, v in yaml.safe_load(config).items() if k != "repository"}, "the step changed more than the URL"

@@ -233,9 +233,9 @@ def noise_prediction_loss(
     `eps_model(x_t, t, cond)` when `cond` is not None, with t a (B,) long
     tensor on x0's device. Returns the mean squared error, a scalar.
 
-    Both draws are per item (`device.per_item_randint`, `device.per_item_randn`): in one process
+    Both draws are per item (`rng.per_item_randint`, `rng.per_item_randn`): in one process
     they are `torch.randint(0, T, (B,))` then `randn(x0.shape)`; in a data-parallel step
-    (`device.batch_shard`) every process draws them for the whole global batch and keeps its own
+    (`rng.batch_shard`) every process draws them for the whole global batch and keeps its own
     rows, so P processes see exactly the t and eps that one process sees for the same rows.
 
     Book: eq-simple-loss

@@ -168,8 +168,10 @@ def grid_index(grid: Grid, step: int) -> int:
     Heun and DPM2 visit 2n - 1 points for n steps: step k begins at point 2k, where diffusers'
     img2img starts them (`t_start * order`).
     """
-    if grid.step_index is None or step >= num_steps(grid):
-        return len(grid.timesteps) if step >= num_steps(grid) else step
+    if step >= num_steps(grid):
+        return len(grid.timesteps)
+    if grid.step_index is None:
+        return step
     return int((grid.step_index == step).nonzero()[0])
 
 

@@ -55,7 +55,7 @@ def drop_condition(cond, p: float, null, generator: torch.Generator | None = Non
     embedding shaped like one row, cond[0], or a dict with one such row per key. One uniform number
     per row is drawn from `generator` (on its device, then moved), as
     `torch.rand(B, generator=generator) < p`. Returns a new tensor (or dict); `cond` is unchanged.
-    The uniforms are per item (`device.per_item_rand`): in a data-parallel step each process draws
+    The uniforms are per item (`rng.per_item_rand`): in a data-parallel step each process draws
     them for the whole global batch and keeps its own rows, so it drops exactly the rows one process would.
     DALL-E 2 drops the text 10% (prior) or 50% (decoder) of the time; GLIDE and SD about 10%.
 

@@ -18,7 +18,7 @@ from typing import NamedTuple
 import torch
 
 from diffusion_notes.foundations.grids import Grid, grid_index, make_grid, noise_to_grid_point, num_steps
-from diffusion_notes.foundations.samplers import init_noise_scale, loop, prepare_step, resolve_sampler
+from diffusion_notes.foundations.samplers import check_eta, init_noise_scale, loop, prepare_step, resolve_sampler
 from diffusion_notes.foundations.schedules import Schedule
 
 
@@ -38,10 +38,7 @@ def make_plan(sampler: str, num_inference_steps: int, schedule: Schedule, *, spa
               set_alpha_to_one: bool = True) -> Plan:
     """`sampler` (ours or a web-UI name) over n steps, with diffusers' options as `samplers.sample` takes them."""
     name, karras = resolve_sampler(sampler, use_karras_sigmas)
-    if isinstance(eta, bool) or not isinstance(eta, (int, float)) or not eta >= 0:
-        raise ValueError(f"eta must be a number >= 0 (0 = DDIM, 1 = DDPM's variance), got {eta!r}")
-    if eta != 0 and name != "ddim":
-        raise ValueError(f"eta applies to the ddim sampler only, got eta={eta} with sampler {name!r}")
+    check_eta(name, eta)
     grid = make_grid(name, num_inference_steps, schedule, spacing, steps_offset, karras)
     return Plan(name, grid, schedule, init_noise_scale(name, spacing, grid), float(eta), set_alpha_to_one)
 

@@ -10,8 +10,8 @@ at the same global batch N (to float rounding, not bit for bit):
 - every process builds the whole batch, `recipe.make_batch(step, N, seed)` (a pure function), and
   keeps its own contiguous rows [r N/P, (r + 1) N/P) (`shard_batch`);
 - every random number the loss draws per item (the timesteps, the noise, the caption-dropout
-  uniforms) is drawn for all N rows from the same generator and sliced (`device.batch_shard` and
-  the `device.per_item_*` helpers);
+  uniforms) is drawn for all N rows from the same generator and sliced (`rng.batch_shard` and
+  the `rng.per_item_*` helpers);
 - the loss is a mean over items, so the mean of the P shards' gradients is the global batch's
   gradient. N must divide by P (else a ValueError).
 
@@ -171,7 +171,7 @@ def wrap(model: nn.Module, loss, world: World,
     """`loss(model, batch, generator)` as a function of (batch, generator); in a data-parallel run through DDP.
 
     DDP's backward averages the gradients over the processes; its per-item draws cover all N rows
-    of the global batch and keep this process's (`device.batch_shard`).
+    of the global batch and keep this process's (`rng.batch_shard`).
     """
     if not world.parallel:
         return lambda batch, generator: loss(model, batch, generator)

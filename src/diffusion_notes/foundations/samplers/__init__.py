@@ -213,14 +213,19 @@ def init_noise_scale(sampler: str, spacing: str | None, grid: Grid) -> float:
     return s.init_noise_scale(grid, s.default_spacing if spacing is None else spacing)
 
 
-def _check_options(sampler: str, guidance_scale, eta) -> None:
-    """sample's checks of guidance_scale and eta, before the grid is made."""
-    check_guidance_scale(guidance_scale)
+def check_eta(sampler: str, eta) -> None:
+    """eta is a number >= 0, and not 0 only for a sampler that takes it (DDIM); `sampler` is our name."""
     if isinstance(eta, bool) or not isinstance(eta, (int, float)) or not eta >= 0:
         raise ValueError(f"eta must be a number >= 0 (0 = DDIM, 1 = DDPM's variance), got {eta!r}")
     if eta != 0 and "eta" not in SAMPLERS[sampler].options:
         takers = " and ".join(name for name, s in SAMPLERS.items() if "eta" in s.options)
         raise ValueError(f"eta applies to the {takers} sampler only, got eta={eta} with sampler {sampler!r}")
+
+
+def _check_options(sampler: str, guidance_scale, eta) -> None:
+    """sample's checks of guidance_scale and eta, before the grid is made."""
+    check_guidance_scale(guidance_scale)
+    check_eta(sampler, eta)
 
 
 def _check_start(start_step, grid: Grid, x_T) -> None:

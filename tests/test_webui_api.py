@@ -123,7 +123,7 @@ def test_the_request_models_take_settings_fields_and_an_int_for_a_float():
     assert values == {"prompt": "a", "cfg_scale": 7.0, "subseed_strength": 1.0, "sampler_name": "Euler a"}
     assert type(values["cfg_scale"]) is float and type(values["subseed_strength"]) is float
     assert type(request.alwayson_scripts.units()[0].weight) is float
-    settings = {f.name for f in dataclasses.fields(Settings)} - {"init_image", "mask", "controlnet"}
+    settings = {f.name for f in dataclasses.fields(Settings)} - {"init_image", "init_images", "mask", "controlnet"}
     assert settings <= set(Txt2ImgRequest.model_fields) and Txt2ImgRequest().cfg_scale == Settings().cfg_scale
     assert Img2ImgRequest.model_validate({"init_images": ["x"], "denoising_strength": 1}).denoising_strength == 1.0
 

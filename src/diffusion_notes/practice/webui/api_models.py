@@ -20,7 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
 from diffusion_notes.practice.webui.generate import Settings
 
 # the Settings fields a request sets (the images and the ControlNet units come in their own fields)
-SETTINGS = [f for f in fields(Settings) if f.name not in ("init_image", "mask", "controlnet")]
+SETTINGS = [f for f in fields(Settings) if f.name not in ("init_image", "init_images", "mask", "controlnet")]
 # request fields that carry the request's shape (images, nested objects): a wrong one is a 400, with this message
 SHAPES = {
     "": "the request body must be a JSON object",

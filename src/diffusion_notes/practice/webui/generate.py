@@ -67,10 +67,38 @@ class Settings:
     inpaint_full_res: bool = False  # "Only masked"
     inpaint_full_res_padding: int = 4
     controlnet: list[ControlUnit] = field(default_factory=list)  # ControlNet units (Chapter 17)
+    # the sampler's options, as the web UI hands them to k-diffusion
+    scheduler: str = "Automatic"  # the web UI's "Schedule type": Automatic, Uniform, Karras, Exponential, ...
+    eta: float | None = None  # None: the sampler's default (the web UI's eta_ddim 0, eta_ancestral 1)
+    s_churn: float = 0.0
+    s_tmin: float = 0.0
+    s_tmax: float = 0.0  # 0 means no upper limit, as in the web UI
+    s_noise: float = 1.0
+    # the web UI's settings that change a picture (its options, or override_settings for one job)
+    clip_skip: int = 1  # CLIP_stop_at_last_layers
+    eta_noise_seed_delta: int = 0  # ENSD
+    randn_source: str = "GPU"  # "Random number generator source": GPU (the device's), CPU or NV
+    old_prompt_editing: bool = False  # "Use old prompt editing timelines"
+    # hires fix (txt2img)
+    enable_hr: bool = False
+    hr_scale: float = 2.0
+    hr_upscaler: str = "Latent"
+    hr_second_pass_steps: int = 0
+    hr_resize_x: int = 0
+    hr_resize_y: int = 0
+    hr_prompt: str = ""
+    hr_negative_prompt: str = ""
+    # img2img and inpainting, as the web UI's processing.py
+    init_images: list = field(default_factory=list)  # cycled over the batch; init_image is the first
+    resize_mode: int = 0  # 0 just resize, 1 crop and resize, 2 resize and fill, 3 latent upscale
+    inpainting_fill: int = 1  # 0 fill, 1 original, 2 latent noise, 3 latent nothing
+    mask_blur_x: int | None = None  # None: mask_blur
+    mask_blur_y: int | None = None
+    mask_round: bool = True
 
     def public(self) -> dict:
         """The settings as JSON (without the images; ControlNet units without their images)."""
-        out = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in ("init_image", "mask", "controlnet")}
+        out = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in ("init_image", "init_images", "mask", "controlnet")}
         return {**out, "controlnet": [unit.public() for unit in self.controlnet]} if self.controlnet else out
 
 

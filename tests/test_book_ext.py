@@ -1,0 +1,13 @@
+"""The book's own Sphinx hooks (_ext/), tested without a build."""
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "_ext"))
+from book_glossary import mark_chinese_cells
+
+
+def test_only_cells_with_chinese_are_marked():
+    html = '<td><p>扩散模型</p></td><td class="x"><p>noise</p></td><th>Chinese</th><td lang="en">先验</td>'
+    assert mark_chinese_cells(html) == ('<td lang="zh-Hans"><p>扩散模型</p></td><td class="x"><p>noise</p></td>'
+                                        '<th>Chinese</th><td lang="en">先验</td>')

@@ -112,4 +112,7 @@ def test_page_has_no_broken_math(page_path, offline_page, site_url):
     problems += [f"prose typeset as math ({words!r}) in {f['tex'].strip()[:160]!r}"
                  for f in formulas if (words := prose_in_math(f["tex"]))]
     problems += [f"raw TeX {finding}" for finding in raw_tex(page.evaluate(VISIBLE_TEXT))]
+    in_tab_order = page.locator("mjx-container[tabindex='0']").count()
+    if in_tab_order:
+        problems.append(f"{in_tab_order} formulas in the Tab order (tabindex=0)")
     assert not problems, f"{page_path}: {len(problems)} math problem(s)\n  " + "\n  ".join(problems)

@@ -32,7 +32,8 @@ def _state(page, index: int) -> dict:
         return {positions: fields.map(f => f.tagName === "SELECT" ? f.selectedIndex : Number(f.value)),
                 key: img.getAttribute("data-key"), src: img.src,
                 outputs: fields.map(f => { const o = f.parentNode.querySelector("output");
-                                           return o ? o.textContent : null; })};
+                                           return o ? o.textContent : null; }),
+                spoken: fields.map(f => f.type === "range" ? f.getAttribute("aria-valuetext") : null)};
     }""", index)
 
 
@@ -55,6 +56,8 @@ def _check_frame(state: dict, data: dict, names: list) -> None:
     assert {name: _label(stamp[name]) for name in names} == shown, "the frame was drawn for other values"
     for output, name in zip(state["outputs"], names):
         assert output is None or output == shown[name]
+    for spoken, output, name in zip(state["spoken"], state["outputs"], names):  # a screen reader says the value
+        assert spoken is None or spoken == output == shown[name], f"{name} is announced as {spoken!r}"
 
 
 @pytest.mark.parametrize("chapter", CHAPTERS_WITH_PANELS)

@@ -131,6 +131,7 @@ _SCRIPT = """<script>(function () {
     fields.forEach(function (field, i) {
       var label = field.parentNode.querySelector("output");
       if (label) { label.textContent = data.labels[i][index(field)]; }
+      if (field.type === "range") { field.setAttribute("aria-valuetext", data.labels[i][index(field)]); }
     });
     picture.src = data.frames[key];
     picture.setAttribute("data-key", key);

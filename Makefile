@@ -162,7 +162,7 @@ NB ?= $(BOOK_NBS)
 execute: setup state
 	cd book && for nb in $(notdir $(NB)); do echo "== $$nb"; \
 	    ../$(VENV)/bin/jupyter nbconvert --to notebook --execute --inplace \
-	        --ExecutePreprocessor.timeout=600 --ExecutePreprocessor.store_widget_state=True $$nb || exit 1; done
+	        --ExecutePreprocessor.timeout=600 --ExecutePreprocessor.store_widget_state=False $$nb || exit 1; done
 
 clean:
 	rm -rf _build

@@ -147,6 +147,15 @@ def test_the_empty_caption_and_spacing_and_case(table):
         tokenize("a small red circle, top-left")[0].tolist()
 
 
+@pytest.mark.parametrize("sentence", ["A small RED circle, on the left.", "a small red circle on the left!",
+                                      "a small red circle on the left ?.. "])
+def test_a_caption_written_as_a_sentence_reads_as_the_caption(table, sentence):
+    caption = "a small red circle, on the left" if "," in sentence else "a small red circle on the left"
+    assert tokenize_with_table(sentence, table) == tokenize(caption)[0].tolist()
+    with pytest.raises(ValueError, match='unknown word "."'):  # a stop inside the caption is still a piece
+        tokenize_with_table("a small. red circle", table)
+
+
 def test_an_unknown_word_is_named(table):
     with pytest.raises(ValueError, match='unknown word "pink": the model knows only the 66 words and signs') as err:
         tokenize_with_table("a small pink circle", table)

@@ -230,6 +230,42 @@ def test_the_panels_generate_button_draws_the_picture(pipe, page):
     assert " ms in this browser" in page.text_content(".dn-sd-status")
 
 
+def test_an_error_clears_the_old_picture(pipe, page):
+    _click_and_read_canvas(page, SETTINGS[0])  # a picture first
+    page.fill(".dn-sd-prompt", "a small pink circle")
+    page.click(".dn-sd-generate")
+    page.wait_for_selector(".dn-sd-status.dn-sd-error", timeout=TIMEOUT_MS)
+    alpha = page.evaluate("() => Array.from(document.querySelector('.dn-sd-canvas').getContext('2d')"
+                          ".getImageData(0, 0, 32, 32).data).filter((v, i) => i % 4 === 3 && v > 0).length")
+    assert alpha == 0, f"{alpha} pixels of the old picture stay beside the error"
+    assert page.get_attribute(".dn-sd-canvas", "aria-label") == "no picture"
+
+
+def test_enter_in_the_caption_generates_a_sentence_as_its_caption(pipe, page):
+    o = {**SETTINGS[2], "prompt": SETTINGS[2]["prompt"].capitalize() + "."}
+    page.fill(".dn-sd-prompt", o["prompt"])
+    page.select_option(".dn-sd-sampler", o["sampler"])
+    page.select_option(".dn-sd-steps", str(o["steps"]))
+    for name in ("guidance", "seed"):
+        page.fill(f".dn-sd-{name}", str(o[name]))
+    page.evaluate("() => { delete document.querySelector('.dn-sd-status').dataset.ms; }")
+    page.press(".dn-sd-prompt", "Enter")
+    page.wait_for_selector(".dn-sd-status[data-ms]", timeout=TIMEOUT_MS)
+    rgba = page.evaluate("() => Array.from(document.querySelector('.dn-sd-canvas').getContext('2d')"
+                         ".getImageData(0, 0, 32, 32).data)")
+    drawn = np.array(rgba, dtype=np.uint8).reshape(32, 32, 4)[..., :3]
+    diff = np.abs(drawn.astype(int) - python_pixels(pipe, SETTINGS[2]).astype(int)).max()
+    assert diff <= MAX_PIXEL_DIFF, "Enter with a final full stop did not draw the caption's picture"
+
+
+def test_the_panel_counts_its_steps(page):
+    counted = page.evaluate("o => { const seen = []; return diffusionNotesSD.generate({...o, onStep: "
+                            "(i, n) => seen.push([i, n])}).then(() => seen); }", {**SETTINGS[0], "steps": 5})
+    assert counted == [[i, 5] for i in range(1, 6)]
+    assert page.get_attribute(".dn-sd-status", "aria-live") == "polite"
+    assert "5, 10, 15, 25, 50" in page.get_attribute(".dn-sd-steps", "title")
+
+
 def test_the_chapter_page_runs_the_model(pipe, browser):
     if not CHAPTER.exists() or "dn-sd-panel" not in CHAPTER.read_text():
         pytest.skip(f"{CHAPTER} does not hold the in-page model's panel yet (make book builds it)")

@@ -2,7 +2,7 @@
 
 A browser has no open_clip, but the Shapes captions use only 66 pieces of text (words and
 punctuation), so the page tokenizes with a table: clean the text (trim, one space between
-words, lower case), cut it with the BPE's pattern, look each piece up, and write
+words, lower case, a final . ! or ? dropped), cut it with the BPE's pattern, look each piece up, and write
 
     [start, ids of piece 1, ..., ids of piece k, end, pad, ..., pad]      (77 ids)
 
@@ -50,6 +50,15 @@ def clean(text: str) -> str:
     return " ".join(text.split()).lower()
 
 
+def without_final_stop(text: str) -> str:
+    """A caption written as a sentence, "a red circle.", read as the caption: final . ! ? dropped.
+
+    open_clip would give the full stop its own id, one this model's vocabulary lacks (it would be
+    read as <unk>, a row no caption trained); the page drops it instead of refusing the caption.
+    """
+    return text.rstrip().rstrip(".!?").rstrip()
+
+
 def unknown_word_message(word: str, table: dict) -> str:
     """The message for a piece the table lacks; sd_page.js writes the same sentence."""
     groups = "; ".join(f"{name}: {', '.join(words)}" for name, words in table["groups"].items())
@@ -64,7 +73,7 @@ def tokenize_with_table(text: str, table: dict) -> list[int]:
     token last, with a warning, as `tokenize` does.
     """
     ids = [table["start_id"]]
-    for piece in regex.findall(table["pattern"], clean(text)):
+    for piece in regex.findall(table["pattern"], without_final_stop(clean(text))):
         if piece not in table["words"]:
             raise ValueError(unknown_word_message(piece, table))
         ids += table["words"][piece]

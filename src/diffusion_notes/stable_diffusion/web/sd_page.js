@@ -98,7 +98,8 @@
   }
   function tokenize(text, vocab) {
     const pattern = new RegExp(vocab.pattern, "gu");
-    const clean = text.trim().split(/\s+/).filter(Boolean).join(" ").toLowerCase();
+    const clean = text.trim().split(/\s+/).filter(Boolean).join(" ").toLowerCase()
+      .replace(/[.!?]+$/u, "").trimEnd();  // web_vocab.without_final_stop: "a red circle." is the caption
     const ids = [vocab.start_id];
     for (const piece of clean.match(pattern) || []) {
       if (!Object.prototype.hasOwnProperty.call(vocab.words, piece)) throw new Error(unknownWordMessage(piece, vocab));
@@ -233,6 +234,7 @@
     for (let i = 0; i < grid.timesteps.length; i++) {  // samplers.loop
       const eps = await guidedEps(model, x, grid.timesteps[i], states, opts.guidance);
       x = update(x, eps, grid.rows[i], grid.draws_noise[i] ? generator.randn(n) : null, state);
+      if (opts.onStep) opts.onStep(i + 1, grid.timesteps.length);  // the panel's step counter
     }
     const z = new ort.Tensor("float32", x, [1, ...model.config.latent_shape]);
     const images = (await model.vae.run({ z })).images.data;  // (1, 3, 32, 32) in [0, 1]
@@ -240,7 +242,7 @@
     for (let c = 0; c < 3; c++) {
       for (let p = 0; p < HW; p++) pixels[p * 3 + c] = images[c * HW + p] * 255;  // rounds half to even, as numpy
     }
-    return { pixels, width: size, height: size, ms: performance.now() - start, latents: x };
+    return { pixels, width: size, height: size, ms: performance.now() - start, latents: x, prompt: opts.prompt };
   }
 
   // ---- the panel ------------------------------------------------------------------------------
@@ -254,12 +256,15 @@ border:1px solid #ddd;display:block;margin:8px 0;background:#f4f4f4}.dn-sd-error
       .join("");
     return field("Caption", `<input type="text" class="dn-sd-prompt" value="${d.prompt}">`) + "<br>" +
       field("Sampler", `<select class="dn-sd-sampler">${menu(samplers, d.sampler)}</select>`) +
-      field("Steps", `<select class="dn-sd-steps">${menu(steps, d.steps)}</select>`) +
+      field("Steps", `<select class="dn-sd-steps" title="the step counts this page stores grids for: ` +
+        `${steps.join(", ")}">${menu(steps, d.steps)}</select>`) +
       field("Guidance", `<input type="number" class="dn-sd-guidance" min="0" max="20" step="0.5" value="${d.guidance}">`) +
       field("Seed", `<input type="number" class="dn-sd-seed" min="0" value="${d.seed}">`) +
       `<button type="button" class="dn-sd-generate">Generate</button>` +
-      `<canvas class="dn-sd-canvas" width="32" height="32"></canvas><div class="dn-sd-status">Press Generate: the ` +
-      `model (16 MB) and onnxruntime (14 MB) load once, then the picture is computed in this browser, no server.</div>`;
+      `<canvas class="dn-sd-canvas" width="32" height="32" role="img" aria-label="the picture the model drew">` +
+      `</canvas><div class="dn-sd-status" aria-live="polite">Press Generate (or Enter in the caption): the ` +
+      `model (16 MB) and onnxruntime (14 MB) load once, then the picture is computed in this browser, no server. ` +
+      `Steps: ${steps[0]} to ${steps[steps.length - 1]}, the counts this page stores grids for.</div>`;
   }
   async function build(panel) {
     const modelUrl = new URL(panel.dataset.model || MODEL_URL, document.baseURI).href;
@@ -271,6 +276,9 @@ border:1px solid #ddd;display:block;margin:8px 0;background:#f4f4f4}.dn-sd-error
       return;
     }
     const q = (name) => panel.querySelector(".dn-sd-" + name), button = q("generate"), status = q("status");
+    q("prompt").addEventListener("keydown", (event) => {  // Enter in the caption generates, as a form would
+      if (event.key === "Enter" && !button.disabled) { event.preventDefault(); button.click(); }
+    });
     button.addEventListener("click", async () => {
       button.disabled = true;
       status.className = "dn-sd-status";
@@ -278,7 +286,8 @@ border:1px solid #ddd;display:block;margin:8px 0;background:#f4f4f4}.dn-sd-error
       try {
         const model = await load(modelUrl, panel.dataset.ort || DEFAULT_ORT_URL);
         const o = { prompt: q("prompt").value, sampler: q("sampler").value, steps: Number(q("steps").value),
-          guidance: Number(q("guidance").value), seed: Number(q("seed").value), model: modelUrl };
+          guidance: Number(q("guidance").value), seed: Number(q("seed").value), model: modelUrl,
+          onStep: (i, n) => { status.textContent = `step ${i} of ${n}...`; } };
         const r = await generate(o);
         draw(q("canvas"), r);
         status.textContent = `${Math.round(r.ms)} ms in this browser (${o.sampler}, ${o.steps} steps, guidance ` +
@@ -288,10 +297,15 @@ border:1px solid #ddd;display:block;margin:8px 0;background:#f4f4f4}.dn-sd-error
       } catch (err) {
         status.className = "dn-sd-status dn-sd-error";
         status.textContent = String(err && err.message ? err.message : err);
+        clear(q("canvas"));  // no old picture beside the error: it was not drawn from these settings
       } finally {
         button.disabled = false;
       }
     });
+  }
+  function clear(canvas) {
+    canvas.getContext("2d").clearRect(0, 0, canvas.width, canvas.height);
+    canvas.setAttribute("aria-label", "no picture");
   }
   function draw(canvas, r) {
     const rgba = new Uint8ClampedArray(r.width * r.height * 4);
@@ -300,6 +314,7 @@ border:1px solid #ddd;display:block;margin:8px 0;background:#f4f4f4}.dn-sd-error
       rgba[p * 4 + 3] = 255;
     }
     canvas.getContext("2d").putImageData(new ImageData(rgba, r.width, r.height), 0, 0);
+    canvas.setAttribute("aria-label", `the picture the model drew for "${r.prompt}"`);
   }
   function scan() {
     if (!document.getElementById("dn-sd-style")) {

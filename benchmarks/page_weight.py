@@ -1,0 +1,50 @@
+"""Each page of the built book (`make book` first): what a reader's browser fetches, raw and gzipped.
+
+    python benchmarks/page_weight.py [--html _build/html]
+
+Prints one line per page (MB raw, MB gzipped, files, failed requests) and the budget it is held to
+by tests/browser/test_page_weight.py: 1.5 MB gzipped for a chapter with slider panels, 1 MB otherwise.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import http.server
+import shutil
+import threading
+from pathlib import Path
+
+from playwright.sync_api import sync_playwright
+
+from diffusion_book.page_weight import budget, page_weight
+from diffusion_book.screenshot import ARGS, find_chromium
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--html", default="_build/html", type=Path)
+    args = parser.parse_args()
+    pages = [args.html / "index.html", *sorted((args.html / "book").glob("*.html"))]
+
+    class Quiet(http.server.SimpleHTTPRequestHandler):
+        def log_message(self, *_):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(Quiet, directory=str(args.html)))
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    base = f"http://127.0.0.1:{server.server_address[1]}/"
+    print(f"{'page':34s}{'MB':>7}{'MB gz':>8}{'budget':>8}{'files':>7}  failed")
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=find_chromium() or shutil.which("chromium"), args=ARGS)
+        for page_file in pages:
+            name = page_file.relative_to(args.html).as_posix()
+            w = page_weight(browser, base + name)
+            print(f"{name:34s}{w.raw / 1e6:7.2f}{w.gzipped / 1e6:8.2f}{budget(page_file) / 1e6:8.1f}"
+                  f"{len(w.files):7d}  {len(w.failed)}")
+        browser.close()
+    server.shutdown()
+
+
+if __name__ == "__main__":
+    main()

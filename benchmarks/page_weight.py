@@ -2,8 +2,9 @@
 
     python benchmarks/page_weight.py [--html _build/html]
 
-Prints one line per page (MB raw, MB gzipped, files, failed requests) and the budget it is held to
-by tests/browser/test_page_weight.py: 1.5 MB gzipped for a chapter with slider panels, 1 MB otherwise.
+Prints one line per page: what opening it fetches (MB raw, MB gzipped, files), the budget it is held to
+by tests/browser/test_page_weight.py (1.5 MB gzipped for a chapter with slider panels, 1 MB otherwise),
+what reading it to the end fetches (lazy pictures too), and the requests that failed.
 """
 
 from __future__ import annotations
@@ -34,14 +35,15 @@ def main() -> None:
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(Quiet, directory=str(args.html)))
     threading.Thread(target=server.serve_forever, daemon=True).start()
     base = f"http://127.0.0.1:{server.server_address[1]}/"
-    print(f"{'page':34s}{'MB':>7}{'MB gz':>8}{'budget':>8}{'files':>7}  failed")
+    print(f"{'page':34s}{'MB':>7}{'MB gz':>8}{'budget':>8}{'files':>7}{'read all, MB gz':>17}  failed")
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=find_chromium() or shutil.which("chromium"), args=ARGS)
         for page_file in pages:
             name = page_file.relative_to(args.html).as_posix()
             w = page_weight(browser, base + name)
+            whole = page_weight(browser, base + name, scroll=True)
             print(f"{name:34s}{w.raw / 1e6:7.2f}{w.gzipped / 1e6:8.2f}{budget(page_file) / 1e6:8.1f}"
-                  f"{len(w.files):7d}  {len(w.failed)}")
+                  f"{len(w.files):7d}{whole.gzipped / 1e6:17.2f}  {len(w.failed)}")
         browser.close()
     server.shutdown()
 

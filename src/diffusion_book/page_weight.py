@@ -4,8 +4,9 @@ as stored and as a server would send them gzipped, and the requests that fail.
     weight = page_weight(browser, "http://127.0.0.1:8000/book/01_ddpm.html")
     weight.gzipped, weight.raw, weight.failed          # bytes, bytes, [(status, url)]
 
-The page is opened in headless Chromium (Playwright's sync API, a browser the caller launched), left
-until the network is idle, then scrolled to the end so that lazily loaded pictures load too. Each
+The page is opened in headless Chromium (Playwright's sync API, a browser the caller launched) and left
+until the network is idle: what opening the page costs. `scroll=True` also scrolls to the end, so
+that the pictures loaded lazily are counted too (what reading the whole page costs). Each
 response's body is gzipped at level 6 (what a static server's default does); data: URIs are part of
 the page that holds them, so they are counted there.
 """
@@ -37,17 +38,23 @@ def _gzipped(body: bytes) -> int:
     return len(gzip.compress(body, compresslevel=6, mtime=0))
 
 
-def page_weight(browser, url: str, viewport=None, timeout_ms: int = 120_000) -> PageWeight:
+def page_weight(browser, url: str, viewport=None, scroll: bool = False, timeout_ms: int = 120_000) -> PageWeight:
     """Open `url` in a new context of `browser` and add up what it fetched (see the module's docstring)."""
     weight = PageWeight(url)
     context = browser.new_context(viewport=viewport or {"width": 1280, "height": 900})
     page = context.new_page()
     responses = []
-    page.on("response", responses.append)
+    page.on("response", lambda response: responses.append(response))
     page.on("requestfailed", lambda request: weight.failed.append(("failed", request.url)))
     page.goto(url, wait_until="networkidle", timeout=timeout_ms)
-    page.evaluate("window.scrollTo(0, document.body.scrollHeight)")
-    page.wait_for_load_state("networkidle", timeout=timeout_ms)
+    if scroll:
+        for _ in range(60):  # a screen at a time, so that each lazy picture comes into view
+            at_end = page.evaluate("window.scrollBy(0, window.innerHeight); "
+                                   "window.innerHeight + window.scrollY >= document.body.scrollHeight")
+            page.wait_for_timeout(50)
+            if at_end:
+                break
+        page.wait_for_load_state("networkidle", timeout=timeout_ms)
     for response in responses:
         if response.url.startswith("data:"):
             continue

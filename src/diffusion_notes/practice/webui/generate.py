@@ -189,8 +189,10 @@ def run_batch(pipe, settings: Settings, seeds: list[int], subseeds: list[int], e
     """One batch: latents (B, 4, 8, 8) -> decoded images (B, 3, 32, 32) in [0, 1]."""
     B, n, c = len(seeds), settings.steps, pipe.unet.config
     plan = make_plan(settings.sampler_name, n, pipe.schedule)
-    rng = ImageRNG((c.in_channels, c.sample_size, c.sample_size), seeds, subseeds, settings.subseed_strength)
-    noise = rng.first().to(pipe.device)  # (B, 4, 8, 8)
+    rng = ImageRNG((c.in_channels, c.sample_size, c.sample_size), seeds, subseeds, settings.subseed_strength,
+                   eta_noise_seed_delta=settings.eta_noise_seed_delta, randn_source=settings.randn_source,
+                   device=pipe.device)
+    noise = rng.next()  # (B, 4, 8, 8): the first draw is the starting noise; later ones are the steps'
     z0 = None if init is None else pipe.encode_image(init).expand(B, -1, -1, -1)  # (B, 4, 8, 8)
     start = 0 if init is None else start_step(n, settings.denoising_strength)
     after_step = None

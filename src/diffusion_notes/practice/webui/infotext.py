@@ -26,6 +26,7 @@ FIELDS = {
     "Seed": ("seed", int), "Variation seed": ("subseed", int), "Variation seed strength": ("subseed_strength", float),
     "Denoising strength": ("denoising_strength", float), "Mask blur": ("mask_blur", int),
     "Batch size": ("batch_size", int), "Model hash": ("sd_model_hash", str), "Model": ("sd_model_name", str),
+    "ENSD": ("eta_noise_seed_delta", int), "RNG": ("randn_source", str),
 }
 
 
@@ -52,6 +53,10 @@ def create(settings, seed: int, subseed: int, model: tuple[str, str] = ("", ""),
             params.update({"Inpaint area": "Only masked", "Masked area padding": settings.inpaint_full_res_padding})
     if settings.batch_size > 1:
         params.update({"Batch size": settings.batch_size, "Batch pos": batch_pos})
+    if settings.eta_noise_seed_delta:
+        params["ENSD"] = settings.eta_noise_seed_delta
+    if settings.randn_source != "GPU":  # the web UI writes its noise source only when it is not the default
+        params["RNG"] = settings.randn_source
     line = ", ".join(f"{k}: {_quote(v)}" for k, v in params.items() if v is not None)
     negative = f"\n{NEGATIVE} {settings.negative_prompt}" if settings.negative_prompt else ""
     return f"{settings.prompt}{negative}\n{line}"
@@ -94,6 +99,7 @@ def to_settings(parsed: dict) -> dict:
     if "Size-1" in parsed:
         out["width"], out["height"] = parsed["Size-1"], parsed["Size-2"]
     out.setdefault("subseed_strength", 0.0)
+    out.setdefault("randn_source", "GPU")  # no "RNG": the web UI's default source
     return out
 
 

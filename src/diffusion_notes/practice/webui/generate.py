@@ -7,8 +7,8 @@ One job is `n_iter` batches of `batch_size` images; image i of the job has seed 
 seed subseed + i). Each batch: every image's conditioning (prompt editing, AND, emphasis:
 `conditioning`), its noise (`seeds.ImageRNG`), the sampler's grid and prepared step (Part I), the
 loop, the decoder. img2img starts part-way, where the web UI's denoising strength says; inpainting
-also puts the known latent back outside the mask after every step and pastes the input's pixels
-back at the end.
+(`inpaint`) also blends the denoised estimate with the input's latent outside the mask at every
+model call and pastes the input's pixels back at the end.
 """
 
 from __future__ import annotations
@@ -18,16 +18,17 @@ from dataclasses import dataclass, field, fields, replace
 
 import numpy as np
 import torch
-from PIL import Image, ImageFilter
+from PIL import Image
 
 from diffusion_notes.data.images import to_pil
-from diffusion_notes.foundations.grids import RegistryView, grid_index, noise_to_grid_point
+from diffusion_notes.foundations.grids import RegistryView, grid_index
 from diffusion_notes.foundations.samplers import SAMPLER_ALIASES, SAMPLERS
 from diffusion_notes.practice.controlnet.units import ControlledUNet, ControlUnit
 from diffusion_notes.practice.finetune.lora_files import applied
-from diffusion_notes.practice.webui import infotext
+from diffusion_notes.practice.webui import infotext, inpaint
 from diffusion_notes.practice.webui.conditioning import Conditioning, PromptEncoder, WebUIDenoiser
 from diffusion_notes.practice.webui.extra_networks import parse_extra_networks
+from diffusion_notes.practice.webui.inpaint import latent_mask, pixel_mask  # noqa: F401  (the chapter's)
 from diffusion_notes.practice.webui.prompts import parse_prompt_attention
 from diffusion_notes.practice.webui.seeds import ImageRNG, resolve_seed
 from diffusion_notes.stable_diffusion.denoise import denoise, make_plan
@@ -156,6 +157,7 @@ def check(settings: Settings) -> Settings:
     settings.sampler_name = sampler_name(settings.sampler_name)
     if settings.mask is not None and settings.init_image is None:
         raise ValueError("a mask needs an init image (inpainting redraws part of an image)")
+    inpaint.check(settings)
     for unit in settings.controlnet:
         unit.check()
     return settings
@@ -168,24 +170,10 @@ def _as_rgb(image, what: str) -> Image.Image:
         else image.convert("RGB")
 
 
-def pixel_mask(settings: Settings) -> torch.Tensor:
-    """The mask as (1, 1, 32, 32) in [0, 1] (1 = redraw), inverted and blurred as the settings say."""
-    mask = settings.mask.convert("L").resize((SIZE, SIZE), Image.NEAREST)
-    if settings.inpainting_mask_invert:
-        mask = Image.eval(mask, lambda v: 255 - v)
-    if settings.mask_blur:
-        mask = mask.filter(ImageFilter.GaussianBlur(settings.mask_blur / 2))
-    return torch.from_numpy(np.asarray(mask, dtype=np.float32) / 255)[None, None]
-
-
-def latent_mask(mask: torch.Tensor, size: int) -> torch.Tensor:
-    """(1, 1, 32, 32) pixel mask -> (1, 1, 8, 8): a latent cell is redrawn if any of its pixels is."""
-    return (torch.nn.functional.adaptive_max_pool2d(mask, size) > 0).float()
-
-
 @torch.no_grad()
 def run_batch(pipe, settings: Settings, seeds: list[int], subseeds: list[int], encoder: PromptEncoder,
-              init: torch.Tensor | None = None, mask: torch.Tensor | None = None, callback=None) -> torch.Tensor:
+              init: torch.Tensor | None = None, mask: inpaint.Inpainting | None = None, callback=None,
+              fill_seeds: list[int] | None = None) -> torch.Tensor:
     """One batch: latents (B, 4, 8, 8) -> decoded images (B, 3, 32, 32) in [0, 1]."""
     B, n, c = len(seeds), settings.steps, pipe.unet.config
     plan = make_plan(settings.sampler_name, n, pipe.schedule)
@@ -195,36 +183,18 @@ def run_batch(pipe, settings: Settings, seeds: list[int], subseeds: list[int], e
     noise = rng.next()  # (B, 4, 8, 8): the first draw is the starting noise; later ones are the steps'
     z0 = None if init is None else pipe.encode_image(init).expand(B, -1, -1, -1)  # (B, 4, 8, 8)
     start = 0 if init is None else start_step(n, settings.denoising_strength)
-    after_step = None
-    if mask is not None:
-        keep = 1 - latent_mask(mask, c.sample_size).to(pipe.device)  # (1, 1, 8, 8): 1 where the input stays
-
-        def after_step(i, x_prev):  # the known latent, noised to where the sampler now is
-            last = i + 1 == len(plan.grid.timesteps)  # i counts model calls: 2n - 1 of them for Heun and DPM2
-            known = z0 if last else noise_to_grid_point(z0, noise, plan.grid, i + 1, pipe.schedule).float()
-            return keep * known + (1 - keep) * x_prev
-
     conds = [Conditioning(encoder, settings.prompt, n) for _ in range(B)]
     unconds = [Conditioning(encoder, settings.negative_prompt, n, split=False) for _ in range(B)]
     unet = pipe.unet
     if settings.controlnet:  # Chapter 17: the units' residuals on every row the denoiser sends
         unet = ControlledUNet(unet, settings.controlnet, plan.grid.timesteps.tolist()[grid_index(plan.grid, start):])
     model = WebUIDenoiser(unet, conds, unconds, settings.cfg_scale, encoder(""))
-    z = denoise(model, plan, noise, z0=z0, start_step=start, noise=rng.next, after_step=after_step, callback=callback)
+    if mask is not None:  # inpainting: mask is the job's `inpaint.Inpainting`, fill_seeds its first batch's seeds
+        z = inpaint.denoise_masked(model, plan, noise, z0, mask, settings, fill_seeds or seeds, start_step=start,
+                                   noise=rng.next, callback=callback)
+    else:
+        z = denoise(model, plan, noise, z0=z0, start_step=start, noise=rng.next, callback=callback)
     return pipe.decode_latents(z).cpu()  # (B, 3, 32, 32)
-
-
-def _crop_box(mask: torch.Tensor, padding: int) -> tuple[int, int, int, int]:
-    """"Only masked": the masked pixels' bounding box grown by `padding`, made square, inside the image."""
-    ys, xs = torch.nonzero(mask[0, 0] > 0, as_tuple=True)
-    if len(ys) == 0:
-        return 0, 0, SIZE, SIZE
-    x0, x1 = int(xs.min()) - padding, int(xs.max()) + 1 + padding
-    y0, y1 = int(ys.min()) - padding, int(ys.max()) + 1 + padding
-    side = min(max(x1 - x0, y1 - y0), SIZE)
-    cx, cy = (x0 + x1) // 2, (y0 + y1) // 2
-    x0, y0 = min(max(cx - side // 2, 0), SIZE - side), min(max(cy - side // 2, 0), SIZE - side)
-    return x0, y0, x0 + side, y0 + side
 
 
 def generate(pipe, settings: Settings, model: tuple[str, str] = ("", ""), callback=None, loras=None,
@@ -255,24 +225,21 @@ def _generate(pipe, settings: Settings, encoded: Settings, model, callback) -> R
     seeds = [seed + i for i in range(total)]
     subseeds = [subseed + i for i in range(total)]
     encoder = PromptEncoder(pipe.clip)
-    init = mask = None
-    box = (0, 0, SIZE, SIZE)
-    if settings.init_image is not None:
+    init = job = None
+    if settings.init_image is not None and settings.mask is not None:
+        _as_rgb(settings.init_image, "init_images")  # a ValueError if it is not an image
+        job = inpaint.prepare(settings, settings.init_image)  # the picture to encode, its mask, the paste
+        init, job = job.init, (job if job.mask is not None else None)
+    elif settings.init_image is not None:
         image = _as_rgb(settings.init_image, "init_images")
-        original = torch.from_numpy(np.asarray(image, dtype=np.float32) / 255).permute(2, 0, 1)[None]  # (1, 3, 32, 32)
-        if settings.mask is not None:
-            mask = pixel_mask(settings)  # (1, 1, 32, 32)
-            if settings.inpaint_full_res:
-                box = _crop_box(mask, settings.inpaint_full_res_padding)
-        init = _crop(original, box)
+        init = torch.from_numpy(np.asarray(image, dtype=np.float32) / 255).permute(2, 0, 1)[None]  # (1, 3, 32, 32)
     pictures = []
     for j in range(settings.n_iter):
         batch = slice(j * settings.batch_size, (j + 1) * settings.batch_size)
-        images = run_batch(pipe, encoded, seeds[batch], subseeds[batch], encoder, init,
-                           None if mask is None else _crop(mask, box), callback)
-        if mask is not None:  # paste the result into the input's pixels under the mask
-            images = _uncrop(images, box, original)
-            images = mask * images + (1 - mask) * original
+        images = run_batch(pipe, encoded, seeds[batch], subseeds[batch], encoder, init, job, callback,
+                           fill_seeds=seeds[:settings.batch_size])
+        if job is not None:  # the input's pixels laid over the result outside the mask
+            images = job.paste(images)
         pictures.append(images)
     images = torch.cat(pictures)  # (N, 3, 32, 32)
     texts = [infotext.create(settings, seeds[i], subseeds[i], model, i % settings.batch_size)
@@ -281,24 +248,6 @@ def _generate(pipe, settings: Settings, encoded: Settings, model, callback) -> R
                 for text, count in encoder.token_counts.items() if count > 75 and text]
     return Result(to_pil(images), seeds, subseeds, texts, settings, sorted(set(warnings)),
                   model_name=model[0], model_hash=model[1])
-
-
-def _crop(image: torch.Tensor, box) -> torch.Tensor:
-    x0, y0, x1, y1 = box
-    part = image[..., y0:y1, x0:x1]
-    if (x1 - x0, y1 - y0) == (SIZE, SIZE):
-        return part
-    mode = "nearest" if image.shape[1] == 1 else "bicubic"
-    return torch.nn.functional.interpolate(part, size=(SIZE, SIZE), mode=mode).clamp(0, 1)
-
-
-def _uncrop(images: torch.Tensor, box, original: torch.Tensor) -> torch.Tensor:
-    x0, y0, x1, y1 = box
-    if (x1 - x0, y1 - y0) == (SIZE, SIZE):
-        return images
-    out = original.expand(len(images), -1, -1, -1).clone()
-    out[..., y0:y1, x0:x1] = torch.nn.functional.interpolate(images, size=(y1 - y0, x1 - x0), mode="area")
-    return out
 
 
 __all__ = ["Settings", "Result", "generate", "check", "start_step", "sampler_name", "SAMPLERS"]

@@ -18,6 +18,8 @@ import re
 
 from PIL import Image, PngImagePlugin, UnidentifiedImageError
 
+from diffusion_notes.practice.webui.inpaint import FILLS, blur_sizes
+
 _PARAM = re.compile(r'\s*(\w[\w \-/]+):\s*("(?:\\.|[^\\"])+"|[^,]*)(?:,|$)')
 NEGATIVE = "Negative prompt:"
 # web-UI key -> (API field, type)
@@ -27,6 +29,7 @@ FIELDS = {
     "Denoising strength": ("denoising_strength", float), "Mask blur": ("mask_blur", int),
     "Batch size": ("batch_size", int), "Model hash": ("sd_model_hash", str), "Model": ("sd_model_name", str),
     "ENSD": ("eta_noise_seed_delta", int), "RNG": ("randn_source", str),
+    "Masked area padding": ("inpaint_full_res_padding", int),
 }
 
 
@@ -46,7 +49,11 @@ def create(settings, seed: int, subseed: int, model: tuple[str, str] = ("", ""),
     if settings.init_image is not None:
         params["Denoising strength"] = float(settings.denoising_strength)
     if settings.mask is not None:
-        params["Mask blur"] = settings.mask_blur
+        blur_x, blur_y = blur_sizes(settings)
+        if blur_x > 0 or blur_y > 0:  # the web UI's mask_blur: None (not written) when x and y differ
+            params["Mask blur"] = blur_x if blur_x == blur_y else None
+        if settings.inpainting_fill != 1:
+            params["Masked content"] = FILLS[settings.inpainting_fill]
         if settings.inpainting_mask_invert:
             params["Mask mode"] = "Inpaint not masked"
         if settings.inpaint_full_res:
@@ -96,6 +103,12 @@ def to_settings(parsed: dict) -> dict:
                 out[name] = kind(parsed[key])
             except ValueError:
                 raise ValueError(f"the infotext's {key!r} is {parsed[key]!r}, not a {kind.__name__}") from None
+    if "Masked content" in parsed:
+        out["inpainting_fill"] = {name: fill for fill, name in FILLS.items()}.get(parsed["Masked content"], 1)
+    if "Mask mode" in parsed:
+        out["inpainting_mask_invert"] = parsed["Mask mode"] == "Inpaint not masked"
+    if "Inpaint area" in parsed:
+        out["inpaint_full_res"] = parsed["Inpaint area"] == "Only masked"
     if "Size-1" in parsed:
         out["width"], out["height"] = parsed["Size-1"], parsed["Size-2"]
     out.setdefault("subseed_strength", 0.0)

@@ -71,6 +71,14 @@ def test_job_seeds():
     assert job_seeds(10, 50, 0.25, 3) == ([10, 10, 10], [50, 51, 52])
 
 
+def test_a_job_with_a_variation_strength_keeps_one_seed(pipe):
+    """processing.py `process_images_inner` through `generate`: a batch of variations of one picture."""
+    job = Settings(prompt="a small red circle", steps=2, seed=10, subseed=50, subseed_strength=0.3, batch_size=2)
+    result = generate(pipe, job)
+    assert (result.seeds, result.subseeds) == ([10, 10], [50, 51])
+    assert "Seed: 10," in result.infotexts[1] and "Variation seed: 51," in result.infotexts[1]
+
+
 def test_first_next_is_the_start_then_each_images_own_generator():
     """modules/rng.py `ImageRNG.next`: the first call returns `first()`, later calls draw on, per image."""
     rng = ImageRNG(SHAPE, [11, 12])

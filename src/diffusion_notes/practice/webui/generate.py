@@ -4,7 +4,7 @@
     result = generate(pipe, settings, model=("ldm_unet", "0123456789"))   # result.images: PIL images
 
 One job is `n_iter` batches of `batch_size` images; image i of the job has seed + i (and variation
-seed subseed + i). Each batch: every image's conditioning (prompt editing, AND, emphasis:
+seed subseed + i; while a variation strength is set, every image keeps the seed). Each batch: every image's conditioning (prompt editing, AND, emphasis:
 `conditioning`), its noise (`seeds.ImageRNG`), the sampler's grid and prepared step (Part I), the
 loop, the decoder. img2img starts part-way, where the web UI's denoising strength says; inpainting
 (`inpaint`) also blends the denoised estimate with the input's latent outside the mask at every
@@ -30,7 +30,7 @@ from diffusion_notes.practice.webui.conditioning import Conditioning, PromptEnco
 from diffusion_notes.practice.webui.extra_networks import parse_extra_networks
 from diffusion_notes.practice.webui.inpaint import latent_mask, pixel_mask  # noqa: F401  (the chapter's)
 from diffusion_notes.practice.webui.prompts import parse_prompt_attention
-from diffusion_notes.practice.webui.seeds import ImageRNG, resolve_seed
+from diffusion_notes.practice.webui.seeds import ImageRNG, job_seeds, resolve_seed
 from diffusion_notes.stable_diffusion.denoise import denoise, make_plan
 from diffusion_notes.stable_diffusion.denoise import webui_start as start_step  # the web UI's img2img start
 
@@ -222,8 +222,7 @@ def _generate(pipe, settings: Settings, encoded: Settings, model, callback) -> R
     """The job itself; `encoded` is `settings` with the text the encoder reads (extra-network tags removed)."""
     seed, subseed = resolve_seed(settings.seed), resolve_seed(settings.subseed)
     total = settings.batch_size * settings.n_iter
-    seeds = [seed + i for i in range(total)]
-    subseeds = [subseed + i for i in range(total)]
+    seeds, subseeds = job_seeds(seed, subseed, settings.subseed_strength, total)  # processing.py's all_seeds
     encoder = PromptEncoder(pipe.clip)
     init = job = None
     if settings.init_image is not None and settings.mask is not None:

@@ -224,3 +224,19 @@ def test_second_half_without_state_is_an_error():
         x = randn(SHAPE, make_generator(0))
         with pytest.raises(ValueError, match="same `state`"):
             s.update(x, fake_model(x, grid.timesteps[1:2]), step.coefficients[1], state={})
+
+
+@pytest.mark.parametrize("start", [1, 3, 7])
+def test_unipc_started_part_way_is_diffusers_from_its_begin_index(start):
+    """img2img with UniPC: diffusers' `UniPCMultistepScheduler` after `set_begin_index(start)` has no
+    history, so its first call predicts with order 1 and its first correction is UniC-1 (`lower_order_nums`
+    counts from the begin index); ours, started at `start_step`, must do the same."""
+    ref = make_reference("unipc", "sd1", 10, False)
+    grid = OURS["unipc"].make_grid(10, our_schedule(ref), steps_offset=ref.config.steps_offset)
+    x_start = torch.randn(SHAPE, generator=torch.Generator().manual_seed(start), dtype=torch.float64)
+    ours = loop(fake_model, x_start, grid, prepare(OURS["unipc"], grid, our_schedule(ref)), start_step=start)
+    ref.set_begin_index(start)
+    x = x_start.clone()
+    for t in ref.timesteps[start:]:
+        x = ref.step(fake_model(x, t.view(1)), t, x).prev_sample
+    assert torch.allclose(ours, x, atol=1e-6, rtol=1e-6), (ours - x).abs().max()

@@ -147,8 +147,9 @@ def unipc_update(x_t, eps, c: UniPCCoefficients, *, noise=None, clip_x0=None, st
     history = {} if state is None else state
     m_s, m_s1 = history.get("m", (None, None))
     x = x_t
-    if c.correct and m_s is not None:
-        x = unipc_corrector(history["x_corrected"], m_t, m_s, m_s1, c)
+    if c.correct and m_s is not None:  # a run that starts part-way (img2img) has no m_{s_1} yet: UniC-1
+        c_c = c if m_s1 is not None else c._replace(rho_c=0.0, rho_t=0.5)
+        x = unipc_corrector(history["x_corrected"], m_t, m_s, m_s1, c_c)
     c_p = c if m_s is not None else c._replace(rho_p=0.0)
     x_next = unipc_predictor(x, m_t, m_s, c_p)
     history["x_corrected"], history["m"] = x, (m_t, m_s)

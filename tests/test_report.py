@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from diffusion_book.report import below, benchmark_results, ci, live, results_folder
+from diffusion_book.report import below, benchmark_results, book_file, ci, live, results_folder
 
 SANITIZE = Path(__file__).with_name("nbval_sanitize.cfg")
 ROOT = Path(__file__).resolve().parents[1]
@@ -108,3 +108,13 @@ def test_benchmark_results_takes_the_folder_from_its_caller_and_says_when_there_
     with pytest.raises(FileNotFoundError, match="from a clone"):
         benchmark_results("unclip_vs_glide")
 
+
+
+def test_a_book_file_is_found_from_book_and_from_the_root(tmp_path, monkeypatch):
+    monkeypatch.chdir(ROOT / "book")
+    from_book = book_file("images/14_webui.png")
+    monkeypatch.chdir(ROOT)
+    assert book_file("images/14_webui.png") == from_book == ROOT / "book" / "images" / "14_webui.png"
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(FileNotFoundError, match="from a clone"):
+        book_file("images/14_webui.png")

@@ -76,6 +76,18 @@ def results_folder(start=None) -> Path:
                             "repository, so run the chapter from a clone of it")
 
 
+def book_file(name: str, start=None) -> Path:
+    """A file of the book's folder (book/<name>), found from `start` (default: the working directory) or above it.
+
+    The same from book/, where a chapter's kernel starts, and from the repository's root.
+    """
+    here = Path(start if start is not None else Path.cwd()).resolve()
+    for folder in (here, *here.parents):
+        if (folder / "book" / name).exists():
+            return folder / "book" / name
+    raise FileNotFoundError(f"no book/{name} in {here} or above it: run the chapter from a clone of the repository")
+
+
 def benchmark_results(name: str, folder=None) -> dict:
     """The JSON that benchmarks/<name>.py wrote: <folder>/<name>.json, `folder` by default `results_folder()`."""
     path = (Path(folder) if folder is not None else results_folder()) / f"{name}.json"

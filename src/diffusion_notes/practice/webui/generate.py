@@ -26,7 +26,13 @@ from diffusion_notes.foundations.samplers import SAMPLER_ALIASES, SAMPLERS
 from diffusion_notes.practice.controlnet.units import ControlledUNet, ControlUnit
 from diffusion_notes.practice.finetune.lora_files import applied
 from diffusion_notes.practice.webui import infotext
-from diffusion_notes.practice.webui.conditioning import Conditioning, PromptEncoder, WebUIDenoiser
+from diffusion_notes.practice.webui.conditioning import (
+    Conditioning,
+    PromptEncoder,
+    WebUIDenoiser,
+    total_steps,
+    webui_counter,
+)
 from diffusion_notes.practice.webui.extra_networks import parse_extra_networks
 from diffusion_notes.practice.webui.prompts import parse_prompt_attention
 from diffusion_notes.practice.webui.seeds import ImageRNG, resolve_seed
@@ -154,6 +160,10 @@ def check(settings: Settings) -> Settings:
                          f"height={settings.height!r}; resize the result yourself if you need it larger")
     resolve_seed(settings.seed), resolve_seed(settings.subseed)
     settings.sampler_name = sampler_name(settings.sampler_name)
+    if isinstance(settings.clip_skip, bool) or not isinstance(settings.clip_skip, int) or settings.clip_skip < 1:
+        raise ValueError(f"clip_skip must be an int >= 1 (1 = the text encoder's last layer), got {settings.clip_skip!r}")
+    if not isinstance(settings.old_prompt_editing, bool):
+        raise ValueError(f"old_prompt_editing must be true or false, got {settings.old_prompt_editing!r}")
     if settings.mask is not None and settings.init_image is None:
         raise ValueError("a mask needs an init image (inpainting redraws part of an image)")
     for unit in settings.controlnet:
@@ -202,12 +212,14 @@ def run_batch(pipe, settings: Settings, seeds: list[int], subseeds: list[int], e
             known = z0 if last else noise_to_grid_point(z0, noise, plan.grid, i + 1, pipe.schedule).float()
             return keep * known + (1 - keep) * x_prev
 
-    conds = [Conditioning(encoder, settings.prompt, n) for _ in range(B)]
-    unconds = [Conditioning(encoder, settings.negative_prompt, n, split=False) for _ in range(B)]
+    total, old = total_steps(plan.grid, n), settings.old_prompt_editing  # the web UI's prompt-editing count
+    conds = [Conditioning(encoder, settings.prompt, total, old=old) for _ in range(B)]
+    unconds = [Conditioning(encoder, settings.negative_prompt, total, split=False, old=old) for _ in range(B)]
     unet = pipe.unet
     if settings.controlnet:  # Chapter 17: the units' residuals on every row the denoiser sends
         unet = ControlledUNet(unet, settings.controlnet, plan.grid.timesteps.tolist()[grid_index(plan.grid, start):])
-    model = WebUIDenoiser(unet, conds, unconds, settings.cfg_scale, encoder(""))
+    model = WebUIDenoiser(unet, conds, unconds, settings.cfg_scale, encoder(""),
+                          counter=webui_counter(plan.grid, grid_index(plan.grid, start)))
     z = denoise(model, plan, noise, z0=z0, start_step=start, noise=rng.next, after_step=after_step, callback=callback)
     return pipe.decode_latents(z).cpu()  # (B, 3, 32, 32)
 
@@ -252,7 +264,7 @@ def _generate(pipe, settings: Settings, encoded: Settings, model, callback) -> R
     total = settings.batch_size * settings.n_iter
     seeds = [seed + i for i in range(total)]
     subseeds = [subseed + i for i in range(total)]
-    encoder = PromptEncoder(pipe.clip)
+    encoder = PromptEncoder(pipe.clip, clip_skip=settings.clip_skip)
     init = mask = None
     box = (0, 0, SIZE, SIZE)
     if settings.init_image is not None:
@@ -273,7 +285,8 @@ def _generate(pipe, settings: Settings, encoded: Settings, model, callback) -> R
             images = mask * images + (1 - mask) * original
         pictures.append(images)
     images = torch.cat(pictures)  # (N, 3, 32, 32)
-    texts = [infotext.create(settings, seeds[i], subseeds[i], model, i % settings.batch_size)
+    counted = total_steps(make_plan(settings.sampler_name, settings.steps, pipe.schedule).grid, settings.steps)
+    texts = [infotext.create(settings, seeds[i], subseeds[i], model, i % settings.batch_size, counted)
              for i in range(total)]
     warnings = [f"the prompt has {count} tokens; it is cut into chunks of 75"
                 for text, count in encoder.token_counts.items() if count > 75 and text]

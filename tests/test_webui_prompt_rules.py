@@ -129,11 +129,16 @@ def test_img2img_counts_from_zero_where_it_starts(sampler, first_call):
 
 
 def test_conditioning_at_a_count_follows_the_web_ui():
-    """reconstruct_cond_batch on a ScheduledPromptConditioning list over total_steps = 20 (Heun)."""
+    """get_multicond_learned_conditioning splits AND first and schedules each part over total_steps (here
+    20, Heun's); reconstruct_multicond_batch picks each part's first entry with count <= end_at_step."""
     encoder = lambda text: torch.full((77, 1), float(len(text)))  # noqa: E731 - a text -> states stand-in
-    cond = Conditioning(encoder, "[aa:b:0.5]", 20)
-    assert [len(cond.schedule), cond.schedule[0][0], cond.schedule[1][0]] == [2, 10, 20]
-    assert [float(cond.at(k)[0][0][0]) for k in (0, 10, 11, 18)] == [2.0, 2.0, 1.0, 1.0]
+    cond = Conditioning(encoder, "[aa:b:0.5] AND [ccc:0.2] :0.5", 20)
+    assert [(w, [end for end, _ in entries]) for w, entries in cond.parts] == [(1.0, [10, 20]), (0.5, [4, 20])]
+    lengths = [[(float(states[0, 0]), w) for states, w in cond.at(k)] for k in (0, 4, 5, 10, 11, 18)]
+    assert lengths == [[(2.0, 1.0), (0.0, 0.5)]] * 2 + [[(2.0, 1.0), (3.0, 0.5)]] * 2 + [[(1.0, 1.0), (3.0, 0.5)]] * 2
+    # AND is split before editing: "[a AND b:c:3]" is two unbalanced parts, so nothing is edited
+    split_first = Conditioning(encoder, "[a AND b:c:3]", 10)
+    assert [[end for end, _ in entries] for _, entries in split_first.parts] == [[10], [10]]
 
 
 # ---------------------------------------------------------------------------

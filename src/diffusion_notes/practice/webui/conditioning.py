@@ -121,26 +121,25 @@ class PromptEncoder:
 
 
 class Conditioning:
-    """One image's conditioning over a run: [(end_at_step, [(states (M, D), AND weight), ...]), ...].
+    """One image's conditioning over a run: its AND parts [(weight, [(end_at_step, states (M, D)), ...]), ...].
 
-    `steps` is the count the schedule runs over (`total_steps`), `hires_steps` and `old` go to
-    `prompt_schedule` (the hires pass; "Use old prompt editing timelines").
+    As the web UI's `get_multicond_learned_conditioning`: the prompt is split at AND first (not for
+    the negative prompt, `split=False`), then each part gets its own `prompt_schedule` over `steps`
+    (`total_steps`), with `hires_steps` and `old` ("Use old prompt editing timelines").
     """
 
     def __init__(self, encoder: PromptEncoder, prompt: str, steps: int, split: bool = True,
                  hires_steps: int | None = None, old: bool = False):
-        self.schedule = []
-        for end, text in prompt_schedule(prompt, steps, hires_steps, old):
-            parts = split_and(text) if split else [(text, 1.0)]
-            self.schedule.append((end, [(encoder(part), weight) for part, weight in parts]))
+        self.parts = []
+        for part, weight in split_and(prompt) if split else [(prompt, 1.0)]:
+            schedule = prompt_schedule(part, steps, hires_steps, old)
+            self.parts.append((weight, [(end, encoder(text)) for end, text in schedule]))
 
     def at(self, count: int) -> list[tuple[torch.Tensor, float]]:
-        """The entry for the denoiser's count (0 first), as the web UI's `reconstruct_cond_batch` picks it:
-        the first with count <= end_at_step, else the first."""
-        for end, parts in self.schedule:
-            if count <= end:
-                return parts
-        return self.schedule[0][1]
+        """[(states, weight), ...] at the denoiser's count (0 first), each part's entry as the web UI's
+        `reconstruct_multicond_batch` picks it: the first with count <= end_at_step, else the first."""
+        return [(next((states for end, states in entries if count <= end), entries[0][1]), weight)
+                for weight, entries in self.parts]
 
 
 def total_steps(grid, steps: int) -> int:

@@ -4,7 +4,8 @@
 one by one and cut into chunks of 75 tokens as the web UI cuts long prompts (a chunk that would
 split a phrase ends after its last comma instead, if that comma is at most 20 tokens back; `BREAK`
 starts a new chunk), each chunk framed by start and end tokens and encoded by CLIP's text encoder,
-the states multiplied by their tokens' weights and rescaled so that their mean is what it was.
+the states multiplied by their tokens' weights and rescaled so that their mean is what it was. The
+texts of one prompt schedule are weighted together, chunk by chunk, as the web UI encodes them.
 With clip skip n > 1 the states are the hidden state n - 1 layers below the top, after the final
 LayerNorm, as the web UI reads SD 1.x's text encoder.
 
@@ -73,7 +74,8 @@ class PromptEncoder:
                 raise ValueError(f"clip_skip must be between 1 and {layers + 1} for this text encoder "
                                  f"({layers} layers), got {clip_skip}")
         self.clip, self.clip_skip, self.comma_backtrack = clip, clip_skip, comma_backtrack
-        self.cache: dict[str, torch.Tensor] = {}
+        self.cache: dict[tuple, list[torch.Tensor]] = {}
+        self.raw: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
         self.token_counts: dict[str, int] = {}
 
     def _ids(self, fragment: str) -> list[int]:
@@ -98,26 +100,46 @@ class PromptEncoder:
         return self.clip.text.hidden_states(ids, self.clip_skip)
 
     @torch.no_grad()
+    def _raw(self, text: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """The text's unweighted chunk states (k, 77, D) and its tokens' weights (k, 77), cached."""
+        if text not in self.raw:
+            chunks = self.tokens(text)
+            device = next(self.clip.parameters()).device
+            ids = torch.full((len(chunks), CONTEXT_LENGTH), PAD_ID, dtype=torch.long)  # (k, 77)
+            weights = torch.ones(len(chunks), CONTEXT_LENGTH)  # (k, 77)
+            for c, chunk in enumerate(chunks):
+                row = [START_ID, *(t for t, _ in chunk), END_ID]
+                ids[c, :len(row)] = torch.tensor(row)
+                weights[c, 1:len(chunk) + 1] = torch.tensor([w for _, w in chunk])
+            self.raw[text] = self._states(ids.to(device)), weights  # (k, 77, D), (k, 77)
+            self.token_counts[text] = sum(len(chunk) for chunk in chunks)
+        return self.raw[text]
+
+    @torch.no_grad()
+    def batch(self, texts: list[str]) -> list[torch.Tensor]:
+        """The states (77 k, D) of texts encoded together, as the web UI encodes one prompt's schedule.
+
+        Every text has k chunks, the most any has (the others get empty chunks), and emphasis works
+        on chunk c of all texts at once: scale the states by their weights, then restore their mean.
+        """
+        key = tuple(texts)
+        if key not in self.cache:
+            raws = [self._raw(text) for text in texts]
+            empty = self._raw("")
+            k = max(len(z) for z, _ in raws)
+            z = torch.stack([torch.cat([z, *[empty[0]] * (k - len(z))]) for z, _ in raws])  # (N, k, 77, D)
+            weights = torch.stack([torch.cat([w, *[empty[1]] * (k - len(w))]) for _, w in raws]).to(z)  # (N, k, 77)
+            for c in range(k):  # the web UI's EmphasisOriginal, chunk by chunk
+                if (weights[:, c] != 1).any():
+                    mean = z[:, c].mean()
+                    scaled = z[:, c] * weights[:, c, :, None]  # (N, 77, D)
+                    z[:, c] = scaled * (mean / scaled.mean())
+            self.cache[key] = list(z.reshape(len(texts), -1, z.shape[-1]).unbind(0))  # N x (77 k, D)
+        return self.cache[key]
+
     def __call__(self, text: str) -> torch.Tensor:
-        if text in self.cache:
-            return self.cache[text]
-        chunks = self.tokens(text)
-        device = next(self.clip.parameters()).device
-        ids = torch.full((len(chunks), CONTEXT_LENGTH), PAD_ID, dtype=torch.long)  # (k, 77)
-        weights = torch.ones(len(chunks), CONTEXT_LENGTH)  # (k, 77)
-        for c, chunk in enumerate(chunks):
-            row = [START_ID, *(t for t, _ in chunk), END_ID]
-            ids[c, :len(row)] = torch.tensor(row)
-            weights[c, 1:len(chunk) + 1] = torch.tensor([w for _, w in chunk])
-        z = self._states(ids.to(device))  # (k, 77, D)
-        if (weights != 1).any():  # the web UI: scale the states, then restore their mean
-            mean = z.mean()
-            z = z * weights.to(z)[..., None]
-            z = z * (mean / z.mean())
-        states = z.reshape(-1, z.shape[-1])  # (77 k, D)
-        self.cache[text] = states
-        self.token_counts[text] = sum(len(chunk) for chunk in chunks)
-        return states
+        """The states (77 k, D) of one text (a batch of one)."""
+        return self.batch([text])[0]
 
 
 class Conditioning:
@@ -133,7 +155,9 @@ class Conditioning:
         self.parts = []
         for part, weight in split_and(prompt) if split else [(prompt, 1.0)]:
             schedule = prompt_schedule(part, steps, hires_steps, old)
-            self.parts.append((weight, [(end, encoder(text)) for end, text in schedule]))
+            texts = [text for _, text in schedule]
+            states = encoder.batch(texts) if hasattr(encoder, "batch") else [encoder(text) for text in texts]
+            self.parts.append((weight, [(end, z) for (end, _), z in zip(schedule, states)]))
 
     def at(self, count: int) -> list[tuple[torch.Tensor, float]]:
         """[(states, weight), ...] at the denoiser's count (0 first), each part's entry as the web UI's

@@ -19,7 +19,9 @@ from diffusion_notes.practice.webui.conditioning import (
     COMMA_ID,
     Conditioning,
     PromptEncoder,
+    WebUIDenoiser,
     chunk_tokens,
+    stack_conds,
     total_steps,
     webui_counter,
 )
@@ -139,6 +141,36 @@ def test_conditioning_at_a_count_follows_the_web_ui():
     # AND is split before editing: "[a AND b:c:3]" is two unbalanced parts, so nothing is edited
     split_first = Conditioning(encoder, "[a AND b:c:3]", 10)
     assert [[end for end, _ in entries] for _, entries in split_first.parts] == [[10], [10]]
+
+
+class ShapeUNet:
+    """Records the context length of every call; predicts the context's first value in every pixel."""
+
+    def __init__(self):
+        self.lengths = []
+
+    def __call__(self, x, t, context):
+        self.lengths.append(context.shape[1])
+        return context[:, :1, :1, None].expand_as(x).clone()
+
+
+def test_cond_and_uncond_of_different_lengths_are_not_padded():
+    """CFGDenoiser.forward (sd_samplers_cfg_denoiser.py) with the default pad_cond_uncond off: when the prompt
+    and the negative prompt differ in length, the UNet is called on each; stack_conds (prompt_parser.py)
+    pads AND parts of different lengths with their last vector repeated."""
+    encoder = lambda text: torch.arange(77 * (1 + len(text) // 10), dtype=torch.float)[:, None] + len(text)  # noqa: E731
+    short, long = "a" * 3, "b" * 12  # 77 and 154 rows
+    unet = ShapeUNet()
+    model = WebUIDenoiser(unet, [Conditioning(encoder, long, 4)], [Conditioning(encoder, short, 4, split=False)], 3.0)
+    model(torch.zeros(1, 4, 2, 2), torch.zeros(1, dtype=torch.long), step=0)
+    assert unet.lengths == [154, 77]
+    unet = ShapeUNet()
+    model = WebUIDenoiser(unet, [Conditioning(encoder, f"{short} AND {long} :0.5", 4)],
+                          [Conditioning(encoder, "c" * 13, 4, split=False)], 3.0)
+    model(torch.zeros(1, 4, 2, 2), torch.zeros(1, dtype=torch.long), step=0)
+    assert unet.lengths == [154]  # both parts padded to 154, the uncond is 154 long: one call
+    padded = stack_conds([encoder(short), encoder(long)])
+    assert torch.equal(padded[0, 77:], encoder(short)[-1:].repeat(77, 1))
 
 
 # ---------------------------------------------------------------------------

@@ -194,12 +194,11 @@ def webui_counter(grid, first_call: int = 0):
     return count
 
 
-def _pad(states: list[torch.Tensor], null: torch.Tensor) -> torch.Tensor:
-    """Stack (M_i, D) states into (N, M, D), padding the short ones with the empty prompt's chunk."""
-    M = max(s.shape[0] for s in states)
-    rows = [s if s.shape[0] == M else torch.cat([s, null.repeat((M - s.shape[0]) // len(null), 1)])
-            for s in states]
-    return torch.stack(rows)  # (N, M, D)
+def stack_conds(states: list[torch.Tensor]) -> torch.Tensor:
+    """(M_i, D) states -> (N, M, D): the short ones padded with their last row repeated (the web UI's
+    `stack_conds`, for AND parts and images whose prompts have different numbers of chunks)."""
+    M = max(z.shape[0] for z in states)
+    return torch.stack([z if z.shape[0] == M else torch.cat([z, z[-1:].repeat(M - z.shape[0], 1)]) for z in states])
 
 
 class WebUIDenoiser:
@@ -214,31 +213,31 @@ class WebUIDenoiser:
     takes_step = True  # samplers.loop calls it as model(x, t, step=k)
 
     def __init__(self, unet, conds: list[Conditioning], unconds: list[Conditioning], cfg_scale: float,
-                 null: torch.Tensor, counter=None):
+                 null: torch.Tensor | None = None, counter=None):
         self.unet, self.conds, self.unconds = unet, conds, unconds
-        self.s, self.null = float(cfg_scale), null
-        self.counter = counter
+        self.s, self.counter = float(cfg_scale), counter
+        self.null = null  # the empty prompt's states; the web UI pads nothing with them by default
 
     def __call__(self, x: torch.Tensor, t: torch.Tensor, step: int) -> torch.Tensor:
-        step = step if self.counter is None else self.counter(step, t)
-        parts = [cond.at(step) for cond in self.conds]  # B x [(states, weight), ...]
+        count = step if self.counter is None else self.counter(step, t)
+        parts = [cond.at(count) for cond in self.conds]  # B x [(states, weight), ...]
         B, s = x.shape[0], self.s
         plain = all(len(p) == 1 and p[0][1] == 1.0 for p in parts)
+        rows = list(range(B)) if plain else [b for b, p in enumerate(parts) for _ in p]  # the image of each row
+        cond = stack_conds([states for p in parts for states, _ in p])  # (K, M, D)
+        x_rows, t_rows = (x, t) if plain else (x[rows], t[rows])  # (K, C, h, w), (K,)
         if plain and s == 1.0:
-            return self.unet(x, t, _pad([p[0][0] for p in parts], self.null))
-        uncond = [u.at(step)[0][0] for u in self.unconds]
+            return self.unet(x, t, cond)
+        uncond = torch.stack([u.at(count)[0][0] for u in self.unconds])  # (B, M', D)
+        if cond.shape[1] == uncond.shape[1]:  # one UNet call on K + B rows
+            eps = self.unet(torch.cat([x_rows, x]), torch.cat([t_rows, t]), torch.cat([cond, uncond]))
+            eps_cond, eps_uncond = eps[:len(rows)], eps[len(rows):]  # (K, C, h, w), (B, C, h, w)
+        else:  # the web UI calls the UNet on each length rather than pad (its pad_cond_uncond is off)
+            eps_cond, eps_uncond = self.unet(x_rows, t_rows, cond), self.unet(x, t, uncond)
         if plain:  # classifier-free guidance, as guidance.CFGDenoiser computes it
-            context = _pad([p[0][0] for p in parts] + uncond, self.null)  # (2B, M, D)
-            eps = self.unet(torch.cat([x, x]), torch.cat([t, t]), context)  # (2B, C, h, w)
-            eps_cond, eps_uncond = eps.chunk(2)
             return eps_uncond + s * (eps_cond - eps_uncond)
-        rows = [b for b, p in enumerate(parts) for _ in p] + list(range(B))  # image of each row
-        context = _pad([states for p in parts for states, _ in p] + uncond, self.null)  # (K + B, M, D)
-        eps = self.unet(x[rows], t[rows], context)  # (K + B, C, h, w)
-        eps_uncond = eps[-B:]
-        out, k = eps_uncond.clone(), 0
-        for b, p in enumerate(parts):
-            for _, weight in p:
-                out[b] += weight * s * (eps[k] - eps_uncond[b])
-                k += 1
+        out = eps_uncond.clone()  # composable diffusion, as the web UI's combine_denoised
+        weights = [weight for p in parts for _, weight in p]
+        for k, (b, weight) in enumerate(zip(rows, weights)):
+            out[b] += weight * s * (eps_cond[k] - eps_uncond[b])
         return out

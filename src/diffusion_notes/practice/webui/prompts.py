@@ -136,8 +136,9 @@ def _factor(weight: str, text: str) -> float:
 #              | "[" [prompt ":"] prompt ":" NUMBER "]"                         (editing)
 #              | "[" prompt ("|" prompt)+ "]"                                   (alternation)
 #   top level := (prompt | a stray "(", ")", "[", "]" or ":")*
-# A bracket that opens no group is a stray character at the top level; a "|" outside a group, or a
-# backslash that escapes nothing, makes the whole prompt unreadable.
+# A bracket that opens no group is a stray character at the top level; where a bracket could be read
+# either way, it opens the group (as the web UI's parser resolves it). A "|" outside an alternation,
+# or a backslash that escapes nothing, makes the whole prompt unreadable.
 
 _NUMBER = re.compile(r"\s*([+-]?(?:\d+\.\d*|\.\d+|\d+)(?:[eE][+-]?\d+)?)\s*")  # lark's SIGNED_NUMBER
 

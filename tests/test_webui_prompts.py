@@ -5,7 +5,14 @@ import torch
 
 from diffusion_notes.foundations.grids import make_grid
 from diffusion_notes.foundations.samplers import loop, prepare_step
-from diffusion_notes.practice.webui.conditioning import CHUNK, Conditioning, PromptEncoder, WebUIDenoiser
+from diffusion_notes.practice.webui.conditioning import (
+    CHUNK,
+    Conditioning,
+    PromptEncoder,
+    WebUIDenoiser,
+    total_steps,
+    webui_counter,
+)
 from diffusion_notes.practice.webui.prompts import parse_prompt_attention, prompt_schedule, split_and
 from diffusion_notes.practice.webui.seeds import ImageRNG
 from diffusion_notes.stable_diffusion.ldm import ldm_schedule
@@ -94,6 +101,8 @@ class CountingUNet:
 
 @pytest.mark.parametrize("sampler", ["DPM++ 2M", "Euler a"])
 def test_prompt_editing_switches_at_the_right_step(sampler):
+    """The web UI's CFGDenoiser (sd_samplers_cfg_denoiser.py) counts from 0 and reconstruct_cond_batch
+    (prompt_parser.py) takes the first entry with count <= end_at_step: [red:blue:4] is red for 0..4."""
     steps, encoder, unet = 10, FakeEncoder(), CountingUNet()
     cond = Conditioning(encoder, "a [red:blue:4] circle", steps)
     uncond = Conditioning(encoder, "", steps, split=False)
@@ -105,34 +114,38 @@ def test_prompt_editing_switches_at_the_right_step(sampler):
          noise=ImageRNG((4, 8, 8), [0]).next)
     red, blue, empty = (encoder.ids[t] for t in ("a red circle", "a blue circle", ""))
     assert len(unet.calls) == steps
-    assert unet.calls == [[red, empty]] * 4 + [[blue, empty]] * 6  # steps 1-4 red, 5-10 blue
+    assert unet.calls == [[red, empty]] * 5 + [[blue, empty]] * 5  # counts 0-4 red, 5-9 blue
 
 
 @pytest.mark.parametrize("sampler", ["heun", "dpm2_a"])
-def test_prompt_editing_with_two_model_calls_a_step_switches_at_the_same_step(sampler):
-    """Heun and DPM2 call the model twice in a step: both calls get the step's prompt, never a count of calls."""
+def test_prompt_editing_with_two_model_calls_a_step_counts_calls_over_twice_the_steps(sampler):
+    """Heun and DPM2 a are second-order samplers: SamplerData.total_steps (sd_samplers_common.py) doubles
+    the steps the schedule runs over, and CFGDenoiser.step counts both calls of a step."""
     steps, encoder, unet = 10, FakeEncoder(), CountingUNet()
-    cond = Conditioning(encoder, "a [red:blue:4] circle", steps)
-    uncond = Conditioning(encoder, "", steps, split=False)
     schedule = ldm_schedule()
     grid = make_grid(sampler, steps, schedule)
-    model = WebUIDenoiser(unet, [cond], [uncond], 4.0, encoder(""))
+    assert total_steps(grid, steps) == 20
+    cond = Conditioning(encoder, "a [red:blue:4] circle", total_steps(grid, steps))
+    uncond = Conditioning(encoder, "", total_steps(grid, steps), split=False)
+    model = WebUIDenoiser(unet, [cond], [uncond], 4.0, encoder(""), counter=webui_counter(grid))
     loop(model, torch.zeros(1, 4, 8, 8), grid, prepare_step(sampler, grid, schedule),
          noise=ImageRNG((4, 8, 8), [0]).next)
     red, blue, empty = (encoder.ids[t] for t in ("a red circle", "a blue circle", ""))
     assert len(unet.calls) == 2 * steps - 1  # steps 1-9 twice, the last once
-    assert unet.calls == [[red, empty]] * 8 + [[blue, empty]] * 11  # steps 1-4 red (8 calls), 5-10 blue
+    assert unet.calls == [[red, empty]] * 5 + [[blue, empty]] * 14  # calls 0-4 red (steps 1, 2 and half of 3)
 
 
-def test_prompt_editing_in_img2img_counts_from_the_grid_start():
+def test_prompt_editing_in_img2img_counts_from_where_it_starts():
+    """The web UI's img2img schedules over all the steps (setup_conds, processing.py) but its CFGDenoiser
+    counts from 0 at the first step it runs: of 10 steps starting at step 3, counts 0-5 are <= 5."""
     steps, encoder, unet = 10, FakeEncoder(), CountingUNet()
-    model = WebUIDenoiser(unet, [Conditioning(encoder, "[red:blue:0.5]", steps)],
-                          [Conditioning(encoder, "", steps)], 1.0, encoder(""))
     schedule = ldm_schedule()
     grid = make_grid("ddim", steps, schedule, None, 0, False)
+    model = WebUIDenoiser(unet, [Conditioning(encoder, "[red:blue:0.5]", steps)],
+                          [Conditioning(encoder, "", steps)], 1.0, encoder(""), counter=webui_counter(grid, 3))
     loop(model, torch.zeros(1, 4, 8, 8), grid, prepare_step("ddim", grid, schedule),
          noise=ImageRNG((4, 8, 8), [0]).next, start_step=3)
-    assert [c[0] for c in unet.calls] == [encoder.ids["red"]] * 2 + [encoder.ids["blue"]] * 5  # steps 4-5, 6-10
+    assert [c[0] for c in unet.calls] == [encoder.ids["red"]] * 6 + [encoder.ids["blue"]] * 1
 
 
 def test_and_composes_guided_differences():

@@ -105,6 +105,21 @@ class TextEncoder(nn.Module):
         pooled = states[torch.arange(B, device=ids.device), eot]  # (B, D)
         return self.projection(pooled), states  # (B, E), (B, L, D)
 
+    def hidden_states(self, ids: torch.Tensor, skip: int = 1) -> torch.Tensor:
+        """ids (B, L) -> states (B, L, D) from the hidden state `skip` - 1 layers below the top, then ln_final.
+
+        skip = 1 is the last layer's output (forward's states); skip = layers + 1 the embeddings.
+        This is the web UI's clip skip: the hidden state -skip of the text encoder, then its final LayerNorm.
+        """
+        blocks = self.transformer.blocks
+        if isinstance(skip, bool) or not isinstance(skip, int) or not 1 <= skip <= len(blocks) + 1:
+            raise ValueError(f"skip must be an int between 1 and {len(blocks) + 1}, got {skip!r}")
+        x = self.token_embedding(to_compact(ids, self.vocabulary))  # (B, L, D)
+        x = x + self.positional_embedding[:ids.shape[1]]  # (B, L, D)
+        for block in blocks[:len(blocks) + 1 - skip]:
+            x = block(x)  # (B, L, D)
+        return self.ln_final(x)  # (B, L, D)
+
 
 class ImageEncoder(nn.Module):
     """A small CNN: stride-2 stages with GroupNorm and GELU, then flatten and project to E.

@@ -26,7 +26,13 @@ from diffusion_notes.foundations.samplers import SAMPLER_ALIASES, SAMPLERS
 from diffusion_notes.practice.controlnet.units import ControlledUNet, ControlUnit
 from diffusion_notes.practice.finetune.lora_files import applied
 from diffusion_notes.practice.webui import infotext, inpaint
-from diffusion_notes.practice.webui.conditioning import Conditioning, PromptEncoder, WebUIDenoiser
+from diffusion_notes.practice.webui.conditioning import (
+    Conditioning,
+    PromptEncoder,
+    WebUIDenoiser,
+    total_steps,
+    webui_counter,
+)
 from diffusion_notes.practice.webui.extra_networks import parse_extra_networks
 from diffusion_notes.practice.webui.inpaint import latent_mask, pixel_mask  # noqa: F401  (the chapter's)
 from diffusion_notes.practice.webui.prompts import parse_prompt_attention
@@ -155,6 +161,10 @@ def check(settings: Settings) -> Settings:
                          f"height={settings.height!r}; resize the result yourself if you need it larger")
     resolve_seed(settings.seed), resolve_seed(settings.subseed)
     settings.sampler_name = sampler_name(settings.sampler_name)
+    if isinstance(settings.clip_skip, bool) or not isinstance(settings.clip_skip, int) or settings.clip_skip < 1:
+        raise ValueError(f"clip_skip must be an int >= 1 (1 = the text encoder's last layer), got {settings.clip_skip!r}")
+    if not isinstance(settings.old_prompt_editing, bool):
+        raise ValueError(f"old_prompt_editing must be true or false, got {settings.old_prompt_editing!r}")
     if settings.mask is not None and settings.init_image is None:
         raise ValueError("a mask needs an init image (inpainting redraws part of an image)")
     inpaint.check(settings)
@@ -183,12 +193,14 @@ def run_batch(pipe, settings: Settings, seeds: list[int], subseeds: list[int], e
     noise = rng.next()  # (B, 4, 8, 8): the first draw is the starting noise; later ones are the steps'
     z0 = None if init is None else pipe.encode_image(init).expand(B, -1, -1, -1)  # (B, 4, 8, 8)
     start = 0 if init is None else start_step(n, settings.denoising_strength)
-    conds = [Conditioning(encoder, settings.prompt, n) for _ in range(B)]
-    unconds = [Conditioning(encoder, settings.negative_prompt, n, split=False) for _ in range(B)]
+    total, old = total_steps(plan.grid, n), settings.old_prompt_editing  # the web UI's prompt-editing count
+    conds = [Conditioning(encoder, settings.prompt, total, old=old) for _ in range(B)]
+    unconds = [Conditioning(encoder, settings.negative_prompt, total, split=False, old=old) for _ in range(B)]
     unet = pipe.unet
     if settings.controlnet:  # Chapter 17: the units' residuals on every row the denoiser sends
         unet = ControlledUNet(unet, settings.controlnet, plan.grid.timesteps.tolist()[grid_index(plan.grid, start):])
-    model = WebUIDenoiser(unet, conds, unconds, settings.cfg_scale, encoder(""))
+    model = WebUIDenoiser(unet, conds, unconds, settings.cfg_scale, encoder(""),
+                          counter=webui_counter(plan.grid, grid_index(plan.grid, start)))
     if mask is not None:  # inpainting: mask is the job's `inpaint.Inpainting`, fill_seeds its first batch's seeds
         z = inpaint.denoise_masked(model, plan, noise, z0, mask, settings, fill_seeds or seeds, start_step=start,
                                    noise=rng.next, callback=callback)
@@ -223,7 +235,7 @@ def _generate(pipe, settings: Settings, encoded: Settings, model, callback) -> R
     seed, subseed = resolve_seed(settings.seed), resolve_seed(settings.subseed)
     total = settings.batch_size * settings.n_iter
     seeds, subseeds = job_seeds(seed, subseed, settings.subseed_strength, total)  # processing.py's all_seeds
-    encoder = PromptEncoder(pipe.clip)
+    encoder = PromptEncoder(pipe.clip, clip_skip=settings.clip_skip)
     init = job = None
     if settings.init_image is not None and settings.mask is not None:
         _as_rgb(settings.init_image, "init_images")  # a ValueError if it is not an image
@@ -241,7 +253,8 @@ def _generate(pipe, settings: Settings, encoded: Settings, model, callback) -> R
             images = job.paste(images)
         pictures.append(images)
     images = torch.cat(pictures)  # (N, 3, 32, 32)
-    texts = [infotext.create(settings, seeds[i], subseeds[i], model, i % settings.batch_size)
+    counted = total_steps(make_plan(settings.sampler_name, settings.steps, pipe.schedule).grid, settings.steps)
+    texts = [infotext.create(settings, seeds[i], subseeds[i], model, i % settings.batch_size, counted)
              for i in range(total)]
     warnings = [f"the prompt has {count} tokens; it is cut into chunks of 75"
                 for text, count in encoder.token_counts.items() if count > 75 and text]

@@ -19,9 +19,19 @@ import re
 from PIL import Image, PngImagePlugin, UnidentifiedImageError
 
 from diffusion_notes.practice.webui.inpaint import FILLS, blur_sizes
+from diffusion_notes.practice.webui.prompts import old_rule_matters
 
 _PARAM = re.compile(r'\s*(\w[\w \-/]+):\s*("(?:\\.|[^\\"])+"|[^,]*)(?:,|$)')
 NEGATIVE = "Negative prompt:"
+
+
+def flag(text: str) -> bool:
+    """An infotext's True or False."""
+    if text not in ("True", "False"):
+        raise ValueError(f"expected True or False, got {text!r}")
+    return text == "True"
+
+
 # web-UI key -> (API field, type)
 FIELDS = {
     "Steps": ("steps", int), "Sampler": ("sampler_name", str), "CFG scale": ("cfg_scale", float),
@@ -30,6 +40,7 @@ FIELDS = {
     "Batch size": ("batch_size", int), "Model hash": ("sd_model_hash", str), "Model": ("sd_model_name", str),
     "ENSD": ("eta_noise_seed_delta", int), "RNG": ("randn_source", str),
     "Masked area padding": ("inpaint_full_res_padding", int),
+    "Clip skip": ("clip_skip", int), "Old prompt editing timelines": ("old_prompt_editing", flag),
 }
 
 
@@ -38,8 +49,14 @@ def _quote(value) -> str:
     return json.dumps(text, ensure_ascii=False) if any(c in text for c in ',:"\n') else text
 
 
-def create(settings, seed: int, subseed: int, model: tuple[str, str] = ("", ""), batch_pos: int = 0) -> str:
-    """The infotext of one image of a job (`generate.Settings`), with that image's own seeds."""
+def create(settings, seed: int, subseed: int, model: tuple[str, str] = ("", ""), batch_pos: int = 0,
+           schedule_steps: int | None = None) -> str:
+    """The infotext of one image of a job (`generate.Settings`), with that image's own seeds.
+
+    `schedule_steps` is the count its prompt schedules ran over (`conditioning.total_steps`; the
+    steps by default): "Old prompt editing timelines" is written, as the web UI writes it, when
+    that option is on and changes a schedule.
+    """
     name, short_hash = model
     params = {"Steps": settings.steps, "Sampler": settings.sampler_name, "CFG scale": float(settings.cfg_scale),
               "Seed": seed, "Size": f"{settings.width}x{settings.height}", "Model hash": short_hash or None,
@@ -64,6 +81,11 @@ def create(settings, seed: int, subseed: int, model: tuple[str, str] = ("", ""),
         params["ENSD"] = settings.eta_noise_seed_delta
     if settings.randn_source != "GPU":  # the web UI writes its noise source only when it is not the default
         params["RNG"] = settings.randn_source
+    if settings.clip_skip > 1:
+        params["Clip skip"] = settings.clip_skip
+    if settings.old_prompt_editing and old_rule_matters([settings.prompt, settings.negative_prompt],
+                                                         schedule_steps or settings.steps):
+        params["Old prompt editing timelines"] = True
     line = ", ".join(f"{k}: {_quote(v)}" for k, v in params.items() if v is not None)
     negative = f"\n{NEGATIVE} {settings.negative_prompt}" if settings.negative_prompt else ""
     return f"{settings.prompt}{negative}\n{line}"
@@ -113,6 +135,10 @@ def to_settings(parsed: dict) -> dict:
         out["width"], out["height"] = parsed["Size-1"], parsed["Size-2"]
     out.setdefault("subseed_strength", 0.0)
     out.setdefault("randn_source", "GPU")  # no "RNG": the web UI's default source
+    out.setdefault("clip_skip", 1)  # the web UI reads a missing "Clip skip" as 1
+    version = re.match(r"v?(\d+)\.(\d+)\.(\d+)", parsed.get("Version", ""))
+    if version and tuple(map(int, version.groups())) < (1, 6, 0) and "[" in out["prompt"]:
+        out.setdefault("old_prompt_editing", True)  # the web UI's backcompat for infotexts before 1.6.0
     return out
 
 

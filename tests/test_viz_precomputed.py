@@ -135,3 +135,19 @@ def test_denoising_animation_can_store_jpeg_frames():
     assert "data:image/png;base64" in png and len(jpeg) < len(png)
     with pytest.raises(ValueError, match="frame_format"):
         viz.denoising_animation(frames, frame_format="gif")
+
+
+def test_scatter_animation_and_figures_can_be_jpeg(monkeypatch):
+    import matplotlib.pyplot as plt
+    import torch
+
+    clouds = [torch.randn(2000, 2, generator=torch.Generator().manual_seed(k)) for k in range(3)]
+    png, jpeg = viz.scatter_animation(clouds).data, viz.scatter_animation(clouds, frame_format="jpeg").data
+    assert "data:image/jpeg;base64" in jpeg and "data:image/png;base64" not in jpeg and len(jpeg) < len(png)
+    shown = []
+    monkeypatch.setattr("IPython.display.display", shown.append)
+    fig = plt.figure()
+    plt.imshow(torch.rand(64, 64, 3).numpy())
+    viz.show_jpeg(fig)
+    assert len(shown) == 1 and shown[0].format == "jpeg" and shown[0].data[:2] == b"\xff\xd8"
+    assert not plt.fignum_exists(fig.number)  # closed: the notebook shows the JPEG, not the figure too

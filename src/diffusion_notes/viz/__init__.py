@@ -12,6 +12,7 @@ from diffusion_notes.viz.figures import (
                                          image_grid,
                                          offline_player,
                                          scatter_animation,
+                                         show_jpeg,
                                          to_image,
 )
 from diffusion_notes.viz.panels import Setting, companion_animation, companion_grid, sampler_panel
@@ -26,4 +27,4 @@ from diffusion_notes.viz.precomputed import (
 
 __all__ = ["Control", "PrecomputedPanel", "Setting", "companion_animation", "companion_grid", "control",
            "denoising_animation", "figure_png", "image_grid", "offline_player", "png_parameters",
-           "precomputed_panel", "sampler_panel", "scatter_animation", "stamp_png", "to_image"]
+           "precomputed_panel", "sampler_panel", "scatter_animation", "show_jpeg", "stamp_png", "to_image"]

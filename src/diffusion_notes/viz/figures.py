@@ -70,6 +70,17 @@ def figure_png(fig, dpi: int = 80) -> bytes:
     return buffer.getvalue()
 
 
+def show_jpeg(fig, quality: int = 85, dpi: int = 100):
+    """Show a figure as a JPEG and close it: for figures of noisy pictures, which PNG cannot compress
+    (a page's weight)."""
+    from IPython.display import Image, display
+
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="jpeg", dpi=dpi, bbox_inches="tight", pil_kwargs={"quality": quality})
+    plt.close(fig)
+    display(Image(data=buffer.getvalue(), format="jpeg"))
+
+
 # matplotlib's player draws its buttons with Font Awesome, loaded from a CDN; the book's pages load nothing
 # from outside, so the buttons get plain Unicode symbols instead (their titles and aria-labels stay).
 _FONT_AWESOME_LINK = re.compile(r'<link rel="stylesheet"\s+href="[^"]*font-awesome[^"]*">\n?')
@@ -131,8 +142,10 @@ def denoising_animation(frames, titles=None, nrow: int | None = None, interval: 
 
 
 def scatter_animation(frames, titles=None, lim: float = 3.5, interval: int = 120, reference=None, size: float = 3.5,
-                      dpi: int = 72) -> HTML:
-    """Animate 2-D point clouds, one (N, 2) tensor per frame, optionally over ``reference`` points."""
+                      dpi: int = 72, frame_format: str = "png") -> HTML:
+    """Animate 2-D point clouds, one (N, 2) tensor per frame, optionally over ``reference`` points.
+
+    frame_format "jpeg" makes the page several times lighter for clouds of many points."""
     frames = [torch.as_tensor(f).detach().cpu().numpy() for f in frames]
     if not frames:
         raise ValueError("scatter_animation needs at least one frame")
@@ -150,4 +163,4 @@ def scatter_animation(frames, titles=None, lim: float = 3.5, interval: int = 120
             title.set_text(titles[k])
         return (points,)
 
-    return _player(fig, update, len(frames), interval)
+    return _player(fig, update, len(frames), interval, frame_format)

@@ -5,7 +5,9 @@
     Steps: 20, Sampler: DPM++ 2M, CFG scale: 4, Seed: 1, Size: 32x32, Model hash: 0123456789, Model: ldm_unet
 
 The first lines are the prompt, then (if any) the negative prompt, then one line of `Key: value`
-pairs; a value holding a comma, a colon or a quote is written as a JSON string. The text is stored
+pairs; a value holding a comma, a colon or a quote is written as a JSON string. After the
+settings come the job's other pairs (`Settings.extra_generation_params`: "Lora hashes", one
+"ControlNet N" per unit) and last the program's "Version", as the web UI writes them. The text is stored
 in the PNG's `parameters` text chunk. `parse` reads it back to the web UI's keys, `to_settings`
 to the API's field names.
 """
@@ -17,6 +19,10 @@ import json
 import re
 
 from PIL import Image, PngImagePlugin, UnidentifiedImageError
+
+from diffusion_notes import __version__
+
+VERSION = f"diffusion_notes-v{__version__}"  # the infotext's "Version"
 
 _PARAM = re.compile(r'\s*(\w[\w \-/]+):\s*("(?:\\.|[^\\"])+"|[^,]*)(?:,|$)')
 NEGATIVE = "Negative prompt:"
@@ -52,6 +58,8 @@ def create(settings, seed: int, subseed: int, model: tuple[str, str] = ("", ""),
             params.update({"Inpaint area": "Only masked", "Masked area padding": settings.inpaint_full_res_padding})
     if settings.batch_size > 1:
         params.update({"Batch size": settings.batch_size, "Batch pos": batch_pos})
+    params.update(getattr(settings, "extra_generation_params", None) or {})
+    params["Version"] = VERSION
     line = ", ".join(f"{k}: {_quote(v)}" for k, v in params.items() if v is not None)
     negative = f"\n{NEGATIVE} {settings.negative_prompt}" if settings.negative_prompt else ""
     return f"{settings.prompt}{negative}\n{line}"

@@ -21,48 +21,28 @@ method a route does not take, 422 for a setting of the wrong type, out of range 
 from __future__ import annotations
 
 import base64
-import binascii
 import json
 import time
 from dataclasses import replace
 
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse
-from pydantic import ValidationError
-from starlette.concurrency import run_in_threadpool
 
 from diffusion_notes.practice.controlnet.units import ControlUnit
 from diffusion_notes.practice.webui import infotext, xyz
-from diffusion_notes.practice.webui.api_controlnet import add_controlnet_routes, png64, read_units
+from diffusion_notes.practice.webui.api_controlnet import add_controlnet_routes, read_units
+from diffusion_notes.practice.webui.api_io import MAX_BODY, answer, decode_image, error, png64  # noqa: F401
 from diffusion_notes.practice.webui.api_models import (
-    BadRequest,
     GenerationResponse,
     Img2ImgRequest,
     PngInfoRequest,
     PngInfoResponse,
     Txt2ImgRequest,
-    http_error,
 )
 from diffusion_notes.practice.webui.api_requests import Job, build_job, styles_of
 from diffusion_notes.practice.webui.api_routes import add_sdapi_routes
 from diffusion_notes.practice.webui.api_scripts import check_alwayson, plot_arguments
 from diffusion_notes.practice.webui.generate import SAMPLER_ALIASES, WEBUI_NAME, Result
 from diffusion_notes.practice.webui.state import VERSION, WebUIState
-
-MAX_BODY = 20_000_000
-
-
-def decode_image(data, what: str):
-    """A base64 image (with or without a data: prefix) -> PIL image, or BadRequest."""
-    if not isinstance(data, str):
-        raise BadRequest(f"{what} must be a base64 string, got {type(data).__name__}")
-    if data.startswith("data:"):
-        data = data.split(",", 1)[-1]
-    try:
-        raw = base64.b64decode(data, validate=True)
-    except (binascii.Error, ValueError):
-        raise BadRequest(f"{what} is not valid base64") from None
-    return infotext.read_image(raw, what)
 
 
 def control_units(scripts) -> list[ControlUnit]:
@@ -164,39 +144,6 @@ def png_info(request: PngInfoRequest, state: WebUIState) -> PngInfoResponse:
         if found:
             parsed.update({"Prompt": prompt, "Negative prompt": negative, "Styles array": found})
     return PngInfoResponse(info=text, items=items, parameters=parsed)
-
-
-async def answer(request: Request, model, work):
-    """Read the body as `model` (any JSON when None), run `work` on it in a thread; errors as 4xx JSON."""
-    try:
-        raw = await request.body()
-        if len(raw) > MAX_BODY:
-            raise BadRequest(f"the request is {len(raw)} bytes; the limit is {MAX_BODY}")
-        body = _parse(model, raw)
-        result = await run_in_threadpool(work, body)
-        return JSONResponse(result.model_dump() if hasattr(result, "model_dump") else result)
-    except BadRequest as err:
-        return error(400, err)
-    except (ValueError, TypeError) as err:  # a setting out of range or of the wrong type, an unknown sampler
-        return error(422, err)
-
-
-def _parse(model, raw: bytes):
-    if model is None:
-        try:
-            return json.loads(raw or b"{}")
-        except (json.JSONDecodeError, UnicodeDecodeError) as err:
-            raise BadRequest(f"the request body is not JSON: {err}") from None
-    try:
-        return model.model_validate_json(raw or b"{}") if isinstance(raw, bytes) else model.model_validate(raw)
-    except ValidationError as err:
-        raise http_error(err) from None
-
-
-def error(status: int, err: Exception) -> JSONResponse:
-    """The web UI's error body: {"error": the kind, "detail": what is wrong, "body": "", "errors": the same text}."""
-    return JSONResponse({"error": type(err).__name__, "detail": str(err), "body": "", "errors": str(err)},
-                        status_code=status)
 
 
 def create_api(state: WebUIState) -> FastAPI:

@@ -21,15 +21,13 @@ warnings when they are not at their defaults.
 
 from __future__ import annotations
 
-import base64
-import io
-
 from fastapi import FastAPI, Request
 from PIL import Image
 from pydantic import ValidationError
 
 from diffusion_notes.practice.controlnet import preprocessors
 from diffusion_notes.practice.controlnet.units import CONTROL_MODES, ControlUnit
+from diffusion_notes.practice.webui.api_io import answer, decode_image, png64
 from diffusion_notes.practice.webui.api_models import BadRequest, ControlNetScript, ControlNetUnitRequest
 
 API_VERSION = 3  # the extension's external_code.get_api_version()
@@ -98,12 +96,6 @@ def unit_infotext(arg: ControlNetUnitRequest, unit: ControlUnit, resize: str) ->
                      for name in INFOTEXT_FIELDS)
 
 
-def png64(image) -> str:
-    buffer = io.BytesIO()
-    (image if isinstance(image, Image.Image) else Image.fromarray(image)).save(buffer, format="png")
-    return base64.b64encode(buffer.getvalue()).decode("ascii")
-
-
 def modules(alias_names: bool = False) -> dict:
     names = [m.label if alias_names else m.name for m in preprocessors.MODULES.values()]
     detail = {m.label if alias_names else m.name: m.api() for m in preprocessors.MODULES.values()}
@@ -142,7 +134,6 @@ def detect(body: dict, decode) -> dict:
 
 def add_controlnet_routes(app: FastAPI, state) -> FastAPI:
     """The extension's routes besides model_list (which api.add_routes serves)."""
-    from diffusion_notes.practice.webui.api import answer, decode_image  # the API's reading and answering
 
     @app.get("/controlnet/version")
     def version():

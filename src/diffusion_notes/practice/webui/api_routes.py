@@ -23,6 +23,7 @@ from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field
 
 from diffusion_notes.practice.webui import interrogate
+from diffusion_notes.practice.webui.api_io import answer, decode_image, error, png64
 from diffusion_notes.practice.webui.api_requests import OPTION_DEFAULTS, styles_of
 from diffusion_notes.practice.webui.api_scripts import script_info, scripts_list
 from diffusion_notes.practice.webui.styles import StyleDatabase
@@ -92,8 +93,6 @@ def extras(request: ExtrasRequest, decode) -> dict:
              for name in ("gfpgan_visibility", "codeformer_visibility") if getattr(request, name) > 0]
     if request.model_extra:
         notes.append(f"unknown field(s) ignored: {', '.join(sorted(request.model_extra))}")
-    from diffusion_notes.practice.webui.api_controlnet import png64
-
     info = f"<p>{request.upscaler_1}: {image.width}x{image.height} -> {out.width}x{out.height}</p>"
     return {"html_info": info + "".join(f"<p>{n}</p>" for n in notes),
             "image": png64(out) if request.show_extras_results else None}
@@ -156,7 +155,6 @@ def interrogate_route(body: dict, state, decode) -> dict:
 
 
 def add_sdapi_routes(app: FastAPI, state) -> FastAPI:
-    from diffusion_notes.practice.webui.api import answer, decode_image, error  # the API's reading and answering
 
     for key, value in OPTION_DEFAULTS.items():  # the options jobs read, settable by POST /sdapi/v1/options
         state.options.setdefault(key, value)

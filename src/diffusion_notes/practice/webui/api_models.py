@@ -116,7 +116,6 @@ OUR_DEFAULTS = {
     "sampler_index": ("Euler", "None here, so that sampler_name's default stands"),
     "scheduler": (None, "'Automatic', what the web UI's None means"),
     "width": (512, "the model draws 32x32 pictures"), "height": (512, "as width"),
-    "eta": (None, "the same: None is the sampler's default"),
     "s_churn": (None, "0, the web UI's option default that its None reads"),
     "s_tmax": (None, "0 (no limit), as the web UI's None reads its option"),
     "s_tmin": (None, "0, as the web UI's None reads its option"),
@@ -128,7 +127,6 @@ OUR_DEFAULTS = {
     "inpaint_full_res": (True, "False: a 32x32 picture has nothing to gain from a crop"),
     "inpaint_full_res_padding": (0, "4 pixels around the crop"),
     "init_images": (None, "required: an img2img job needs a picture"),
-    "override_settings": (None, "the same: None is no override"),
 }
 
 
@@ -209,7 +207,7 @@ class Txt2ImgRequest(_SettingsRequest):
     script_args: list = []
     send_images: bool = True
     save_images: bool = False
-    alwayson_scripts: dict[str, Any] | None = None
+    alwayson_scripts: dict[str, Any] | None = {}
     infotext: str | None = None
 
     def values(self) -> dict:

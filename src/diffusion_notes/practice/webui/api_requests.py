@@ -105,7 +105,7 @@ def field_warnings(request: Txt2ImgRequest) -> list[str]:
     """The fields set to a value the API cannot honour (a ValueError for a refused one), and the unknown keys."""
     img2img = isinstance(request, Img2ImgRequest)
     out = []
-    for name in request.model_fields_set:
+    for name in [n for n in type(request).model_fields if n in request.model_fields_set]:
         status, note = A1111_FIELDS.get(name, ("honoured", ""))
         value = getattr(request, name)
         if status != "honoured" and value not in OFF.get(name, (None,)) and _active(request, name):

@@ -63,11 +63,11 @@ class Module:
         return {"model_free": False, "sliders": [s.api() for s in self.sliders if s is not None]}
 
 
-MODULES = {
+MODULES = {  # in the extension's order: "none" first, then by its sorting priority (canny 100, invert 20)
     "none": Module("none", "none", (RESOLUTION, None, None)),
-    "invert": Module("invert", "invert (from white bg & black line)", (None, None, None), ("Canny",)),
     "canny": Module("canny", "canny", (RESOLUTION, Slider("Low Threshold", 100, 1, 255),
                                         Slider("High Threshold", 200, 1, 255)), ("Canny",)),
+    "invert": Module("invert", "invert (from white bg & black line)", (None, None, None), ("Canny",)),
 }
 
 

@@ -61,7 +61,7 @@ class Job:
 def styles_of(state) -> StyleDatabase:
     """The server's styles (`state.styles`), an empty database when it keeps none."""
     styles = getattr(state, "styles", None)
-    return styles if styles is not None else StyleDatabase(None)
+    return styles.current() if styles is not None else StyleDatabase(None)
 
 
 def fill_from_infotext(request: Txt2ImgRequest, state) -> dict:

@@ -59,11 +59,20 @@ class StyleDatabase:
     def __init__(self, path=None):
         self.path = Path(path) if path is not None else None
         self.styles: dict[str, PromptStyle] = {}
+        self._read = None  # the file's mtime when last read
         self.reload()
+
+    def current(self) -> StyleDatabase:
+        """The database, read again if its file changed since it was last read."""
+        mtime = self.path.stat().st_mtime_ns if self.path is not None and self.path.is_file() else None
+        if mtime != self._read:
+            self.reload()
+        return self
 
     def reload(self) -> None:
         self.styles = {}
-        if self.path is None or not self.path.is_file():
+        self._read = self.path.stat().st_mtime_ns if self.path is not None and self.path.is_file() else None
+        if self._read is None:
             return
         try:
             with open(self.path, encoding="utf-8-sig", newline="") as file:

@@ -118,7 +118,7 @@ def control_types(models: list[str]) -> dict:
 def detect(body: dict, decode) -> dict:
     """POST /controlnet/detect: each picture through the preprocessor, the maps as base64 PNGs."""
     name = body.get("controlnet_module", "none")
-    pictures = body.get("controlnet_input_images") or []
+    pictures = body.get("controlnet_input_images") or body.get("controlnet_images") or []  # webuiapi's older name
     if not isinstance(pictures, list) or not pictures:
         raise ValueError("No image selected: send controlnet_input_images, a list of base64 pictures")
     preprocessors.module(name)  # a 422 for a module that is not here

@@ -156,11 +156,12 @@ def interrogate_route(body: dict, state, decode) -> dict:
 
 def add_sdapi_routes(app: FastAPI, state) -> FastAPI:
 
-    for key, value in OPTION_DEFAULTS.items():  # the options jobs read, settable by POST /sdapi/v1/options
-        state.options.setdefault(key, value)
-    if getattr(state, "styles", None) is None:
-        data = getattr(state.outputs_dir, "parent", None)
-        state.styles = StyleDatabase(Path(data) / "styles.csv" if data is not None else None)
+    if state is not None:
+        for key, value in OPTION_DEFAULTS.items():  # the options jobs read, settable by POST /sdapi/v1/options
+            state.options.setdefault(key, value)
+        if getattr(state, "styles", None) is None:  # the styles.csv beside the outputs folder
+            data = getattr(state.outputs_dir, "parent", None)
+            state.styles = StyleDatabase(Path(data) / "styles.csv" if data is not None else None)
     app.get("/sdapi/v1/scripts")(scripts_list)
     app.get("/sdapi/v1/script-info")(script_info)
     app.get("/sdapi/v1/schedulers")(schedulers)

@@ -154,6 +154,9 @@ def test_extra_single_image_upscales_with_the_upscalers_we_have(client):
                                                           "upscaling_resize_h": 40})
     expected = np.asarray(image.resize((48, 48), Image.NEAREST))[4:44]
     assert np.array_equal(np.asarray(decode(r.json()["image"])), expected)
+    r = client.post("/sdapi/v1/extra-batch-images", json={"imageList": [{"data": png64(image), "name": "a"}] * 2,
+                                                          "upscaler_1": "Nearest", "upscaling_resize": 1.5})
+    assert [decode(b).size for b in r.json()["images"]] == [(48, 48), (48, 48)]
     r = client.post("/sdapi/v1/extra-single-image", json={"image": png64(image), "upscaler_1": "R-ESRGAN 4x+"})
     assert r.status_code == 422 and "Lanczos" in r.json()["detail"]
 

@@ -115,6 +115,7 @@ def test_png_info_redraws_through_the_infotext_field(api):
 
 
 def test_interrogate_and_upscale_through_the_client(api):
+    """webuiapi's interrogate (the caption lands in result.info) and extra_single_image (result.image)."""
     picture = to_pil(render([ITEM]))[0]
     caption = api.interrogate(picture).info
     assert isinstance(caption, str) and caption.startswith("a ")

@@ -5,7 +5,7 @@
     GET  prompt-styles                    the styles.csv (`styles`);  POST refresh-embeddings, refresh-vae
     GET  memory, cmd-flags                RAM (and the accelerator's), the server's own settings
     POST unload-checkpoint, reload-checkpoint   the model's weights to the CPU and back
-    POST extra-single-image               upscale a picture with the upscalers we have (None, Lanczos, Nearest)
+    POST extra-single-image, extra-batch-images   upscale pictures with the upscalers we have (None, Lanczos, Nearest)
     POST interrogate                      the caption the book's CLIP ranks highest (`interrogate`)
 
 A route asked with a method it does not take is a 405, as FastAPI answers when no page catches it.
@@ -52,6 +52,7 @@ class ExtrasRequest(BaseModel):
 
     model_config = ConfigDict(extra="allow")
     image: str = ""
+    imageList: list[dict] = []  # extra-batch-images, the web UI's name: [{"data": base64, "name": ...}]
     resize_mode: int = Field(0, ge=0, le=1)
     show_extras_results: bool = True
     gfpgan_visibility: float = Field(0, ge=0, le=1)
@@ -180,6 +181,15 @@ def add_sdapi_routes(app: FastAPI, state) -> FastAPI:
     @app.post("/sdapi/v1/extra-single-image")
     async def extra_single_image(request: Request):
         return await answer(request, ExtrasRequest, lambda body: extras(body, decode_image))
+
+    @app.post("/sdapi/v1/extra-batch-images")
+    async def extra_batch_images(request: Request):
+        def work(body: ExtrasRequest) -> dict:
+            done = [extras(body.model_copy(update={"image": item.get("data", "")}), decode_image)
+                    for item in body.imageList]
+            return {"html_info": "".join(d["html_info"] for d in done), "images": [d["image"] for d in done]}
+
+        return await answer(request, ExtrasRequest, work)
 
     @app.post("/sdapi/v1/interrogate")
     async def interrogate_api(request: Request):

@@ -58,8 +58,9 @@ def read_units(entry, decode) -> tuple[list[ControlUnit], list[Image.Image], dic
     try:
         args = ControlNetScript.model_validate(entry).args
     except ValidationError as err:
-        loc = ".".join(str(p) for p in err.errors()[0]["loc"])
-        if len(err.errors()[0]["loc"]) > 2:  # a unit's value: a 422
+        parts = [str(p) for p in err.errors()[0]["loc"] if p != "ControlNetUnitRequest"]
+        loc = ".".join(parts)
+        if len(parts) > 2:  # a unit's value: a 422
             raise ValueError(f"alwayson_scripts.controlnet.{loc}: {err.errors()[0]['msg']}") from None
         raise BadRequest('alwayson_scripts.controlnet must be {"args": [unit, ...]}, each unit a JSON object '
                          f"({loc}: {err.errors()[0]['msg']})") from None

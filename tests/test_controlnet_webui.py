@@ -81,24 +81,24 @@ def test_alwayson_controlnet_in_img2img(client, outline):
     r = client.post("/sdapi/v1/img2img", json={
         "prompt": PROMPT, "init_images": [source], "steps": 4, "denoising_strength": 0.6, "seed": 1,
         "alwayson_scripts": {"controlnet": {"args": [{"image": outline, "model": "moved"}]}}})
-    assert r.status_code == 200 and len(r.json()["images"]) == 1
+    assert r.status_code == 200 and len(r.json()["images"]) == 2  # the picture, then the unit's map (the extension's)
 
 
 @pytest.mark.parametrize("unit, message", [
     (dict(model="moved", weight=-1), "controlnet_conditioning_scale must be >= 0"),
     (dict(model="moved", guidance_start=0.7, guidance_end=0.3), "start < end"),
     (dict(model="nope"), "unknown ControlNet model 'nope'"),
-    (dict(model="moved", module="canny"), "preprocessors are not supported"),
+    (dict(model="moved", module="hed"), "unknown ControlNet preprocessor (module) 'hed'"),
 ])
 def test_bad_units_get_422(client, outline, unit, message):
     r = txt2img(client, outline, **unit)
     assert r.status_code == 422 and message in r.json()["detail"]
 
 
-def test_wrong_size_and_bad_shape(client):
-    big = png64(Image.new("RGB", (64, 64)))
+def test_any_size_is_resized_and_a_bad_shape_is_a_400(client):
+    big = png64(Image.new("RGB", (64, 48)))
     r = txt2img(client, big, model="moved")
-    assert r.status_code == 422 and "32x32" in r.json()["detail"]
+    assert r.status_code == 200 and Image.open(io.BytesIO(base64.b64decode(r.json()["images"][1]))).size == (32, 32)
     r = client.post("/sdapi/v1/txt2img", json={"prompt": PROMPT, "alwayson_scripts": {"controlnet": [1, 2]}})
     assert r.status_code == 400 and "args" in r.json()["detail"]
 

@@ -16,7 +16,7 @@ from PIL import Image
 
 from diffusion_notes import pretrained
 from diffusion_notes.practice.webui import infotext
-from diffusion_notes.practice.webui.api_models import Img2ImgRequest, Txt2ImgRequest
+from diffusion_notes.practice.webui.api_models import ControlNetScript, Img2ImgRequest, Txt2ImgRequest
 from diffusion_notes.practice.webui.app import create_app
 from diffusion_notes.practice.webui.generate import Settings, check
 from diffusion_notes.practice.webui.models import ModelRegistry
@@ -103,14 +103,20 @@ def test_bad_input_is_a_4xx_json_error(client, change, status, message):
 
 
 def test_a_field_of_the_wrong_type_gets_the_same_answer_as_before(client):
-    """The request models check types as generate.check does, with its message, so the answer is the same 422."""
-    for field, value in (("steps", "many"), ("steps", 2.5), ("steps", True), ("cfg_scale", "7"), ("prompt", 5)):
+    """A value the web UI's models cannot read is the same 422 as generate.check gives, in the web UI's error body
+    (modules/api/api.py, api_middleware's handle_exception: error, detail, body, errors); a value they coerce
+    ("2" for an int, "7" for a float) is read as they read it."""
+    for field, value in (("steps", "many"), ("steps", 2.5), ("prompt", 5)):
         r = client.post("/sdapi/v1/txt2img", json={"prompt": "a", "steps": 2, field: value})
         with pytest.raises(ValueError) as checked:
             check(Settings(**{"prompt": "a", "steps": 2, field: value}))
-        assert r.status_code == 422 and r.json() == {"error": "ValueError", "detail": str(checked.value)}, field
+        detail = str(checked.value)
+        assert r.status_code == 422 and r.json() == {"error": "ValueError", "detail": detail, "body": "",
+                                                     "errors": detail}, field
+    r = client.post("/sdapi/v1/txt2img", json={"prompt": "a", "steps": "2", "cfg_scale": "7", "seed": "3"})
+    assert r.status_code == 200 and (r.json()["parameters"]["steps"], r.json()["parameters"]["cfg_scale"]) == (2, 7.0)
     r = client.post("/sdapi/v1/img2img", json={"prompt": "a", "init_images": "not a list"})
-    assert r.status_code == 400 and "init_images must be a list holding one base64 image" in r.json()["detail"]
+    assert r.status_code == 400 and "init_images must be a list of base64 images" in r.json()["detail"]
     r = client.post("/sdapi/v1/txt2img", json={"prompt": "a", "override_settings": [1]})
     assert r.status_code == 400 and "override_settings must be a JSON object" in r.json()["detail"]
 
@@ -122,8 +128,9 @@ def test_the_request_models_take_settings_fields_and_an_int_for_a_float():
     values = request.values()
     assert values == {"prompt": "a", "cfg_scale": 7.0, "subseed_strength": 1.0, "sampler_name": "Euler a"}
     assert type(values["cfg_scale"]) is float and type(values["subseed_strength"]) is float
-    assert type(request.alwayson_scripts.units()[0].weight) is float
-    settings = {f.name for f in dataclasses.fields(Settings)} - {"init_image", "init_images", "mask", "controlnet"}
+    assert type(ControlNetScript.model_validate(request.alwayson_scripts["controlnet"]).args[0].weight) is float
+    settings = {f.name for f in dataclasses.fields(Settings)} - {"init_image", "init_images", "mask", "controlnet",
+                                                                "extra_generation_params"}
     assert settings <= set(Txt2ImgRequest.model_fields) and Txt2ImgRequest().cfg_scale == Settings().cfg_scale
     assert Img2ImgRequest.model_validate({"init_images": ["x"], "denoising_strength": 1}).denoising_strength == 1.0
 

@@ -9,7 +9,13 @@ The web UI's ControlNet extension takes, in a txt2img or img2img request,
 `ControlledUNet` wraps the UNet so that whoever calls unet(x, t, context) (the pipeline's guided
 batch, the web UI's denoiser with its prompt and negative rows together) gets every unit's
 residuals, times its weight, at the steps its window keeps; several units' residuals add up, as in
-diffusers' MultiControlNet. The condition image is taken as given: no preprocessor.
+diffusers' MultiControlNet. The condition image is taken as given (the web UI's API runs the
+extension's preprocessors and resize modes first: `preprocessors`).
+
+A unit's control mode is the extension's: "Balanced" adds the residuals as trained; "My prompt is
+more important" weights them by depth, 0.825 ** (K - k) for residual k of K (the middle block
+keeps 1); "ControlNet is more important" weights them so and adds them to the prompt's rows only,
+so the negative prompt's rows draw without the control and guidance pushes towards it.
 """
 
 from __future__ import annotations
@@ -22,6 +28,8 @@ import torch
 
 from diffusion_notes.practice.controlnet.model import controlnet_residuals
 
+CONTROL_MODES = ("Balanced", "My prompt is more important", "ControlNet is more important")
+
 
 @dataclass
 class ControlUnit:
@@ -33,10 +41,13 @@ class ControlUnit:
     guidance_start: float = 0.0
     guidance_end: float = 1.0
     net: object = None  # the ControlNet `model` names, filled in by the web UI's generate
+    control_mode: str = "Balanced"  # the extension's: one of CONTROL_MODES
 
     def check(self, known=None) -> ControlUnit:
-        """Raise a ValueError for a bad weight or window, an unknown model, or a condition image that is not 32x32."""
+        """Raise a ValueError for a bad weight, window or control mode, an unknown model, or an image not 32x32."""
         check_control(self.weight, self.guidance_start, self.guidance_end)
+        if self.control_mode not in CONTROL_MODES:
+            raise ValueError(f"control_mode must be one of {', '.join(CONTROL_MODES)}, got {self.control_mode!r}")
         if known is not None and self.model not in known:
             raise ValueError(f"unknown ControlNet model {self.model!r}; the models are {', '.join(known) or 'none'}")
         condition_image(self.image)
@@ -98,6 +109,14 @@ def condition_image(image, size: int = 32) -> torch.Tensor:
     return image
 
 
+def soft_injection_scales(n: int) -> list[float]:
+    r"""(n + 1) depth weights for n skip residuals and the middle one: the extension's soft injection.
+
+    $$w_k = 0.825^{\,n - k},\quad k = 0, \dots, n$$
+    """
+    return [0.825 ** (n - k) for k in range(n + 1)]
+
+
 class ControlledUNet:
     """unet(x, t, context) plus the residuals of every unit whose window keeps the step (Zhang et al. 2023, Fig. 3).
 
@@ -108,10 +127,13 @@ class ControlledUNet:
     also multiply the residuals (the pipeline's guess mode gives its negative rows 0). A unit's image
     has 1 row, or one per row of the prompt batch (repeated over a guided batch's halves). In guess
     mode the residuals are weighted by depth (`model.guess_mode_scales`), as diffusers' guess_mode.
+    `images` is the number of pictures when the rows past them are the negative prompt's (the web
+    UI's denoiser puts them last); a unit in "ControlNet is more important" mode leaves those out.
     """
 
-    def __init__(self, unet, units: list[ControlUnit], timesteps: list, guess_mode: bool = False):
-        self.unet, self.units, self.guess_mode = unet, units, guess_mode
+    def __init__(self, unet, units: list[ControlUnit], timesteps: list, guess_mode: bool = False,
+                 images: int | None = None):
+        self.unet, self.units, self.guess_mode, self.images = unet, units, guess_mode, images
         device = next(unet.parameters()).device
         run = [float(t) for t in timesteps]
         self.keep = [dict(zip(run, control_keep(len(run), u.guidance_start, u.guidance_end))) for u in units]
@@ -127,8 +149,19 @@ class ControlledUNet:
                 continue
             if len(condition) not in (1, len(x)):
                 condition = condition.repeat(len(x) // len(condition), 1, 1, 1)  # (B, 3, H, W)
-            d, m = controlnet_residuals(unit.net, x, t, context, condition, s if rows is None else rows * s,
+            d, m = controlnet_residuals(unit.net, x, t, context, condition, self._rows(unit, x, rows) * s,
                                         self.guess_mode)
+            if unit.control_mode != "Balanced":
+                *w, w_mid = soft_injection_scales(len(d))
+                d, m = [r * wk for r, wk in zip(d, w)], m * w_mid
             down = d if down is None else [a + b for a, b in zip(down, d)]  # several units add up
             mid = m if mid is None else mid + m
         return self.unet(x, t, context, down_residuals=down, mid_residual=mid)
+
+    def _rows(self, unit: ControlUnit, x: torch.Tensor, rows):
+        """The unit's weight on each row: the context's row weights, and 0 on the negative rows in "ControlNet" mode."""
+        if unit.control_mode != "ControlNet is more important" or self.images is None or len(x) <= self.images:
+            return 1.0 if rows is None else rows
+        mask = torch.ones(len(x), dtype=x.dtype, device=x.device)
+        mask[len(x) - self.images:] = 0  # (N,): the last `images` rows are the negative prompt's
+        return mask if rows is None else rows * mask

@@ -102,6 +102,8 @@ class Settings:
     mask_blur_x: int | None = None  # None: mask_blur
     mask_blur_y: int | None = None
     mask_round: bool = True
+    # the infotext's other "Key: value" pairs, as the web UI's p.extra_generation_params ("Lora hashes", "ControlNet 0")
+    extra_generation_params: dict = field(default_factory=dict)
 
     def public(self) -> dict:
         """The settings as JSON (without the images; ControlNet units without their images)."""
@@ -198,7 +200,8 @@ def run_batch(pipe, settings: Settings, seeds: list[int], subseeds: list[int], e
     unconds = [Conditioning(encoder, settings.negative_prompt, total, split=False, old=old) for _ in range(B)]
     unet = pipe.unet
     if settings.controlnet:  # Chapter 17: the units' residuals on every row the denoiser sends
-        unet = ControlledUNet(unet, settings.controlnet, plan.grid.timesteps.tolist()[grid_index(plan.grid, start):])
+        unet = ControlledUNet(unet, settings.controlnet, plan.grid.timesteps.tolist()[grid_index(plan.grid, start):],
+                              images=B)
     model = WebUIDenoiser(unet, conds, unconds, settings.cfg_scale, encoder(""),
                           counter=webui_counter(plan.grid, grid_index(plan.grid, start)))
     if mask is not None:  # inpainting: mask is the job's `inpaint.Inpainting`, fill_seeds its first batch's seeds
@@ -226,6 +229,9 @@ def generate(pipe, settings: Settings, model: tuple[str, str] = ("", ""), callba
         raise ValueError(f"the prompt names {len(tags)} extra network(s) ({tags[0][0]}:{tags[0][1]}) "
                          "but no LoRAs are loaded")
     networks = loras.networks(tags) if tags else []
+    if networks:
+        settings = replace(settings, extra_generation_params={**settings.extra_generation_params,
+                                                              "Lora hashes": loras.hashes(tags)})
     with applied(pipe.unet, networks):
         return _generate(pipe, settings, replace(settings, prompt=prompt), model, callback)
 

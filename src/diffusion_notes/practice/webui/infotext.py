@@ -5,7 +5,9 @@
     Steps: 20, Sampler: DPM++ 2M, CFG scale: 4, Seed: 1, Size: 32x32, Model hash: 0123456789, Model: ldm_unet
 
 The first lines are the prompt, then (if any) the negative prompt, then one line of `Key: value`
-pairs; a value holding a comma, a colon or a quote is written as a JSON string. The text is stored
+pairs; a value holding a comma, a colon or a quote is written as a JSON string. After the
+settings come the job's other pairs (`Settings.extra_generation_params`: "Lora hashes", one
+"ControlNet N" per unit) and last the program's "Version", as the web UI writes them. The text is stored
 in the PNG's `parameters` text chunk. `parse` reads it back to the web UI's keys, `to_settings`
 to the API's field names.
 """
@@ -18,8 +20,11 @@ import re
 
 from PIL import Image, PngImagePlugin, UnidentifiedImageError
 
+from diffusion_notes import __version__
 from diffusion_notes.practice.webui.inpaint import FILLS, blur_sizes
 from diffusion_notes.practice.webui.prompts import old_rule_matters
+
+VERSION = f"diffusion_notes-v{__version__}"  # the infotext's "Version"
 
 _PARAM = re.compile(r'\s*(\w[\w \-/]+):\s*("(?:\\.|[^\\"])+"|[^,]*)(?:,|$)')
 NEGATIVE = "Negative prompt:"
@@ -86,6 +91,8 @@ def create(settings, seed: int, subseed: int, model: tuple[str, str] = ("", ""),
     if settings.old_prompt_editing and old_rule_matters([settings.prompt, settings.negative_prompt],
                                                          schedule_steps or settings.steps):
         params["Old prompt editing timelines"] = True
+    params.update(getattr(settings, "extra_generation_params", None) or {})
+    params["Version"] = VERSION
     line = ", ".join(f"{k}: {_quote(v)}" for k, v in params.items() if v is not None)
     negative = f"\n{NEGATIVE} {settings.negative_prompt}" if settings.negative_prompt else ""
     return f"{settings.prompt}{negative}\n{line}"

@@ -56,13 +56,16 @@ class WebUIState:
                                                                 pipe.schedule)}
         return self._embedded[id(pipe)]
 
-    def run(self, settings: Settings, checkpoint: str | None = None, callback=None) -> Result:
-        """A job on the current checkpoint (or `checkpoint` for this job only); saves PNGs if there is a folder."""
+    def run(self, settings: Settings, checkpoint: str | None = None, callback=None, save: bool = True) -> Result:
+        """A job on the current checkpoint (or `checkpoint` for this job only); saves its PNGs if asked and in a folder.
+
+        The pages save every job; the API saves only when the request says save_images (as the web UI's API).
+        """
         with self.lock:
             pipe, info = self.registry.pipeline(checkpoint)
             result = generate(self._with_embeddings(pipe), settings, (info.model_name, info.hash),
                               callback=callback, loras=self.loras, controlnets=self.controlnets)
-        if self.outputs_dir is not None:
+        if self.outputs_dir is not None and save:
             kind = "img2img-images" if settings.init_image is not None else "txt2img-images"
             folder = self.outputs_dir / kind
             folder.mkdir(parents=True, exist_ok=True)

@@ -176,17 +176,17 @@ def grid_from_sigmas(sampler: str, sigmas: torch.Tensor, schedule: Schedule, *, 
     if kind == "one":
         return Grid(sigma_to_t(hat, schedule), sigmas, None, None if gammas is None else hat)
     n = len(hat)
-    step_index = torch.arange(2 * n - 1).div(2, rounding_mode="floor")  # 0, 0, 1, 1, ..., n - 1
+    m = n if sigmas[-1] > 0 else n - 1  # steps with a second call: all but a last one that ends at sigma = 0
+    step_index = torch.arange(2 * m + (n - m)).div(2, rounding_mode="floor")  # 0, 0, 1, 1, ..., (n - 1)
     if kind == "heun":  # second call at the step's end, sigma_{k+1}
-        second = sigmas[1:-1]  # (n - 1,)
-        at = torch.cat([torch.stack([sigmas[:-2], second], 1).flatten(), sigmas[-2:]])  # (2n,) s_k, s_{k+1}, ..., 0
+        second = sigmas[1:m + 1]  # (m,)
     else:
         from diffusion_notes.foundations.samplers.dpm2 import ancestral_sigmas, midpoint_sigma
 
-        to = sigmas[1:-1] if kind == "dpm2" else ancestral_sigmas(hat[:-1], sigmas[1:-1], eta_ancestral)[1]
-        second = midpoint_sigma(hat[:-1], to)  # (n - 1,): each step's midpoint, toward sigma_down for DPM2 a
-        at = torch.cat([torch.stack([sigmas[:-2], second], 1).flatten(), sigmas[-2:]])  # (2n,)
-    calls = torch.cat([torch.stack([hat[:-1], second], 1).flatten(), hat[-1:]])  # (2n - 1,)
+        to = sigmas[1:m + 1] if kind == "dpm2" else ancestral_sigmas(hat[:m], sigmas[1:m + 1], eta_ancestral)[1]
+        second = midpoint_sigma(hat[:m], to)  # (m,): each step's midpoint, toward sigma_down for DPM2 a
+    at = torch.cat([torch.stack([sigmas[:m], second], 1).flatten(), sigmas[m:]])  # (N + 1,): where x sits, then 0
+    calls = torch.cat([torch.stack([hat[:m], second], 1).flatten(), hat[m:]])  # (N,)
     return Grid(sigma_to_t(calls, schedule), at, step_index, None if gammas is None else calls)
 
 

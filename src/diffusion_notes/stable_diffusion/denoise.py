@@ -142,7 +142,8 @@ def denoise(model, plan: Plan, first: torch.Tensor, *, z0: torch.Tensor | None =
 
     txt2img (z0 None): x_T = first * plan.init_scale, where diffusers' pipelines start.
     img2img: z0 noised by `first` to where step `start_step` begins (`noise_to_grid_point`: SDEdit),
-    and the loop runs the steps from there; a start at the last step's end returns z0 itself.
+    and the loop runs the steps from there; a start at the last step's end returns z0 itself. A schedule
+    that stops above sigma = 0 (KL Optimal) returns x_sigma = x_t / sqrt(alpha_bar) there, as k-diffusion does.
     `noise(i)` (or `generator`), `after_step`, `callback` and `progress` go to the loop.
     """
     n = num_steps(plan.grid)
@@ -159,5 +160,7 @@ def denoise(model, plan: Plan, first: torch.Tensor, *, z0: torch.Tensor | None =
         x = noise_to_grid_point(z0, first, plan.grid, first_call, plan.schedule).float()  # (B, C, h, w)
     step = prepare_step(plan.sampler, plan.grid, plan.schedule, plan.eta, plan.set_alpha_to_one, dtype=x.dtype,
                         **dict(plan.options))
-    return loop(model, x, plan.grid, step, noise=noise, generator=generator, after_step=after_step,
-                callback=callback, start_step=first_call, clip_x0=clip_x0, progress=progress)
+    x = loop(model, x, plan.grid, step, noise=noise, generator=generator, after_step=after_step,
+             callback=callback, start_step=first_call, clip_x0=clip_x0, progress=progress)
+    end = 0.0 if plan.grid.sigmas is None else float(plan.grid.sigmas[-1])
+    return x if end == 0 else x / float(vp_scale(torch.tensor(end)))  # a schedule ending above 0: x_sigma there

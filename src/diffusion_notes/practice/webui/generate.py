@@ -29,8 +29,9 @@ from diffusion_notes.practice.webui import infotext
 from diffusion_notes.practice.webui.conditioning import Conditioning, PromptEncoder, WebUIDenoiser
 from diffusion_notes.practice.webui.extra_networks import parse_extra_networks
 from diffusion_notes.practice.webui.prompts import parse_prompt_attention
+from diffusion_notes.practice.webui.schedulers import check_options, webui_plan
 from diffusion_notes.practice.webui.seeds import ImageRNG, resolve_seed
-from diffusion_notes.stable_diffusion.denoise import denoise, make_plan
+from diffusion_notes.stable_diffusion.denoise import denoise
 from diffusion_notes.stable_diffusion.denoise import webui_start as start_step  # the web UI's img2img start
 
 SIZE = 32  # the only size our models draw
@@ -154,6 +155,7 @@ def check(settings: Settings) -> Settings:
                          f"height={settings.height!r}; resize the result yourself if you need it larger")
     resolve_seed(settings.seed), resolve_seed(settings.subseed)
     settings.sampler_name = sampler_name(settings.sampler_name)
+    check_options(settings)  # the scheduler, eta, s_churn, s_tmin, s_tmax and s_noise
     if settings.mask is not None and settings.init_image is None:
         raise ValueError("a mask needs an init image (inpainting redraws part of an image)")
     for unit in settings.controlnet:
@@ -188,7 +190,8 @@ def run_batch(pipe, settings: Settings, seeds: list[int], subseeds: list[int], e
               init: torch.Tensor | None = None, mask: torch.Tensor | None = None, callback=None) -> torch.Tensor:
     """One batch: latents (B, 4, 8, 8) -> decoded images (B, 3, 32, 32) in [0, 1]."""
     B, n, c = len(seeds), settings.steps, pipe.unet.config
-    plan = make_plan(settings.sampler_name, n, pipe.schedule)
+    plan = webui_plan(settings.sampler_name, n, pipe.schedule, settings.scheduler, eta=settings.eta,
+                      s_churn=settings.s_churn, s_tmin=settings.s_tmin, s_tmax=settings.s_tmax, s_noise=settings.s_noise)
     rng = ImageRNG((c.in_channels, c.sample_size, c.sample_size), seeds, subseeds, settings.subseed_strength)
     noise = rng.first().to(pipe.device)  # (B, 4, 8, 8)
     z0 = None if init is None else pipe.encode_image(init).expand(B, -1, -1, -1)  # (B, 4, 8, 8)

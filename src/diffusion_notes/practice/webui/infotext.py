@@ -18,6 +18,8 @@ import re
 
 from PIL import Image, PngImagePlugin, UnidentifiedImageError
 
+from diffusion_notes.practice.webui.schedulers import find, sampler_options
+
 _PARAM = re.compile(r'\s*(\w[\w \-/]+):\s*("(?:\\.|[^\\"])+"|[^,]*)(?:,|$)')
 NEGATIVE = "Negative prompt:"
 # web-UI key -> (API field, type)
@@ -26,7 +28,13 @@ FIELDS = {
     "Seed": ("seed", int), "Variation seed": ("subseed", int), "Variation seed strength": ("subseed_strength", float),
     "Denoising strength": ("denoising_strength", float), "Mask blur": ("mask_blur", int),
     "Batch size": ("batch_size", int), "Model hash": ("sd_model_hash", str), "Model": ("sd_model_name", str),
+    "Schedule type": ("scheduler", str), "Eta": ("eta", float), "Eta DDIM": ("eta", float),
+    "Sigma churn": ("s_churn", float), "Sigma tmin": ("s_tmin", float), "Sigma tmax": ("s_tmax", float),
+    "Sigma noise": ("s_noise", float),
 }
+# the sampler options the web UI writes when they differ from their defaults (its Sampler.initialize)
+OPTION_KEYS = {"eta_ancestral": ("Eta", 1.0), "eta": ("Eta DDIM", 0.0), "s_churn": ("Sigma churn", 0.0),
+               "s_tmin": ("Sigma tmin", 0.0), "s_tmax": ("Sigma tmax", float("inf")), "s_noise": ("Sigma noise", 1.0)}
 
 
 def _quote(value) -> str:
@@ -40,6 +48,7 @@ def create(settings, seed: int, subseed: int, model: tuple[str, str] = ("", ""),
     params = {"Steps": settings.steps, "Sampler": settings.sampler_name, "CFG scale": float(settings.cfg_scale),
               "Seed": seed, "Size": f"{settings.width}x{settings.height}", "Model hash": short_hash or None,
               "Model": name or None}
+    params.update(_sampler_params(settings))
     if settings.subseed_strength > 0:
         params.update({"Variation seed": subseed, "Variation seed strength": float(settings.subseed_strength)})
     if settings.init_image is not None:
@@ -55,6 +64,18 @@ def create(settings, seed: int, subseed: int, model: tuple[str, str] = ("", ""),
     line = ", ".join(f"{k}: {_quote(v)}" for k, v in params.items() if v is not None)
     negative = f"\n{NEGATIVE} {settings.negative_prompt}" if settings.negative_prompt else ""
     return f"{settings.prompt}{negative}\n{line}"
+
+
+def _sampler_params(settings) -> dict:
+    """"Schedule type" unless Automatic, and each option the sampler takes that is not its default."""
+    params = {} if find(settings.scheduler).label == "Automatic" else {"Schedule type": find(settings.scheduler).label}
+    options = sampler_options(settings.sampler_name, settings.eta, settings.s_churn, settings.s_tmin,
+                              settings.s_tmax, settings.s_noise)
+    for name, value in options.items():
+        key, default = OPTION_KEYS[name]
+        if value != default:
+            params[key] = float(value)
+    return params
 
 
 def parse(text: str) -> dict:

@@ -169,7 +169,7 @@ def webui_plan(sampler: str, n: int, schedule: Schedule, scheduler="Automatic", 
     return make_plan(sampler, n, schedule, sigmas=sigmas, **kwargs)
 
 
-def check(settings) -> None:
+def check_options(settings) -> None:
     """A ValueError if a job's scheduler or sampler options are unknown, out of range, or not its sampler's."""
     resolve(settings.sampler_name, settings.scheduler)
     sampler_options(settings.sampler_name, settings.eta, settings.s_churn, settings.s_tmin, settings.s_tmax,
@@ -177,4 +177,4 @@ def check(settings) -> None:
 
 
 __all__ = ["SCHEDULERS", "K_SAMPLERS", "SAMPLER_ALIASES", "api_list", "find", "offered", "automatic", "resolve",
-           "sampler_options", "webui_plan", "check"]
+           "sampler_options", "webui_plan", "check_options"]

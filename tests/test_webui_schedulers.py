@@ -173,6 +173,14 @@ def test_which_samplers_offer_which_schedules(sampler, default):
     assert offered == ([s[1] for s in API] if default != "Automatic" else ["Automatic"])
 
 
+@pytest.mark.parametrize("sampler, eta, uses", [("Euler a", None, True), ("Euler a", 0.0, False), ("DPM2 a", 0.5, True),
+                                               ("DPM2 a Karras", None, True), ("Euler", None, False),
+                                               ("DPM++ 2M SDE", None, False), ("DDIM", 1.0, False)])
+def test_which_samplers_use_ensd(sampler, eta, uses):
+    """`samplers_k_diffusion`'s "uses_ensd" and `is_sampler_using_eta_noise_seed_delta`'s eta == 0 exception."""
+    assert schedulers.uses_ensd(sampler, eta) is uses
+
+
 def test_every_web_ui_sampler_is_in_the_table():
     names = {schedulers.resolve(ui, "Automatic")[0] for ui in SAMPLER_ALIASES}
     assert names <= set(schedulers.K_SAMPLERS) | {"ddim", "unipc", "ddpm"}
@@ -338,6 +346,27 @@ def test_our_samplers_on_a_schedule_are_k_diffusions(name, options, label):
     want = kd_sample(name, first * sigmas[0], sigmas, lambda: next(it), **kd_options)
     got = ours(name, sigmas, first, noises, **options)
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+
+
+def test_our_grids_call_the_unet_at_k_diffusions_t():
+    """Karras grids made the diffusers way already call the model at sigma_to_t (k-diffusion's) for the Euler
+    family; DPM-Solver's round it, as diffusers does, so only "DPM++ 2M" with scheduler "Karras" is unrounded."""
+    from diffusion_notes.foundations.grids import make_grid
+
+    lms = make_grid("lms", 10, SCHEDULE, use_karras_sigmas=True)
+    np.testing.assert_allclose(lms.timesteps.numpy(), kd_sigma_to_t(lms.sigmas[:-1].numpy()), atol=1e-9)
+    dpm = make_grid("dpmpp_2m", 10, SCHEDULE, use_karras_sigmas=True)
+    np.testing.assert_array_equal(dpm.timesteps.numpy(), np.round(kd_sigma_to_t(dpm.sigmas[:-1].numpy())))
+    webui = schedulers.webui_plan("DPM++ 2M", 10, SCHEDULE, "Karras").grid
+    np.testing.assert_allclose(webui.timesteps.numpy(), kd_sigma_to_t(dpm.sigmas[:-1].numpy()), atol=1e-9)
+
+
+def test_lms_karras_is_lms_on_the_karras_schedule():
+    """The legacy name "LMS Karras" (Automatic) and "LMS" with "Karras" visit the same sigmas and timesteps."""
+    old, new = make_plan("LMS Karras", 8, SCHEDULE), schedulers.webui_plan("LMS", 8, SCHEDULE, "Karras")
+    torch.testing.assert_close(old.grid.sigmas, new.grid.sigmas, rtol=1e-12, atol=0)
+    torch.testing.assert_close(old.grid.timesteps, new.grid.timesteps, rtol=0, atol=1e-9)
+    assert old.init_scale == pytest.approx(new.init_scale, rel=1e-12)
 
 
 def test_churn_changes_the_picture_and_eta_zero_is_euler():

@@ -69,13 +69,14 @@ class KSampler:
     automatic: str | None  # the schedule its "Automatic" means there (None: Uniform)
     options: tuple  # what it hands over of eta, s_churn, s_tmin, s_tmax, s_noise (`sampler_extra_params`)
     discard_next_to_last_sigma: bool = False  # one more noise level, then the last but one dropped
+    uses_ensd: bool = False  # its step noise is shifted by eta_noise_seed_delta (when eta is not 0)
 
 
 CHURN = ("s_churn", "s_tmin", "s_tmax", "s_noise")
 K_SAMPLERS = {
-    "euler": KSampler(None, CHURN), "euler_a": KSampler(None, ("eta",)), "lms": KSampler(None, ()),
+    "euler": KSampler(None, CHURN), "euler_a": KSampler(None, ("eta",), uses_ensd=True), "lms": KSampler(None, ()),
     "heun": KSampler(None, CHURN), "dpm2": KSampler("karras", CHURN, True),
-    "dpm2_a": KSampler("karras", ("eta", "s_noise"), True), "dpmpp_2m": KSampler("karras", ()),
+    "dpm2_a": KSampler("karras", ("eta", "s_noise"), True, uses_ensd=True), "dpmpp_2m": KSampler("karras", ()),
     "dpmpp_2m_sde": KSampler("exponential", ("eta", "s_noise")),
 }
 TIMESTEP_OPTIONS = {"ddim": ("eta",)}  # the samplers on timesteps: DDIM takes eta (eta_ddim, default 0)
@@ -109,6 +110,15 @@ def automatic(sampler: str) -> str:
     if name not in K_SAMPLERS:
         return "Automatic"
     return find(K_SAMPLERS[name].automatic or "uniform").label
+
+
+def uses_ensd(sampler: str, eta=None) -> bool:
+    """Whether the web UI shifts `sampler`'s step noise seed by ENSD: Euler a and DPM2 a, unless eta is 0.
+
+    eta None is the sampler's default, 1 (the web UI's `is_sampler_using_eta_noise_seed_delta`).
+    """
+    name, _ = resolve_sampler(sampler, None)
+    return name in K_SAMPLERS and K_SAMPLERS[name].uses_ensd and (1.0 if eta is None else eta) != 0
 
 
 def resolve(sampler: str, scheduler) -> tuple[str, Scheduler | None]:
@@ -176,5 +186,6 @@ def check_options(settings) -> None:
                     settings.s_noise)
 
 
-__all__ = ["SCHEDULERS", "K_SAMPLERS", "SAMPLER_ALIASES", "api_list", "find", "offered", "automatic", "resolve",
+__all__ = ["SCHEDULERS", "K_SAMPLERS", "SAMPLER_ALIASES", "api_list", "find", "offered", "automatic", "uses_ensd",
+           "resolve",
            "sampler_options", "webui_plan", "check_options"]

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from diffusion_notes.foundations.schedules import Schedule
-from diffusion_notes.foundations.sigmas import karras_sigmas, sigma_at, sigma_to_t
+from diffusion_notes.foundations.sigmas import ancestral_sigmas, karras_sigmas, midpoint_sigma, sigma_at, sigma_to_t
 
 
 class RegistryView(Mapping):
@@ -181,8 +181,6 @@ def grid_from_sigmas(sampler: str, sigmas: torch.Tensor, schedule: Schedule, *, 
     if kind == "heun":  # second call at the step's end, sigma_{k+1}
         second = sigmas[1:m + 1]  # (m,)
     else:
-        from diffusion_notes.foundations.samplers.dpm2 import ancestral_sigmas, midpoint_sigma
-
         to = sigmas[1:m + 1] if kind == "dpm2" else ancestral_sigmas(hat[:m], sigmas[1:m + 1], eta_ancestral)[1]
         second = midpoint_sigma(hat[:m], to)  # (m,): each step's midpoint, toward sigma_down for DPM2 a
     at = torch.cat([torch.stack([sigmas[:m], second], 1).flatten(), sigmas[m:]])  # (N + 1,): where x sits, then 0

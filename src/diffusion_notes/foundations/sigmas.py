@@ -54,6 +54,35 @@ def vp_scale(sigma):
     return (1 + sigma**2).rsqrt()
 
 
+def ancestral_sigmas(sigma: torch.Tensor, sigma_next: torch.Tensor, eta: float = 1.0):
+    r"""sigma_up and sigma_down of an ancestral step from sigma to sigma_next, elementwise, float64.
+
+    $$\sigma_\uparrow = \sqrt{\frac{\sigma'^2(\sigma^2 - \sigma'^2)}{\sigma^2}}, \qquad
+      \sigma_\downarrow = \sqrt{\sigma'^2 - \sigma_\uparrow^2}$$
+
+    A deterministic step to sigma_down followed by noise of std sigma_up lands at variance sigma'^2.
+    `eta` scales sigma_up (at most sigma'); 0 makes the step deterministic.
+
+    Paper: k-diffusion's `get_ancestral_step`; Karras et al. 2022 (EDM), Sec. 4
+    """
+    sigma_up = (sigma_next**2 * (sigma**2 - sigma_next**2) / sigma**2).sqrt()
+    if eta != 1:
+        sigma_up = torch.minimum(sigma_next, eta * sigma_up)
+    return sigma_up, (sigma_next**2 - sigma_up**2).sqrt()
+
+
+def midpoint_sigma(sigma: torch.Tensor, sigma_to: torch.Tensor) -> torch.Tensor:
+    r"""The geometric midpoint of a step, where DPM2 calls the model a second time, elementwise.
+
+    $$\sigma_{\text{mid}} = \exp\tfrac12(\log\sigma + \log\sigma_{\text{to}}) = \sqrt{\sigma\,\sigma_{\text{to}}}$$
+
+    i.e. the midpoint in lambda = -log sigma, DPM-Solver-2's r = 1/2.
+
+    Paper: Lu et al. 2022 (DPM-Solver), Algorithm 1 (DPM-Solver-2, r_1 = 0.5); Karras et al. 2022, Sec. 3
+    """
+    return (sigma * sigma_to).sqrt()
+
+
 # The web UI's schedules: n noise levels from sigma_max down, then 0 (n + 1 in all, float64), as
 # k-diffusion's `get_sigmas_*` and the web UI's `sd_schedulers` make them. `schedule` gives the
 # model's own sigmas, where a schedule reads them (`sigma_to_t`, `t_to_sigma`).

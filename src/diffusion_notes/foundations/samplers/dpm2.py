@@ -27,42 +27,13 @@ from diffusion_notes.foundations.samplers.base import Sampler, register
 from diffusion_notes.foundations.samplers.common import StepOutput
 from diffusion_notes.foundations.samplers.heun import first_halves
 from diffusion_notes.foundations.samplers.lms import k_init_noise_scale, k_sigma_grid
-from diffusion_notes.foundations.sigmas import vp_scale
+from diffusion_notes.foundations.sigmas import ancestral_sigmas, midpoint_sigma, vp_scale
 
 
 def timestep_at(sigma: torch.Tensor, schedule) -> torch.Tensor:
     """The (fractional) timestep whose sigma is `sigma`: sigma(t) inverted, linear in log sigma, float64."""
     sigmas = schedule.sigmas().numpy()  # (T,) increasing in t
     return torch.from_numpy(np.interp(np.log(sigma.numpy()), np.log(sigmas), np.arange(len(sigmas))))
-
-
-def ancestral_sigmas(sigma: torch.Tensor, sigma_next: torch.Tensor, eta: float = 1.0):
-    r"""sigma_up and sigma_down of an ancestral step from sigma to sigma_next, elementwise, float64.
-
-    $$\sigma_\uparrow = \sqrt{\frac{\sigma'^2(\sigma^2 - \sigma'^2)}{\sigma^2}}, \qquad
-      \sigma_\downarrow = \sqrt{\sigma'^2 - \sigma_\uparrow^2}$$
-
-    A deterministic step to sigma_down followed by noise of std sigma_up lands at variance sigma'^2.
-    `eta` scales sigma_up (at most sigma'); 0 makes the step deterministic.
-
-    Paper: k-diffusion's `get_ancestral_step`; Karras et al. 2022 (EDM), Sec. 4
-    """
-    sigma_up = (sigma_next**2 * (sigma**2 - sigma_next**2) / sigma**2).sqrt()
-    if eta != 1:
-        sigma_up = torch.minimum(sigma_next, eta * sigma_up)
-    return sigma_up, (sigma_next**2 - sigma_up**2).sqrt()
-
-
-def midpoint_sigma(sigma: torch.Tensor, sigma_to: torch.Tensor) -> torch.Tensor:
-    r"""The geometric midpoint of a step, where DPM2 calls the model a second time, elementwise.
-
-    $$\sigma_{\text{mid}} = \exp\tfrac12(\log\sigma + \log\sigma_{\text{to}}) = \sqrt{\sigma\,\sigma_{\text{to}}}$$
-
-    i.e. the midpoint in lambda = -log sigma, DPM-Solver-2's r = 1/2.
-
-    Paper: Lu et al. 2022 (DPM-Solver), Algorithm 1 (DPM-Solver-2, r_1 = 0.5); Karras et al. 2022, Sec. 3
-    """
-    return (sigma * sigma_to).sqrt()
 
 
 def _interleave(t, s, t_mid, s_mid) -> Grid:

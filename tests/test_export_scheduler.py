@@ -16,7 +16,7 @@ from diffusion_notes.practice.checkpoints import export
 from diffusion_notes.practice.checkpoints.schedulers import EXPORT_CONFIG, diffusers_scheduler
 
 PROMPT = "a small red circle on the left"
-STEPS = 4  # divides 1000, so DDIM's "leading" grid is diffusers' too
+STEPS = 4
 
 
 @pytest.fixture(scope="module")
@@ -36,34 +36,46 @@ def _theirs(d_pipe, scheduler) -> torch.Tensor:
         d_pipe.scheduler = own
 
 
-def _ours(pipe, sampler) -> torch.Tensor:
-    return pipe(PROMPT, num_inference_steps=STEPS, guidance_scale=4.0, sampler=sampler, spacing="leading",
-                steps_offset=1, generator=torch.Generator().manual_seed(3)).images.float()
+def _ours(pipe, sampler, **options) -> torch.Tensor:
+    return pipe(PROMPT, num_inference_steps=STEPS, guidance_scale=4.0, sampler=sampler,
+                generator=torch.Generator().manual_seed(3), **options).images.float()
 
 
 def test_the_exported_config_holds_our_options(exported):
     """diffusers' DDIMScheduler defaults to clip_sample=True; SD's pipeline forces steps_offset=1."""
     config = exported.scheduler.config
     assert type(exported.scheduler).__name__ == "DPMSolverMultistepScheduler"
-    assert {k: config[k] for k in EXPORT_CONFIG} == {"timestep_spacing": "leading", "steps_offset": 1,
+    assert {k: config[k] for k in EXPORT_CONFIG} == {"timestep_spacing": "linspace", "steps_offset": 1,
                                                      "clip_sample": False, "set_alpha_to_one": True}
 
 
-@pytest.mark.parametrize("cls, sampler", [("DDIMScheduler", "ddim"), ("EulerAncestralDiscreteScheduler", "euler_a"),
-                                          ("DPMSolverMultistepScheduler", "dpmpp_2m")])
+@pytest.mark.parametrize("cls, sampler", [("EulerAncestralDiscreteScheduler", "euler_a"),
+                                          ("DPMSolverMultistepScheduler", "dpmpp_2m"),
+                                          ("EulerDiscreteScheduler", "euler")])
 def test_from_config_draws_our_sampler(pipe, exported, cls, sampler):
-    """`Cls.from_config(pipe.scheduler.config)` (diffusers' documented swap) draws our sampler's picture."""
+    """`Cls.from_config(pipe.scheduler.config)` (diffusers' documented swap) draws our sampler's default picture."""
     import diffusers
 
     scheduler = getattr(diffusers, cls).from_config(exported.scheduler.config)
     assert float((_theirs(exported, scheduler) - _ours(pipe, sampler)).abs().max()) <= 1e-4
 
 
-def test_a_config_without_our_options_draws_another_ddim(pipe, exported):
-    """The config the export wrote before (DPM-Solver's own, steps_offset 1): DDIM then clips x0_hat and differs."""
+def test_ddim_from_config_reads_our_options(pipe, exported):
+    """DDIMScheduler.from_config keeps clip_sample False and set_alpha_to_one True from the config; on DDIM's
+    own grid ("leading", steps_offset 0: the two keys one config cannot hold for every class) it is our DDIM."""
     import diffusers
 
-    bare = diffusers_scheduler("dpmpp_2m", pipe.schedule, steps_offset=1, timestep_spacing="leading")
-    scheduler = diffusers.DDIMScheduler.from_config(bare.config)
+    scheduler = diffusers.DDIMScheduler.from_config(exported.scheduler.config)
+    assert (scheduler.config.clip_sample, scheduler.config.set_alpha_to_one) == (False, True)
+    ddim = diffusers.DDIMScheduler.from_config(exported.scheduler.config, timestep_spacing="leading", steps_offset=0)
+    assert float((_theirs(exported, ddim) - _ours(pipe, "ddim")).abs().max()) <= 1e-4
+
+
+def test_a_config_without_our_options_draws_another_ddim(pipe, exported):
+    """The config the export wrote before (DPM-Solver's own): DDIM then clips x0_hat and its picture differs."""
+    import diffusers
+
+    bare = diffusers_scheduler("dpmpp_2m", pipe.schedule, steps_offset=1)
+    scheduler = diffusers.DDIMScheduler.from_config(bare.config, timestep_spacing="leading", steps_offset=0)
     assert scheduler.config.clip_sample is True
     assert float((_theirs(exported, scheduler) - _ours(pipe, "ddim")).abs().max()) > 1e-3

@@ -54,9 +54,9 @@ def clip_tokenizer():
 def diffusers_pipeline(pipe, sampler: str = DEFAULT_SAMPLER):
     """Our LatentDiffusionPipeline as a diffusers StableDiffusionPipeline (in memory, float32, CPU).
 
-    Its scheduler (`schedulers.export_scheduler`) has SD v1's grid, "leading" spacing and
-    steps_offset=1 (diffusers' pipeline insists on the latter), and our DDIM's options, so each
-    scheduler class made `from_config` of it draws our sampler's picture with those two options.
+    Its scheduler (`schedulers.export_scheduler`) is our default sampler's, with SD v1's steps_offset=1
+    (diffusers' pipeline insists on it; the "linspace" grid does not read it) and our DDIM's options
+    (no clipping, set_alpha_to_one), which a DDIMScheduler made `from_config` of it reads.
     """
     from diffusers import StableDiffusionPipeline
 

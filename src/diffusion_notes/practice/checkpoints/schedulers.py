@@ -47,19 +47,21 @@ def diffusers_scheduler(sampler: str, schedule: Schedule, use_karras_sigmas: boo
     return cls(**config)
 
 
-# What an exported folder's scheduler config says, whatever its class: Stable Diffusion v1's grid
-# ("leading" spacing, steps_offset 1; diffusers' StableDiffusionPipeline resets any other steps_offset
-# to 1 as it loads), no clipping of x0_hat and DDIM's last step to alpha_bar = 1, as our DDIM takes them.
-EXPORT_CONFIG = {"timestep_spacing": "leading", "steps_offset": 1, "clip_sample": False, "set_alpha_to_one": True}
+# What an exported folder's scheduler config says, whatever class reads it: the exported sampler's own
+# spacing ("linspace", as our DPM++ 2M and Euler samplers have it), steps_offset 1 (diffusers'
+# StableDiffusionPipeline resets any other value to 1 as it loads; "linspace" does not read it), no
+# clipping of x0_hat and DDIM's last step to alpha_bar = 1, as our DDIM takes them.
+EXPORT_CONFIG = {"timestep_spacing": "linspace", "steps_offset": 1, "clip_sample": False, "set_alpha_to_one": True}
 
 
 def export_scheduler(sampler: str, schedule: Schedule):
     """`diffusers_scheduler(sampler, schedule)` with `EXPORT_CONFIG` in its config, for an exported folder.
 
     A scheduler class keeps the keys it has no use for in its config (DPM-Solver's `clip_sample`),
-    so `DDIMScheduler.from_config(pipe.scheduler.config)` and
-    `EulerAncestralDiscreteScheduler.from_config(...)` find them: each then steps as our sampler of
-    that name with spacing="leading" and steps_offset=1.
+    so `EulerAncestralDiscreteScheduler.from_config(pipe.scheduler.config)` steps as our Euler a and
+    `DDIMScheduler.from_config(...)` reads our clip_sample and set_alpha_to_one. One spacing serves
+    every class, and DDIM's is "leading" with steps_offset 0, so our DDIM is
+    `DDIMScheduler.from_config(pipe.scheduler.config, timestep_spacing="leading", steps_offset=0)`.
     """
     scheduler = diffusers_scheduler(sampler, schedule, timestep_spacing=EXPORT_CONFIG["timestep_spacing"],
                                     steps_offset=EXPORT_CONFIG["steps_offset"])

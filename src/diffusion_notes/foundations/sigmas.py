@@ -4,7 +4,9 @@ r"""Karras' noise levels: sigma at any timestep, Karras' spacing of them, and ba
     x_sigma     x / s(t)      the variance-exploding sample x_t / sqrt(alpha_bar) = x0 + sigma eps
 
 The sigma-based samplers (Euler, Euler a, DPM++ 2M), their grids (`grids`), guidance
-and the oracle read sigma from here, float64 throughout.
+and the oracle read sigma from here, float64 throughout. So do the web UI's schedules, k-diffusion's
+lists of noise levels (Uniform, Karras, Exponential, ...), and the map between a noise level and the
+fractional timestep the model is called at (`sigma_to_t`, `t_to_sigma`), linear in log sigma.
 """
 
 from __future__ import annotations

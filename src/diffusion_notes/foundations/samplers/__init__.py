@@ -200,6 +200,7 @@ def loop(model, x: torch.Tensor, grid: Grid, step: PreparedStep, *, noise: Calla
     float32 on fractional grids. `noise(i)` gives step i's fresh N(0, I) (k-diffusion's
     `noise_sampler`); without it, noise comes from `generator` (`generator_noise`). `after_step(i,
     x_prev)` may replace x after step i. `callback(i, t, x_t, x0_hat)` sees x_t before each step.
+    A step with Karras' churn (`step.churn`) first raises x to sigma_hat with fresh noise (`churn_steps`).
     Everything that does not depend on x is done before the loop. A result holding NaN is a ValueError.
     """
     timesteps = grid.timesteps.tolist()

@@ -229,10 +229,16 @@ def test_eta_none_is_the_samplers_default():
 
 @pytest.mark.parametrize("field, value", [("eta", -0.1), ("eta", 1.5), ("eta", float("nan")), ("eta", True),
                                           ("s_churn", -1), ("s_noise", float("inf")), ("s_tmax", "inf"),
-                                          ("s_tmin", None)])
+                                          ("s_tmin", [0.5])])
 def test_bad_option_values_are_refused(field, value):
     with pytest.raises(ValueError, match=field):
         check(Settings(sampler_name="Euler", **{field: value}))
+
+
+def test_none_is_the_default():
+    """`StableDiffusionProcessing.__post_init__`: a None s_churn, s_tmin, s_tmax or s_noise takes opts' default."""
+    assert schedulers.sampler_options("Euler", s_churn=None, s_tmin=None, s_tmax=None, s_noise=None) == \
+        {"s_churn": 0.0, "s_tmin": 0.0, "s_tmax": math.inf, "s_noise": 1.0}
 
 
 def test_make_plan_refuses_an_option_its_sampler_lacks():

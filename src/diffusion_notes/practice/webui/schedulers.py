@@ -156,10 +156,13 @@ def _number(name, value, hi=math.inf):
 def sampler_options(sampler: str, eta=None, s_churn=0.0, s_tmin=0.0, s_tmax=0.0, s_noise=1.0) -> dict:
     """`make_plan`'s options as the web UI hands them to `sampler`: only those it takes; bad values a ValueError.
 
-    eta None is the sampler's default (eta_ancestral 1, eta_ddim 0); s_tmax 0 means infinity.
+    eta None is the sampler's default (eta_ancestral 1, eta_ddim 0); s_tmax 0 means infinity; None for
+    the others is their default (0, 0, 0, 1), as the web UI's `StableDiffusionProcessing.__post_init__` fills them.
     """
     if eta is not None:
         _number("eta", eta, 1.0)
+    s_churn, s_tmin = (0.0 if s_churn is None else s_churn), (0.0 if s_tmin is None else s_tmin)
+    s_tmax, s_noise = (0.0 if s_tmax is None else s_tmax), (1.0 if s_noise is None else s_noise)
     for key, value in (("s_churn", s_churn), ("s_tmin", s_tmin), ("s_tmax", s_tmax), ("s_noise", s_noise)):
         _number(key, value)
     name, _ = resolve_sampler(sampler, None)

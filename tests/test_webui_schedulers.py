@@ -424,3 +424,15 @@ def test_a_job_draws_on_its_schedule(pipe):
     assert torch.equal(karras, draw(scheduler="Karras"))
     job = Settings(prompt="a", steps=2, seed=1, scheduler="Karras")
     assert "Schedule type: Karras" in generate(pipe, job).infotexts[0]
+
+
+@pytest.mark.parametrize("sampler", list(SAMPLER_ALIASES))
+def test_the_defaults_plan_what_the_app_planned_before(sampler):
+    """Settings' defaults (Automatic, eta None, 0, 0, 0, 1) give every sampler the plan `make_plan` gives it."""
+    defaults = Settings()
+    new = schedulers.webui_plan(sampler, 10, SCHEDULE, defaults.scheduler, eta=defaults.eta, s_churn=defaults.s_churn,
+                                s_tmin=defaults.s_tmin, s_tmax=defaults.s_tmax, s_noise=defaults.s_noise)
+    old = make_plan(sampler, 10, SCHEDULE)
+    assert new.options == () and new.init_scale == old.init_scale and new.eta == old.eta
+    for a, b in zip(new.grid, old.grid):
+        assert (a is None and b is None) or torch.equal(a, b)

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from diffusion_notes.foundations.schedules import Schedule
-from diffusion_notes.foundations.sigmas import karras_sigmas, sigma_at
+from diffusion_notes.foundations.sigmas import ancestral_sigmas, karras_sigmas, midpoint_sigma, sigma_at, sigma_to_t
 
 
 class RegistryView(Mapping):
@@ -109,6 +109,9 @@ class Grid(NamedTuple):
     # (N,) long: the user-facing step each loop iteration belongs to, for samplers that call the model
     # twice per step (Heun, DPM2 visit 2n - 1 points); None means iteration i is step i
     step_index: torch.Tensor | None = None
+    # (N,) float64: the noise level the model is called at, where Karras' churn raises it above the
+    # grid's sigma before a step (`grid_from_sigmas`); None means sigmas[:-1]
+    sigma_hat: torch.Tensor | None = None
 
 
 def _sigma_grid(timesteps, schedule, use_karras_sigmas, karras_range):
@@ -149,6 +152,49 @@ def make_grid(
     _check_spacing(spacing)
     return s.make_grid(num_inference_steps, schedule, spacing=spacing, steps_offset=steps_offset,
                        use_karras_sigmas=bool(use_karras_sigmas))
+
+
+# The samplers that run on any noise schedule, as k-diffusion's do: name -> how the model calls lie on it
+SIGMA_SAMPLERS = {"euler": "one", "euler_a": "one", "lms": "one", "dpmpp_2m": "one", "dpmpp_2m_sde": "one",
+                  "heun": "heun", "dpm2": "dpm2", "dpm2_a": "dpm2_a"}
+
+
+def grid_from_sigmas(sampler: str, sigmas: torch.Tensor, schedule: Schedule, *, gammas: torch.Tensor | None = None,
+                     eta_ancestral: float = 1.0) -> Grid:
+    """The grid a k-diffusion sampler visits on the (n + 1,) noise levels `sigmas`: the model at t = `sigma_to_t`.
+
+    One model call per step (Euler, LMS, DPM++), or two (Heun: at the step's end too; DPM2: at its
+    geometric midpoint, toward sigma_down for DPM2 a with `eta_ancestral`). `gammas` (n,) are Karras'
+    churn (`sigmas.churn_gammas`): step i then calls the model at sigma_hat = (1 + gamma_i) sigma_i,
+    recorded in `Grid.sigma_hat`; the grid's sigmas stay where x sits before the churn.
+    """
+    if sampler not in SIGMA_SAMPLERS:
+        raise ValueError(f"a schedule of noise levels works with the {_and(SIGMA_SAMPLERS)} samplers, not {sampler!r}")
+    sigmas = torch.as_tensor(sigmas, dtype=torch.float64)  # (n + 1,)
+    hat = sigmas[:-1] if gammas is None else sigmas[:-1] * (1 + gammas)  # (n,)
+    kind = SIGMA_SAMPLERS[sampler]
+    if kind == "one":
+        return Grid(sigma_to_t(hat, schedule), sigmas, None, None if gammas is None else hat)
+    n = len(hat)
+    m = n if sigmas[-1] > 0 else n - 1  # steps with a second call: all but a last one that ends at sigma = 0
+    step_index = torch.arange(2 * m + (n - m)).div(2, rounding_mode="floor")  # 0, 0, 1, 1, ..., (n - 1)
+    if kind == "heun":  # second call at the step's end, sigma_{k+1}
+        second = sigmas[1:m + 1]  # (m,)
+    else:
+        to = sigmas[1:m + 1] if kind == "dpm2" else ancestral_sigmas(hat[:m], sigmas[1:m + 1], eta_ancestral)[1]
+        second = midpoint_sigma(hat[:m], to)  # (m,): each step's midpoint, toward sigma_down for DPM2 a
+    at = torch.cat([torch.stack([sigmas[:m], second], 1).flatten(), sigmas[m:]])  # (N + 1,): where x sits, then 0
+    calls = torch.cat([torch.stack([hat[:m], second], 1).flatten(), hat[m:]])  # (N,)
+    return Grid(sigma_to_t(calls, schedule), at, step_index, None if gammas is None else calls)
+
+
+def step_sigmas(grid: Grid) -> torch.Tensor:
+    """The (n + 1,) noise levels of a sigma grid's steps: where each step begins, then the grid's end."""
+    if grid.step_index is None:
+        return grid.sigmas
+    first = torch.ones(len(grid.step_index), dtype=torch.bool)
+    first[1:] = grid.step_index[1:] != grid.step_index[:-1]
+    return torch.cat([grid.sigmas[:-1][first], grid.sigmas[-1:]])
 
 
 def _and(names) -> str:

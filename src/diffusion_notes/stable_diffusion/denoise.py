@@ -12,14 +12,31 @@ the caller's convention: diffusers' strength rule (`strength_start`, the pipelin
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import NamedTuple
 
 import torch
 
-from diffusion_notes.foundations.grids import Grid, grid_index, make_grid, noise_to_grid_point, num_steps
+from diffusion_notes.foundations.grids import (
+    SIGMA_SAMPLERS,
+    Grid,
+    grid_from_sigmas,
+    grid_index,
+    make_grid,
+    noise_to_grid_point,
+    num_steps,
+    step_sigmas,
+)
 from diffusion_notes.foundations.samplers import check_eta, init_noise_scale, loop, prepare_step, resolve_sampler
 from diffusion_notes.foundations.schedules import Schedule
+from diffusion_notes.foundations.sigmas import churn_gammas, vp_scale
+
+# The options each k-diffusion sampler function takes (its signature), with their defaults
+CHURN = ("s_churn", "s_tmin", "s_tmax", "s_noise")
+SAMPLER_OPTIONS = {"euler": CHURN, "heun": CHURN, "dpm2": CHURN, "euler_a": ("eta_ancestral", "s_noise"),
+                   "dpm2_a": ("eta_ancestral", "s_noise"), "dpmpp_2m_sde": ("eta_ancestral", "s_noise")}
+OPTION_DEFAULTS = {"eta_ancestral": 1.0, "s_churn": 0.0, "s_tmin": 0.0, "s_tmax": math.inf, "s_noise": 1.0}
 
 
 class Plan(NamedTuple):
@@ -31,16 +48,73 @@ class Plan(NamedTuple):
     init_scale: float  # the standard deviation of x_T in the DDPM scale (`init_noise_scale`)
     eta: float = 0.0
     set_alpha_to_one: bool = True
+    options: tuple = ()  # k-diffusion's options for `prepare_step`, (name, value) pairs: eta_ancestral, s_noise
+
+
+def check_sampler_options(sampler: str, options: dict) -> dict:
+    """The k-diffusion options that differ from their defaults, or a ValueError: a bad value, or one `sampler` lacks."""
+    for key, value in options.items():
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or math.isnan(value) or value < 0:
+            raise ValueError(f"{key} must be a number >= 0, got {value!r}")
+        if math.isinf(value) and key != "s_tmax":
+            raise ValueError(f"{key} must be finite, got {value!r}")
+    changed = {k: float(v) for k, v in options.items() if v != OPTION_DEFAULTS[k]}
+    for key in changed:
+        if key not in SAMPLER_OPTIONS.get(sampler, ()):
+            takers = ", ".join(s for s, keys in SAMPLER_OPTIONS.items() if key in keys)
+            raise ValueError(f"{key} applies to the {takers} samplers, not {sampler!r} (got {key}={options[key]})")
+    if "eta_ancestral" in changed and changed["eta_ancestral"] > 1:
+        raise ValueError(f"eta_ancestral must be in [0, 1], got {changed['eta_ancestral']}")
+    return changed
 
 
 def make_plan(sampler: str, num_inference_steps: int, schedule: Schedule, *, spacing: str | None = None,
               steps_offset: int = 0, use_karras_sigmas: bool | None = None, eta: float = 0.0,
-              set_alpha_to_one: bool = True) -> Plan:
-    """`sampler` (ours or a web-UI name) over n steps, with diffusers' options as `samplers.sample` takes them."""
+              set_alpha_to_one: bool = True, sigmas: torch.Tensor | None = None, **sampler_options) -> Plan:
+    """`sampler` (ours or a web-UI name) over n steps, with diffusers' options as `samplers.sample` takes them.
+
+    `sigmas`, (n + 1,) noise levels from the top down, runs a k-diffusion sampler on them instead of
+    its diffusers grid, calling the model at `sigmas.sigma_to_t` (`grids.grid_from_sigmas`): the web
+    UI's schedules (Karras, Exponential, ...). `sampler_options` are k-diffusion's (`SAMPLER_OPTIONS`):
+    eta_ancestral (its eta), s_churn, s_tmin, s_tmax and s_noise. Churn, or DPM2 a's eta, also runs on
+    `sigmas`: the sampler's own grid's noise levels (`grids.step_sigmas`) unless given.
+    """
     name, karras = resolve_sampler(sampler, use_karras_sigmas)
     check_eta(name, eta)
-    grid = make_grid(name, num_inference_steps, schedule, spacing, steps_offset, karras)
-    return Plan(name, grid, schedule, init_noise_scale(name, spacing, grid), float(eta), set_alpha_to_one)
+    unknown = set(sampler_options) - set(OPTION_DEFAULTS)
+    if unknown:
+        raise TypeError(f"make_plan got unknown options {sorted(unknown)}; it takes {', '.join(OPTION_DEFAULTS)}")
+    options = check_sampler_options(name, sampler_options)
+    churn = options.get("s_churn", 0) > 0
+    if sigmas is None and not churn and not (name == "dpm2_a" and "eta_ancestral" in options):
+        grid = make_grid(name, num_inference_steps, schedule, spacing, steps_offset, karras)
+        return Plan(name, grid, schedule, init_noise_scale(name, spacing, grid), float(eta), set_alpha_to_one,
+                    tuple(options.items()))
+    if name not in SIGMA_SAMPLERS:
+        raise ValueError(f"a schedule of noise levels works with the {', '.join(SIGMA_SAMPLERS)} samplers, "
+                         f"not {sampler!r}")
+    if sigmas is None:
+        sigmas = step_sigmas(make_grid(name, num_inference_steps, schedule, spacing, steps_offset, karras))
+    sigmas = _check_sigmas(sigmas)
+    gammas = None
+    if churn:
+        keys = ("s_churn", "s_tmin", "s_tmax")
+        gammas = churn_gammas(sigmas, *(options.get(k, OPTION_DEFAULTS[k]) for k in keys))  # (n,)
+        gammas = gammas if bool((gammas > 0).any()) else None
+    grid = grid_from_sigmas(name, sigmas, schedule, gammas=gammas,
+                            eta_ancestral=options.get("eta_ancestral", 1.0))
+    sigma_max = sigmas[0]
+    init = float(sigma_max * vp_scale(sigma_max))  # x_T = sigma_max z in the variance-exploding scale
+    return Plan(name, grid, schedule, init, float(eta), set_alpha_to_one, tuple(options.items()))
+
+
+def _check_sigmas(sigmas) -> torch.Tensor:
+    """(n + 1,) float64 noise levels, finite, >= 0, non-increasing, the first > 0; or a ValueError."""
+    sigmas = torch.as_tensor(sigmas, dtype=torch.float64)
+    if sigmas.ndim != 1 or len(sigmas) < 2 or not bool(torch.isfinite(sigmas).all()) or bool((sigmas < 0).any()) \
+            or not sigmas[0] > 0 or bool((sigmas[1:] > sigmas[:-1]).any()):
+        raise ValueError(f"sigmas must be n + 1 >= 2 finite noise levels >= 0 from the top down, got {sigmas.tolist()}")
+    return sigmas
 
 
 def strength_start(n: int, strength: float) -> int:
@@ -68,7 +142,8 @@ def denoise(model, plan: Plan, first: torch.Tensor, *, z0: torch.Tensor | None =
 
     txt2img (z0 None): x_T = first * plan.init_scale, where diffusers' pipelines start.
     img2img: z0 noised by `first` to where step `start_step` begins (`noise_to_grid_point`: SDEdit),
-    and the loop runs the steps from there; a start at the last step's end returns z0 itself.
+    and the loop runs the steps from there; a start at the last step's end returns z0 itself. A schedule
+    that stops above sigma = 0 (KL Optimal) returns x_sigma = x_t / sqrt(alpha_bar) there, as k-diffusion does.
     `noise(i)` (or `generator`), `after_step`, `callback` and `progress` go to the loop.
     """
     n = num_steps(plan.grid)
@@ -83,6 +158,9 @@ def denoise(model, plan: Plan, first: torch.Tensor, *, z0: torch.Tensor | None =
         return z0
     else:
         x = noise_to_grid_point(z0, first, plan.grid, first_call, plan.schedule).float()  # (B, C, h, w)
-    step = prepare_step(plan.sampler, plan.grid, plan.schedule, plan.eta, plan.set_alpha_to_one, dtype=x.dtype)
-    return loop(model, x, plan.grid, step, noise=noise, generator=generator, after_step=after_step,
-                callback=callback, start_step=first_call, clip_x0=clip_x0, progress=progress)
+    step = prepare_step(plan.sampler, plan.grid, plan.schedule, plan.eta, plan.set_alpha_to_one, dtype=x.dtype,
+                        **dict(plan.options))
+    x = loop(model, x, plan.grid, step, noise=noise, generator=generator, after_step=after_step,
+             callback=callback, start_step=first_call, clip_x0=clip_x0, progress=progress)
+    end = 0.0 if plan.grid.sigmas is None else float(plan.grid.sigmas[-1])
+    return x if end == 0 else x / float(vp_scale(torch.tensor(end)))  # a schedule ending above 0: x_sigma there

@@ -119,20 +119,48 @@ class PreparedStep(NamedTuple):
     update: Callable  # update(x_t, eps, c, *, noise, clip_x0, state) -> StepOutput (`Sampler.update`)
     coefficients: list  # c at each grid point: a NamedTuple of floats
     draws_noise: list  # whether step i takes fresh N(0, I) noise: exactly where diffusers' scheduler draws it
+    # Karras' churn before step i's model call, (scale, std, scale_hat) or None; None: no churn anywhere
+    churn: list | None = None
+
+
+class Churn(NamedTuple):
+    """Raise x from sigma to sigma_hat before a model call: x_sigma + std z, both in the DDPM scale's terms."""
+
+    scale: float  # sqrt(alpha_bar) at sigma, where x sits
+    std: float  # s_noise sqrt(sigma_hat^2 - sigma^2): the fresh noise's std in the variance-exploding scale
+    scale_hat: float  # sqrt(alpha_bar) at sigma_hat, where the model is called
+
+
+def churn_steps(grid: Grid, s_noise: float = 1.0) -> list | None:
+    """Each loop iteration's `Churn` where a step begins (None at a two-call step's second call), or None.
+
+    Paper: Karras et al. 2022 (EDM), Algorithm 2, lines 5-6; k-diffusion's `sample_euler`, `sample_heun`
+    and `sample_dpm_2`, which draw this noise at every step, gamma > 0 or not
+    """
+    if grid.sigma_hat is None:
+        return None
+    sigma, hat = grid.sigmas[:-1], grid.sigma_hat  # (N,) each
+    starts = [True] * len(hat) if grid.step_index is None else \
+        [True] + (grid.step_index[1:] != grid.step_index[:-1]).tolist()
+    std = s_noise * (hat**2 - sigma**2).clamp(min=0).sqrt()  # (N,)
+    return [Churn(float(vp_scale(s)), float(d), float(vp_scale(h))) if start else None
+            for s, d, h, start in zip(sigma, std, hat, starts)]
 
 
 def prepare_step(sampler: str, grid: Grid, schedule: Schedule, eta: float = 0.0, set_alpha_to_one: bool = True,
-                 dtype: torch.dtype = torch.float32) -> PreparedStep:
+                 dtype: torch.dtype = torch.float32, **options) -> PreparedStep:
     """`sampler`'s step at every grid point, its coefficients computed at once on the grid's (n,) tensors.
 
     The same `*_coefficients` functions the step functions call, in the same dtypes (`dtype`,
     that of x, for DDPM and DDIM), so `loop` computes what `SAMPLERS[sampler].step` would at each
-    (t, t_prev) of the grid.
+    (t, t_prev) of the grid. `options` are k-diffusion's, for the samplers that read them
+    (`eta_ancestral`, `s_noise`); a grid with `sigma_hat` also gets its churn (`churn_steps`).
     """
     s = get(sampler)
-    c = s.coefficients(grid, schedule, dtype=dtype, eta=eta, set_alpha_to_one=set_alpha_to_one)  # (n,) each
+    c = s.coefficients(grid, schedule, dtype=dtype, eta=eta, set_alpha_to_one=set_alpha_to_one, **options)  # (n,)
     coefficients = [type(c)(*values) for values in zip(*(v.tolist() for v in c))]  # n NamedTuples of floats
-    return PreparedStep(s.update, coefficients, s.draws_noise(grid, eta=eta))
+    churn = churn_steps(grid, options.get("s_noise", 1.0))
+    return PreparedStep(s.update, coefficients, s.draws_noise(grid, eta=eta, **options), churn)
 
 
 def model_call(model, x: torch.Tensor, t: torch.Tensor, step: int) -> torch.Tensor:
@@ -172,6 +200,7 @@ def loop(model, x: torch.Tensor, grid: Grid, step: PreparedStep, *, noise: Calla
     float32 on fractional grids. `noise(i)` gives step i's fresh N(0, I) (k-diffusion's
     `noise_sampler`); without it, noise comes from `generator` (`generator_noise`). `after_step(i,
     x_prev)` may replace x after step i. `callback(i, t, x_t, x0_hat)` sees x_t before each step.
+    A step with Karras' churn (`step.churn`) first raises x to sigma_hat with fresh noise (`churn_steps`).
     Everything that does not depend on x is done before the loop. A result holding NaN is a ValueError.
     """
     timesteps = grid.timesteps.tolist()
@@ -187,6 +216,10 @@ def loop(model, x: torch.Tensor, grid: Grid, step: PreparedStep, *, noise: Calla
 
         indices = tqdm(indices, total=len(timesteps), initial=start_step, desc="sampling")
     for i in indices:
+        if step.churn is not None and step.churn[i] is not None:  # Karras' churn: up to sigma_hat, fresh noise
+            c = step.churn[i]
+            z = noise(i).to(device, x.dtype)  # drawn at every step, as k-diffusion's samplers draw it
+            x = x if c.std == 0 else (x / c.scale + c.std * z) * c.scale_hat
         eps = model_call(model, x, t_in[i], steps[i])  # (B, ...)
         if eps.shape != x.shape:
             raise ValueError(

@@ -53,10 +53,13 @@ def timestep_pairs(grid: Grid):
 
 
 def sigma_pairs(grid: Grid, schedule: Schedule):
-    """(sigma, sigma_prev) at each grid point, (n,) float64 each: the grid's sigmas, or the schedule's."""
+    """(sigma, sigma_prev) at each grid point, (n,) float64 each: the grid's sigmas, or the schedule's.
+
+    sigma is where the model is called: `grid.sigma_hat` where Karras' churn raised it.
+    """
     sigmas = grid.sigmas if grid.sigmas is not None else \
         torch.cat([sigma_at(grid.timesteps, schedule), torch.zeros(1, dtype=torch.float64)])  # (n + 1,)
-    return sigmas[:-1], sigmas[1:]
+    return (sigmas[:-1] if grid.sigma_hat is None else grid.sigma_hat), sigmas[1:]
 
 
 def sigma_pair(t, t_prev, schedule, state):

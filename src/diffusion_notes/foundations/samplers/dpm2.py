@@ -27,39 +27,13 @@ from diffusion_notes.foundations.samplers.base import Sampler, register
 from diffusion_notes.foundations.samplers.common import StepOutput
 from diffusion_notes.foundations.samplers.heun import first_halves
 from diffusion_notes.foundations.samplers.lms import k_init_noise_scale, k_sigma_grid
-from diffusion_notes.foundations.sigmas import vp_scale
+from diffusion_notes.foundations.sigmas import ancestral_sigmas, midpoint_sigma, vp_scale
 
 
 def timestep_at(sigma: torch.Tensor, schedule) -> torch.Tensor:
     """The (fractional) timestep whose sigma is `sigma`: sigma(t) inverted, linear in log sigma, float64."""
     sigmas = schedule.sigmas().numpy()  # (T,) increasing in t
     return torch.from_numpy(np.interp(np.log(sigma.numpy()), np.log(sigmas), np.arange(len(sigmas))))
-
-
-def ancestral_sigmas(sigma: torch.Tensor, sigma_next: torch.Tensor):
-    r"""sigma_up and sigma_down of an ancestral step from sigma to sigma_next, elementwise, float64.
-
-    $$\sigma_\uparrow = \sqrt{\frac{\sigma'^2(\sigma^2 - \sigma'^2)}{\sigma^2}}, \qquad
-      \sigma_\downarrow = \sqrt{\sigma'^2 - \sigma_\uparrow^2}$$
-
-    A deterministic step to sigma_down followed by noise of std sigma_up lands at variance sigma'^2.
-
-    Paper: k-diffusion's `get_ancestral_step` (eta = 1); Karras et al. 2022 (EDM), Sec. 4
-    """
-    sigma_up = (sigma_next**2 * (sigma**2 - sigma_next**2) / sigma**2).sqrt()
-    return sigma_up, (sigma_next**2 - sigma_up**2).sqrt()
-
-
-def midpoint_sigma(sigma: torch.Tensor, sigma_to: torch.Tensor) -> torch.Tensor:
-    r"""The geometric midpoint of a step, where DPM2 calls the model a second time, elementwise.
-
-    $$\sigma_{\text{mid}} = \exp\tfrac12(\log\sigma + \log\sigma_{\text{to}}) = \sqrt{\sigma\,\sigma_{\text{to}}}$$
-
-    i.e. the midpoint in lambda = -log sigma, DPM-Solver-2's r = 1/2.
-
-    Paper: Lu et al. 2022 (DPM-Solver), Algorithm 1 (DPM-Solver-2, r_1 = 0.5); Karras et al. 2022, Sec. 3
-    """
-    return (sigma * sigma_to).sqrt()
 
 
 def _interleave(t, s, t_mid, s_mid) -> Grid:
@@ -100,17 +74,19 @@ class DPM2Coefficients(NamedTuple):
     first: torch.Tensor  # bool: the Euler half to the midpoint (True) or the full step (False)
 
 
-def _dpm2_coefficients(grid: Grid, ancestral: bool) -> DPM2Coefficients:
+def _dpm2_coefficients(grid: Grid, ancestral: bool, eta: float = 1.0, s_noise: float = 1.0) -> DPM2Coefficients:
     sigmas = grid.sigmas  # (N + 1,): s_0, mid_0, s_1, mid_1, ..., s_{n-1}, 0
     sigma, sigma_next = sigmas[:-1], sigmas[1:]  # (N,) each
+    if grid.sigma_hat is not None:  # Karras' churn: the step starts at sigma_hat
+        sigma = grid.sigma_hat
     first = first_halves(grid.step_index)  # (N,)
     sigma_k = torch.cat([sigma[:1], sigma[:-1]])  # (N,): at a second half, the step's start s_k = sigmas[j - 1]
     sigma_to = sigma_next.clone()  # first half: the midpoint (0 at the last step); second: s_{k+1} = sigmas[j + 1]
-    sigma_up, sigma_down = ancestral_sigmas(sigma_k, sigma_to)  # (N,): used at second halves only
+    sigma_up, sigma_down = ancestral_sigmas(sigma_k, sigma_to, eta)  # (N,): used at second halves only
     if not ancestral:
         sigma_up, sigma_down = torch.zeros_like(sigma), sigma_to
     dt = torch.where(first, sigma_to - sigma, sigma_down - sigma_k)
-    sigma_up = torch.where(first, torch.zeros_like(sigma), sigma_up)
+    sigma_up = torch.where(first, torch.zeros_like(sigma), sigma_up if s_noise == 1 else s_noise * sigma_up)
     return DPM2Coefficients(sigma, vp_scale(sigma), dt, vp_scale(sigma_to), sigma_up, first)
 
 
@@ -119,9 +95,14 @@ def dpm2_coefficients(grid: Grid, schedule=None, **_) -> DPM2Coefficients:
     return _dpm2_coefficients(grid, ancestral=False)
 
 
-def dpm2_a_coefficients(grid: Grid, schedule=None, **_) -> DPM2Coefficients:
-    """`dpm2_update`'s coefficients for DPM2 a: the second half steps to sigma_down and adds sigma_up noise."""
-    return _dpm2_coefficients(grid, ancestral=True)
+def dpm2_a_coefficients(grid: Grid, schedule=None, *, eta_ancestral: float = 1.0, s_noise: float = 1.0,
+                        **_) -> DPM2Coefficients:
+    """`dpm2_update`'s coefficients for DPM2 a: the second half steps to sigma_down and adds sigma_up noise.
+
+    k-diffusion's `eta` (`eta_ancestral`) scales sigma_up, and `s_noise` the noise it adds; a grid
+    made with another eta (`grids.grid_from_sigmas`) has its midpoints toward that eta's sigma_down.
+    """
+    return _dpm2_coefficients(grid, ancestral=True, eta=eta_ancestral, s_noise=s_noise)
 
 
 def dpm2_update(x_t, eps, c: DPM2Coefficients, *, noise=None, clip_x0=None, state=None) -> StepOutput:

@@ -74,15 +74,28 @@ class SDECoefficients(NamedTuple):
     last: torch.Tensor  # bool: sigma' = 0, the step lands on x0_hat
 
 
-def dpmpp_2m_sde_coefficients(grid: Grid, schedule=None, **_) -> SDECoefficients:
-    """`dpmpp_2m_sde_update`'s coefficients at each of the grid's n steps, (n,) float64 tensors."""
+def dpmpp_2m_sde_coefficients(grid: Grid, schedule=None, *, eta_ancestral: float = 1.0, s_noise: float = 1.0,
+                              **_) -> SDECoefficients:
+    r"""`dpmpp_2m_sde_update`'s coefficients at each of the grid's n steps, (n,) float64 tensors.
+
+    k-diffusion's `eta` (`eta_ancestral`) sets how much of x_t the step forgets, and `s_noise` scales
+    the fresh noise: with eta the step keeps (sigma_{t'} / sigma_t) e^{-eta h} of x_t, weighs D by
+    alpha_{t'} (1 - e^{-(1 + eta) h}) and adds noise of std sigma_{t'} sqrt(1 - e^{-2 eta h}) s_noise
+    (eta = 0: the ODE solver DPM++ 2M; eta = 1, the default: the formulas above).
+    """
     sigma, sigma_prev = grid.sigmas[:-1], grid.sigmas[1:]  # (n,) each
     _, h, r = log_snr_steps(grid.sigmas)
     alpha, alpha_prev = vp_scale(sigma), vp_scale(sigma_prev)
     sigma_vp, sigma_vp_prev = sigma * alpha, sigma_prev * alpha_prev
-    kept = -torch.expm1(-2 * h)  # 1 - e^{-2h}: 1 at the last step (h = inf)
-    return SDECoefficients(alpha, sigma_vp, sigma_vp_prev / sigma_vp * torch.exp(-h), alpha_prev * kept,
-                           sigma_vp_prev * kept.sqrt(), 0.5 / r, sigma_prev == 0)
+    if eta_ancestral == 1:
+        kept = -torch.expm1(-2 * h)  # 1 - e^{-2h}: 1 at the last step (h = inf)
+        weight, std, forget = kept, kept.sqrt(), torch.exp(-h)
+    else:
+        weight = -torch.expm1(-(1 + eta_ancestral) * h)  # 1 - e^{-(1 + eta) h}
+        std, forget = (-torch.expm1(-2 * eta_ancestral * h)).sqrt(), torch.exp(-eta_ancestral * h)
+    std = sigma_vp_prev * std if s_noise == 1 else sigma_vp_prev * std * s_noise
+    return SDECoefficients(alpha, sigma_vp, sigma_vp_prev / sigma_vp * forget, alpha_prev * weight,
+                           std, 0.5 / r, sigma_prev == 0)
 
 
 def dpmpp_2m_sde_update(x_t, eps, c: SDECoefficients, *, noise=None, clip_x0=None, state=None) -> StepOutput:
@@ -120,7 +133,8 @@ DPMPP_2M_SDE = register(Sampler(
     update=dpmpp_2m_sde_update,
     default_spacing="linspace",
     diffusers_class="DPMSolverMultistepScheduler",
-    draws_noise=lambda grid, **options: [True] * len(grid.timesteps),
+    # k-diffusion draws no noise at eta = 0; diffusers draws at every step
+    draws_noise=lambda grid, *, eta_ancestral=1.0, **options: [eta_ancestral != 0] * len(grid.timesteps),
     karras=True,
     diffusers_config={"algorithm_type": "sde-dpmsolver++"},
     webui_names={"DPM++ 2M SDE": False, "DPM++ 2M SDE Karras": True},

@@ -29,9 +29,14 @@ from diffusion_notes.foundations.schedules import Schedule
 from diffusion_notes.foundations.sigmas import vp_scale
 
 
-def euler_ancestral_coefficients(sigma, sigma_prev) -> EulerCoefficients:
-    """`euler_ancestral_step`'s sigma_up and sigma_down, elementwise on float64 tensors."""
+def euler_ancestral_coefficients(sigma, sigma_prev, eta: float = 1.0) -> EulerCoefficients:
+    """`euler_ancestral_step`'s sigma_up and sigma_down, elementwise on float64 tensors.
+
+    `eta` scales sigma_up (at most sigma'), as k-diffusion's `get_ancestral_step` does: 0 is Euler.
+    """
     sigma_up = (sigma_prev**2 * (sigma**2 - sigma_prev**2) / sigma**2).sqrt()
+    if eta != 1:
+        sigma_up = torch.minimum(sigma_prev, eta * sigma_up)
     sigma_down = (sigma_prev**2 - sigma_up**2).sqrt()
     return EulerCoefficients(sigma, sigma_down - sigma, vp_scale(sigma), vp_scale(sigma_prev), sigma_up)
 
@@ -67,9 +72,9 @@ def euler_ancestral_step(
     return euler_update(x_t, eps, c, noise=fresh_noise(noise, x_t), clip_x0=clip_x0)
 
 
-def coefficients(grid: Grid, schedule: Schedule, **options) -> EulerCoefficients:
-    """`euler_ancestral_coefficients` at every grid point, (n,) float64 each."""
-    return euler_ancestral_coefficients(*sigma_pairs(grid, schedule))
+def coefficients(grid: Grid, schedule: Schedule, *, eta_ancestral: float = 1.0, **options) -> EulerCoefficients:
+    """`euler_ancestral_coefficients` at every grid point, (n,) float64 each (k-diffusion's eta: `eta_ancestral`)."""
+    return euler_ancestral_coefficients(*sigma_pairs(grid, schedule), eta_ancestral)
 
 
 SAMPLER = register(Sampler(

@@ -56,7 +56,7 @@ class HeunCoefficients(NamedTuple):
 def heun_coefficients(grid: Grid, schedule=None, **_) -> HeunCoefficients:
     """`heun_update`'s coefficients at each of the grid's 2n - 1 calls, (2n - 1,) float64 tensors."""
     sigmas = grid.sigmas  # (N + 1,)
-    sigma = sigmas[:-1]  # (N,)
+    sigma = sigmas[:-1] if grid.sigma_hat is None else grid.sigma_hat  # (N,): where the model is called
     first = first_halves(grid.step_index)  # (N,)
     # first half: from sigmas[j] to sigmas[j + 1]; second: x sits at sigma_{k+1} = sigmas[j], from sigmas[j - 1]
     sigma_from = torch.where(first, sigma, torch.cat([sigma[:1], sigma[:-1]]))

@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 
 from diffusion_notes.practice.checkpoints import sd_keys, to_diffusers
-from diffusion_notes.practice.checkpoints.schedulers import diffusers_scheduler
+from diffusion_notes.practice.checkpoints.schedulers import export_scheduler
 from diffusion_notes.run_files import atomic_write_bytes
 
 DEFAULT_SAMPLER = "dpmpp_2m"  # our pipeline's default, written as the folder's scheduler
@@ -54,15 +54,16 @@ def clip_tokenizer():
 def diffusers_pipeline(pipe, sampler: str = DEFAULT_SAMPLER):
     """Our LatentDiffusionPipeline as a diffusers StableDiffusionPipeline (in memory, float32, CPU).
 
-    Its scheduler has SD v1's steps_offset=1 (diffusers' pipeline insists on it); the default
-    sampler's "linspace" grid does not read it, but DDIM's "leading" one does.
+    Its scheduler (`schedulers.export_scheduler`) is our default sampler's, with SD v1's steps_offset=1
+    (diffusers' pipeline insists on it; the "linspace" grid does not read it) and our DDIM's options
+    (no clipping, set_alpha_to_one), which a DDIMScheduler made `from_config` of it reads.
     """
     from diffusers import StableDiffusionPipeline
 
     return StableDiffusionPipeline(
         vae=to_diffusers.diffusers_vae(pipe.vae, pipe.scale_factor), text_encoder=to_diffusers.transformers_text_encoder(pipe.clip),
         tokenizer=clip_tokenizer(), unet=to_diffusers.diffusers_unet(pipe.unet),
-        scheduler=diffusers_scheduler(sampler, pipe.schedule, steps_offset=1), safety_checker=None, feature_extractor=None,
+        scheduler=export_scheduler(sampler, pipe.schedule), safety_checker=None, feature_extractor=None,
         requires_safety_checker=False)
 
 

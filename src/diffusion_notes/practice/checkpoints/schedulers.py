@@ -5,6 +5,9 @@ are set alike; these two functions set them alike in each direction:
 
     diffusers_scheduler("euler_a", schedule)      -> EulerAncestralDiscreteScheduler(...)
     schedule_from_config(pipe.scheduler.config)   -> our Schedule (betas of the same kind and range)
+
+`export_scheduler` is the scheduler an exported folder carries: its config holds every option
+our samplers read, so that `AnyScheduler.from_config(pipe.scheduler.config)` steps as ours does.
 """
 
 from __future__ import annotations
@@ -42,6 +45,28 @@ def diffusers_scheduler(sampler: str, schedule: Schedule, use_karras_sigmas: boo
     if karras:
         config["use_karras_sigmas"] = True
     return cls(**config)
+
+
+# What an exported folder's scheduler config says, whatever class reads it: the exported sampler's own
+# spacing ("linspace", as our DPM++ 2M and Euler samplers have it), steps_offset 1 (diffusers'
+# StableDiffusionPipeline resets any other value to 1 as it loads; "linspace" does not read it), no
+# clipping of x0_hat and DDIM's last step to alpha_bar = 1, as our DDIM takes them.
+EXPORT_CONFIG = {"timestep_spacing": "linspace", "steps_offset": 1, "clip_sample": False, "set_alpha_to_one": True}
+
+
+def export_scheduler(sampler: str, schedule: Schedule):
+    """`diffusers_scheduler(sampler, schedule)` with `EXPORT_CONFIG` in its config, for an exported folder.
+
+    A scheduler class keeps the keys it has no use for in its config (DPM-Solver's `clip_sample`),
+    so `EulerAncestralDiscreteScheduler.from_config(pipe.scheduler.config)` steps as our Euler a and
+    `DDIMScheduler.from_config(...)` reads our clip_sample and set_alpha_to_one. One spacing serves
+    every class, and DDIM's is "leading" with steps_offset 0, so our DDIM is
+    `DDIMScheduler.from_config(pipe.scheduler.config, timestep_spacing="leading", steps_offset=0)`.
+    """
+    scheduler = diffusers_scheduler(sampler, schedule, timestep_spacing=EXPORT_CONFIG["timestep_spacing"],
+                                    steps_offset=EXPORT_CONFIG["steps_offset"])
+    scheduler.register_to_config(**{k: v for k, v in EXPORT_CONFIG.items() if k not in scheduler.config})
+    return scheduler
 
 
 def schedule_from_config(config) -> Schedule:

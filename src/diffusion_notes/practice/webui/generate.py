@@ -36,8 +36,9 @@ from diffusion_notes.practice.webui.conditioning import (
 from diffusion_notes.practice.webui.extra_networks import parse_extra_networks
 from diffusion_notes.practice.webui.inpaint import latent_mask, pixel_mask  # noqa: F401  (the chapter's)
 from diffusion_notes.practice.webui.prompts import parse_prompt_attention
+from diffusion_notes.practice.webui.schedulers import check_options, webui_plan
 from diffusion_notes.practice.webui.seeds import ImageRNG, job_seeds, resolve_seed
-from diffusion_notes.stable_diffusion.denoise import denoise, make_plan
+from diffusion_notes.stable_diffusion.denoise import denoise
 from diffusion_notes.stable_diffusion.denoise import webui_start as start_step  # the web UI's img2img start
 
 SIZE = 32  # the only size our models draw
@@ -167,6 +168,7 @@ def check(settings: Settings) -> Settings:
         raise ValueError(f"clip_skip must be an int >= 1 (1 = the text encoder's last layer), got {settings.clip_skip!r}")
     if not isinstance(settings.old_prompt_editing, bool):
         raise ValueError(f"old_prompt_editing must be true or false, got {settings.old_prompt_editing!r}")
+    check_options(settings)  # the scheduler, eta, s_churn, s_tmin, s_tmax and s_noise
     if settings.mask is not None and settings.init_image is None:
         raise ValueError("a mask needs an init image (inpainting redraws part of an image)")
     inpaint.check(settings)
@@ -182,13 +184,20 @@ def _as_rgb(image, what: str) -> Image.Image:
         else image.convert("RGB")
 
 
+def job_plan(pipe, settings: Settings):
+    """The sampler's plan for the job: its grid under the web UI's schedule type, with its options."""
+    return webui_plan(settings.sampler_name, settings.steps, pipe.schedule, settings.scheduler, eta=settings.eta,
+                      s_churn=settings.s_churn, s_tmin=settings.s_tmin, s_tmax=settings.s_tmax,
+                      s_noise=settings.s_noise)
+
+
 @torch.no_grad()
 def run_batch(pipe, settings: Settings, seeds: list[int], subseeds: list[int], encoder: PromptEncoder,
               init: torch.Tensor | None = None, mask: inpaint.Inpainting | None = None, callback=None,
               fill_seeds: list[int] | None = None) -> torch.Tensor:
     """One batch: latents (B, 4, 8, 8) -> decoded images (B, 3, 32, 32) in [0, 1]."""
     B, n, c = len(seeds), settings.steps, pipe.unet.config
-    plan = make_plan(settings.sampler_name, n, pipe.schedule)
+    plan = job_plan(pipe, settings)
     rng = ImageRNG((c.in_channels, c.sample_size, c.sample_size), seeds, subseeds, settings.subseed_strength,
                    eta_noise_seed_delta=settings.eta_noise_seed_delta, randn_source=settings.randn_source,
                    device=pipe.device)
@@ -259,7 +268,7 @@ def _generate(pipe, settings: Settings, encoded: Settings, model, callback) -> R
             images = job.paste(images)
         pictures.append(images)
     images = torch.cat(pictures)  # (N, 3, 32, 32)
-    counted = total_steps(make_plan(settings.sampler_name, settings.steps, pipe.schedule).grid, settings.steps)
+    counted = total_steps(job_plan(pipe, settings).grid, settings.steps)
     texts = [infotext.create(settings, seeds[i], subseeds[i], model, i % settings.batch_size, counted)
              for i in range(total)]
     warnings = [f"the prompt has {count} tokens; it is cut into chunks of 75"

@@ -23,6 +23,7 @@ from PIL import Image, PngImagePlugin, UnidentifiedImageError
 from diffusion_notes import __version__
 from diffusion_notes.practice.webui.inpaint import FILLS, blur_sizes
 from diffusion_notes.practice.webui.prompts import old_rule_matters
+from diffusion_notes.practice.webui.schedulers import find, sampler_options
 
 VERSION = f"diffusion_notes-v{__version__}"  # the infotext's "Version"
 
@@ -46,7 +47,13 @@ FIELDS = {
     "ENSD": ("eta_noise_seed_delta", int), "RNG": ("randn_source", str),
     "Masked area padding": ("inpaint_full_res_padding", int),
     "Clip skip": ("clip_skip", int), "Old prompt editing timelines": ("old_prompt_editing", flag),
+    "Schedule type": ("scheduler", str), "Eta": ("eta", float), "Eta DDIM": ("eta", float),
+    "Sigma churn": ("s_churn", float), "Sigma tmin": ("s_tmin", float), "Sigma tmax": ("s_tmax", float),
+    "Sigma noise": ("s_noise", float),
 }
+# the sampler options the web UI writes when they differ from their defaults (its Sampler.initialize)
+OPTION_KEYS = {"eta_ancestral": ("Eta", 1.0), "eta": ("Eta DDIM", 0.0), "s_churn": ("Sigma churn", 0.0),
+               "s_tmin": ("Sigma tmin", 0.0), "s_tmax": ("Sigma tmax", float("inf")), "s_noise": ("Sigma noise", 1.0)}
 
 
 def _quote(value) -> str:
@@ -66,6 +73,7 @@ def create(settings, seed: int, subseed: int, model: tuple[str, str] = ("", ""),
     params = {"Steps": settings.steps, "Sampler": settings.sampler_name, "CFG scale": float(settings.cfg_scale),
               "Seed": seed, "Size": f"{settings.width}x{settings.height}", "Model hash": short_hash or None,
               "Model": name or None}
+    params.update(_sampler_params(settings))
     if settings.subseed_strength > 0:
         params.update({"Variation seed": subseed, "Variation seed strength": float(settings.subseed_strength)})
     if settings.init_image is not None:
@@ -96,6 +104,18 @@ def create(settings, seed: int, subseed: int, model: tuple[str, str] = ("", ""),
     line = ", ".join(f"{k}: {_quote(v)}" for k, v in params.items() if v is not None)
     negative = f"\n{NEGATIVE} {settings.negative_prompt}" if settings.negative_prompt else ""
     return f"{settings.prompt}{negative}\n{line}"
+
+
+def _sampler_params(settings) -> dict:
+    """"Schedule type" unless Automatic, and each option the sampler takes that is not its default."""
+    params = {} if find(settings.scheduler).label == "Automatic" else {"Schedule type": find(settings.scheduler).label}
+    options = sampler_options(settings.sampler_name, settings.eta, settings.s_churn, settings.s_tmin,
+                              settings.s_tmax, settings.s_noise)
+    for name, value in options.items():
+        key, default = OPTION_KEYS[name]
+        if value != default:
+            params[key] = float(value)
+    return params
 
 
 def parse(text: str) -> dict:

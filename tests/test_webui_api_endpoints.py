@@ -94,8 +94,10 @@ def test_scripts_and_their_arguments(client):
 
 def test_the_lists_have_the_web_uis_item_shapes(client):
     """models.py's SchedulerItem, UpscalerItem, LatentUpscalerModeItem, SDVaeItem, MemoryResponse."""
-    for item in client.get("/sdapi/v1/schedulers").json():
-        assert set(item) == {"name", "label", "aliases", "default_rho", "need_inner_model"}
+    schedules = client.get("/sdapi/v1/schedulers").json()
+    assert all(set(item) == {"name", "label", "aliases", "default_rho", "need_inner_model"} for item in schedules)
+    labels = [item["label"] for item in schedules]  # sd_schedulers.py's list, in its order
+    assert labels[:6] == ["Automatic", "Uniform", "Karras", "Exponential", "Polyexponential", "SGM Uniform"]
     upscalers = client.get("/sdapi/v1/upscalers").json()
     assert [u["name"] for u in upscalers] == ["None", "Lanczos", "Nearest"]
     assert all(set(u) == {"name", "model_name", "model_path", "model_url", "scale"} for u in upscalers)

@@ -23,6 +23,7 @@ from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field
 
 from diffusion_notes.practice.webui import interrogate
+from diffusion_notes.practice.webui import schedulers as webui_schedulers
 from diffusion_notes.practice.webui.api_io import answer, decode_image, error, png64
 from diffusion_notes.practice.webui.api_requests import OPTION_DEFAULTS, styles_of
 from diffusion_notes.practice.webui.api_scripts import script_info, scripts_list
@@ -43,8 +44,8 @@ def latent_upscale_modes() -> list[dict]:
 
 
 def schedulers() -> list[dict]:
-    """GET /sdapi/v1/schedulers: the schedule types; the samplers' own grids ("Automatic") are the one here."""
-    return [{"name": "automatic", "label": "Automatic", "aliases": None, "default_rho": -1, "need_inner_model": False}]
+    """GET /sdapi/v1/schedulers: the web UI's schedule types (`schedulers.api_list`)."""
+    return webui_schedulers.api_list()
 
 
 class ExtrasRequest(BaseModel):

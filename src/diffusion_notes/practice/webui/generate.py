@@ -25,15 +25,19 @@ from diffusion_notes.foundations.grids import RegistryView, grid_index, noise_to
 from diffusion_notes.foundations.samplers import SAMPLER_ALIASES, SAMPLERS
 from diffusion_notes.practice.controlnet.units import ControlledUNet, ControlUnit
 from diffusion_notes.practice.finetune.lora_files import applied
-from diffusion_notes.practice.webui import infotext
+from diffusion_notes.practice.webui import hires, infotext
 from diffusion_notes.practice.webui.conditioning import Conditioning, PromptEncoder, WebUIDenoiser
 from diffusion_notes.practice.webui.extra_networks import parse_extra_networks
 from diffusion_notes.practice.webui.prompts import parse_prompt_attention
+from diffusion_notes.practice.webui.resize import check_resize_mode, latent_resize, resize_image
 from diffusion_notes.practice.webui.seeds import ImageRNG, resolve_seed
+from diffusion_notes.practice.webui.upscalers import check_upscaler
 from diffusion_notes.stable_diffusion.denoise import denoise, make_plan
 from diffusion_notes.stable_diffusion.denoise import webui_start as start_step  # the web UI's img2img start
 
-SIZE = 32  # the only size our models draw
+SIZE = 32  # the size our models were trained at, and the default width and height
+SIZES = (32, 512, 8)  # width and height: multiples of 8 from 32 to 512 (the web UI's default, 512x512, included)
+FACTOR = 4  # our VAE's downsampling factor f: a W x H picture is drawn as a (4, H/f, W/f) latent
 LIMITS = {"steps": (1, 150), "cfg_scale": (0.0, 30.0), "batch_size": (1, 8), "n_iter": (1, 100),
           "mask_blur": (0, 16), "inpaint_full_res_padding": (0, 32)}
 DEFAULT_SAMPLER = "DPM++ 2M"
@@ -149,23 +153,82 @@ def check(settings: Settings) -> Settings:
         value = getattr(settings, name)
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 1:
             raise ValueError(f"{name} must be a number in [0, 1], got {value!r}")
-    if (settings.width, settings.height) != (SIZE, SIZE):
-        raise ValueError(f"this model draws {SIZE}x{SIZE} images only, got width={settings.width!r}, "
-                         f"height={settings.height!r}; resize the result yourself if you need it larger")
+    check_size(settings.width, settings.height)
     resolve_seed(settings.seed), resolve_seed(settings.subseed)
     settings.sampler_name = sampler_name(settings.sampler_name)
+    _check_init_images(settings)
+    if settings.enable_hr:
+        _check_hires(settings)
     if settings.mask is not None and settings.init_image is None:
         raise ValueError("a mask needs an init image (inpainting redraws part of an image)")
+    if settings.mask is not None and settings.resize_mode == 3:
+        raise ValueError("inpainting takes resize_mode 0, 1 or 2 (the mask is resized with the picture), got 3")
+    if (settings.mask is not None or settings.controlnet) and (settings.width, settings.height) != (SIZE, SIZE):
+        raise ValueError(f"inpainting and ControlNet draw {SIZE}x{SIZE} pictures only, got "
+                         f"{settings.width}x{settings.height}")
     for unit in settings.controlnet:
         unit.check()
     return settings
 
 
-def _as_rgb(image, what: str) -> Image.Image:
+def check_size(width, height, what: str = "") -> tuple[int, int]:
+    """(width, height) if each is a multiple of 8 from 32 to 512, else a ValueError that says so."""
+    lo, hi, step = SIZES
+    for name, value in (("width", width), ("height", height)):
+        if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi or value % step:
+            raise ValueError(f"{what}{name} must be a multiple of {step} from {lo} to {hi}, got {value!r}")
+    return width, height
+
+
+def _check_init_images(settings: Settings):
+    """init_images (or init_image, its first) as the web UI takes them; the batch is as many as they are."""
+    if not isinstance(settings.init_images, (list, tuple)):
+        raise ValueError(f"init_images must be a list of images, got {type(settings.init_images).__name__}")
+    for i, image in enumerate(settings.init_images):
+        if not hasattr(image, "convert") or not hasattr(image, "size"):
+            raise ValueError(f"init_images[{i}] must be an image, got {type(image).__name__}")
+    if settings.init_images and settings.init_image is None:
+        settings.init_image = settings.init_images[0]
+    count = len(settings.init_images)
+    if count > settings.batch_size:
+        raise ValueError(f"{count} init_images for a batch of {settings.batch_size}; send batch_size or fewer "
+                         "(one image is used for the whole batch, k images make a batch of k)")
+    if count > 1:
+        settings.batch_size = count
+    check_resize_mode(settings.resize_mode)
+
+
+def _check_hires(settings: Settings):
+    """The hires fix settings, and the size its second pass would draw (a multiple of 8 up to 512)."""
+    if settings.init_image is not None:
+        raise ValueError("hires fix (enable_hr) is for txt2img; img2img draws at width x height directly")
+    value = settings.hr_scale
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not (math.isfinite(value) and value > 0):
+        raise ValueError(f"hr_scale must be a positive number, got {value!r}")
+    for name in ("hr_resize_x", "hr_resize_y", "hr_second_pass_steps"):
+        value = getattr(settings, name)
+        if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= SIZES[1] * 4:
+            raise ValueError(f"{name} must be an int from 0 to {SIZES[1] * 4} (0: not set), got {value!r}")
+    if settings.hr_second_pass_steps > LIMITS["steps"][1]:
+        raise ValueError(f"hr_second_pass_steps must be at most {LIMITS['steps'][1]}, got {settings.hr_second_pass_steps}")
+    for name in ("hr_prompt", "hr_negative_prompt"):
+        if not isinstance(getattr(settings, name), str):
+            raise ValueError(f"{name} must be a string, got {getattr(settings, name)!r}")
+        for part in getattr(settings, name).split("AND"):
+            parse_prompt_attention(part)
+    check_upscaler(settings.hr_upscaler)
+    hires.second_pass_steps(1, settings.denoising_strength)  # 0 has no second pass
+    target = hires.target_size(settings.width, settings.height, settings.hr_scale, settings.hr_resize_x,
+                               settings.hr_resize_y, FACTOR)
+    check_size(*target.final(FACTOR), what=f"hires fix would draw {target.final(FACTOR)[0]}x"
+               f"{target.final(FACTOR)[1]}; its ")
+
+
+def _as_rgb(image, what: str, settings: Settings) -> Image.Image:
+    """The input picture as RGB, width x height as the resize mode says (mode 3: left as it is)."""
     if not hasattr(image, "convert"):
         raise ValueError(f"{what} must be an image")
-    return image.convert("RGB").resize((SIZE, SIZE), Image.BICUBIC) if image.size != (SIZE, SIZE) \
-        else image.convert("RGB")
+    return resize_image(settings.resize_mode, image.convert("RGB"), settings.width, settings.height)
 
 
 def pixel_mask(settings: Settings) -> torch.Tensor:
@@ -185,14 +248,22 @@ def latent_mask(mask: torch.Tensor, size: int) -> torch.Tensor:
 
 @torch.no_grad()
 def run_batch(pipe, settings: Settings, seeds: list[int], subseeds: list[int], encoder: PromptEncoder,
-              init: torch.Tensor | None = None, mask: torch.Tensor | None = None, callback=None) -> torch.Tensor:
-    """One batch: latents (B, 4, 8, 8) -> decoded images (B, 3, 32, 32) in [0, 1]."""
-    B, n, c = len(seeds), settings.steps, pipe.unet.config
-    plan = make_plan(settings.sampler_name, n, pipe.schedule)
-    rng = ImageRNG((c.in_channels, c.sample_size, c.sample_size), seeds, subseeds, settings.subseed_strength)
-    noise = rng.first().to(pipe.device)  # (B, 4, 8, 8)
-    z0 = None if init is None else pipe.encode_image(init).expand(B, -1, -1, -1)  # (B, 4, 8, 8)
-    start = 0 if init is None else start_step(n, settings.denoising_strength)
+              init: torch.Tensor | None = None, mask: torch.Tensor | None = None, callback=None,
+              grid_steps: int | None = None, start: int | None = None, decode: bool = True) -> torch.Tensor:
+    """One batch drawn at width x height: latents (B, 4, H/f, W/f) -> decoded images (B, 3, H, W) in [0, 1].
+
+    `init`: the input's latents (1 or B, 4, H/f, W/f) for img2img. The sampler's grid has `grid_steps`
+    steps (default settings.steps) and the loop starts at step `start` (default: txt2img's 0, or
+    img2img's start for the denoising strength); `decode=False` returns the latents.
+    """
+    B, n, c, f = len(seeds), settings.steps, pipe.unet.config, pipe.vae.downsampling_factor
+    plan = make_plan(settings.sampler_name, grid_steps or n, pipe.schedule)
+    rng = ImageRNG((c.in_channels, settings.height // f, settings.width // f), seeds, subseeds,
+                   settings.subseed_strength)
+    noise = rng.first().to(pipe.device)  # (B, 4, H/f, W/f)
+    z0 = None if init is None else init.to(pipe.device).expand(B, -1, -1, -1)  # (B, 4, H/f, W/f)
+    if start is None:
+        start = 0 if init is None else start_step(n, settings.denoising_strength)
     after_step = None
     if mask is not None:
         keep = 1 - latent_mask(mask, c.sample_size).to(pipe.device)  # (1, 1, 8, 8): 1 where the input stays
@@ -209,7 +280,7 @@ def run_batch(pipe, settings: Settings, seeds: list[int], subseeds: list[int], e
         unet = ControlledUNet(unet, settings.controlnet, plan.grid.timesteps.tolist()[grid_index(plan.grid, start):])
     model = WebUIDenoiser(unet, conds, unconds, settings.cfg_scale, encoder(""))
     z = denoise(model, plan, noise, z0=z0, start_step=start, noise=rng.next, after_step=after_step, callback=callback)
-    return pipe.decode_latents(z).cpu()  # (B, 3, 32, 32)
+    return pipe.decode_latents(z).cpu() if decode else z  # (B, 3, H, W) or (B, 4, H/f, W/f)
 
 
 def _crop_box(mask: torch.Tensor, padding: int) -> tuple[int, int, int, int]:
@@ -241,9 +312,12 @@ def generate(pipe, settings: Settings, model: tuple[str, str] = ("", ""), callba
     if tags and loras is None:
         raise ValueError(f"the prompt names {len(tags)} extra network(s) ({tags[0][0]}:{tags[0][1]}) "
                          "but no LoRAs are loaded")
+    hr_prompt, hr_tags = parse_extra_networks(settings.hr_prompt)
+    if settings.enable_hr and settings.hr_prompt and hr_tags != tags:
+        raise ValueError("the hires prompt must name the same extra networks as the prompt (one UNet draws both passes)")
     networks = loras.networks(tags) if tags else []
     with applied(pipe.unet, networks):
-        return _generate(pipe, settings, replace(settings, prompt=prompt), model, callback)
+        return _generate(pipe, settings, replace(settings, prompt=prompt, hr_prompt=hr_prompt), model, callback)
 
 
 def _generate(pipe, settings: Settings, encoded: Settings, model, callback) -> Result:
@@ -256,18 +330,23 @@ def _generate(pipe, settings: Settings, encoded: Settings, model, callback) -> R
     init = mask = None
     box = (0, 0, SIZE, SIZE)
     if settings.init_image is not None:
-        image = _as_rgb(settings.init_image, "init_images")
-        original = torch.from_numpy(np.asarray(image, dtype=np.float32) / 255).permute(2, 0, 1)[None]  # (1, 3, 32, 32)
+        inputs = [_as_rgb(image, f"init_images[{i}]", settings)
+                  for i, image in enumerate(settings.init_images or [settings.init_image])]
+        original = hires.as_tensor(inputs) if settings.resize_mode != 3 else None  # (k, 3, H, W): k = 1 or B
         if settings.mask is not None:
             mask = pixel_mask(settings)  # (1, 1, 32, 32)
             if settings.inpaint_full_res:
                 box = _crop_box(mask, settings.inpaint_full_res_padding)
-        init = _crop(original, box)
+        init = _init_latents(pipe, settings, inputs) if original is None \
+            else hires.encode(pipe, original if mask is None else _crop(original, box))  # (k, 4, H/f, W/f)
     pictures = []
     for j in range(settings.n_iter):
         batch = slice(j * settings.batch_size, (j + 1) * settings.batch_size)
-        images = run_batch(pipe, encoded, seeds[batch], subseeds[batch], encoder, init,
-                           None if mask is None else _crop(mask, box), callback)
+        if settings.enable_hr:
+            images = _hires_batch(pipe, settings, encoded, seeds[batch], subseeds[batch], encoder, callback)
+        else:
+            images = run_batch(pipe, encoded, seeds[batch], subseeds[batch], encoder, init,
+                               None if mask is None else _crop(mask, box), callback)
         if mask is not None:  # paste the result into the input's pixels under the mask
             images = _uncrop(images, box, original)
             images = mask * images + (1 - mask) * original
@@ -279,6 +358,34 @@ def _generate(pipe, settings: Settings, encoded: Settings, model, callback) -> R
                 for text, count in encoder.token_counts.items() if count > 75 and text]
     return Result(to_pil(images), seeds, subseeds, texts, settings, sorted(set(warnings)),
                   model_name=model[0], model_hash=model[1])
+
+
+def _init_latents(pipe, settings: Settings, inputs: list[Image.Image]) -> torch.Tensor:
+    """Resize mode 3: each input encoded at its own size, its latent resized to (H/f, W/f) -> (k, 4, H/f, W/f)."""
+    f = pipe.vae.downsampling_factor
+    return torch.cat([latent_resize(hires.encode(pipe, hires.as_tensor([image])), settings.height // f,
+                                    settings.width // f) for image in inputs])
+
+
+def _hires_batch(pipe, settings: Settings, encoded: Settings, seeds: list[int], subseeds: list[int],
+                 encoder: PromptEncoder, callback) -> torch.Tensor:
+    """txt2img with hires fix: the first pass at width x height, upscaled, redrawn -> (B, 3, H', W').
+
+    The second pass is img2img on the upscaled latent with `hr_second_pass_steps` (0: the first pass's
+    steps) run at the end of a longer grid, the hires prompts (empty: the first pass's), and fresh
+    noise from every image's own seed, drawn at the new size as the first pass's was.
+    """
+    f = pipe.vae.downsampling_factor
+    z = run_batch(pipe, encoded, seeds, subseeds, encoder, callback=callback, decode=False)  # (B, 4, H/f, W/f)
+    target = hires.target_size(settings.width, settings.height, settings.hr_scale, settings.hr_resize_x,
+                               settings.hr_resize_y, f)
+    z0 = hires.upscale(pipe, z, target, settings.hr_upscaler)  # (B, 4, H'/f, W'/f)
+    steps = settings.hr_second_pass_steps or settings.steps
+    total, start = hires.second_pass_steps(steps, settings.denoising_strength)
+    width, height = target.final(f)
+    second = replace(encoded, prompt=encoded.hr_prompt or encoded.prompt, steps=steps, width=width, height=height,
+                     negative_prompt=encoded.hr_negative_prompt or encoded.negative_prompt)
+    return run_batch(pipe, second, seeds, subseeds, encoder, z0, callback=callback, grid_steps=total, start=start)
 
 
 def _crop(image: torch.Tensor, box) -> torch.Tensor:

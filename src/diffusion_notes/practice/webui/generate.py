@@ -220,8 +220,11 @@ def _check_hires(settings: Settings):
     hires.second_pass_steps(1, settings.denoising_strength)  # 0 has no second pass
     target = hires.target_size(settings.width, settings.height, settings.hr_scale, settings.hr_resize_x,
                                settings.hr_resize_y, FACTOR)
-    check_size(*target.final(FACTOR), what=f"hires fix would draw {target.final(FACTOR)[0]}x"
-               f"{target.final(FACTOR)[1]}; its ")
+    width, height = target.final(FACTOR)
+    if max(target.width, target.height) > 4 * SIZES[1]:
+        raise ValueError(f"hires fix would upscale to {target.width}x{target.height} before its crop; "
+                         f"the most is {4 * SIZES[1]} a side")
+    check_size(width, height, what=f"hires fix would draw {width}x{height}; its ")
 
 
 def _as_rgb(image, what: str, settings: Settings) -> Image.Image:

@@ -97,8 +97,16 @@ def upscale(pipe, z: torch.Tensor, target: Target, upscaler: str) -> torch.Tenso
 
 @torch.no_grad()
 def encode(pipe, images: torch.Tensor) -> torch.Tensor:
-    """Pictures (B, 3, H, W) in [0, 1], H and W multiples of f -> scaled latents (B, C, H/f, W/f), the mean."""
-    x = check_images(images.to(pipe.device) * 2 - 1, size=None)  # the VAE is convolutional: any H, W
+    """Pictures (B, 3, H, W) in [0, 1] -> scaled latents (B, C, H // f, W // f), the posterior's mean.
+
+    The VAE is convolutional, so it encodes any size; the last H mod f rows (and columns) are left out,
+    so that the latent has the size Stable Diffusion's VAE gives (its downsampling rounds down).
+    """
+    f = pipe.vae.downsampling_factor
+    h, w = images.shape[-2] // f * f, images.shape[-1] // f * f
+    if not (h and w):
+        raise ValueError(f"a picture must be at least {f}x{f} pixels to encode, got {tuple(images.shape[-2:])}")
+    x = check_images(images[..., :h, :w].to(pipe.device) * 2 - 1, size=None)  # (B, 3, h, w)
     return DiagonalGaussian(pipe.vae.encoder(x)).mean * pipe.scale_factor
 
 

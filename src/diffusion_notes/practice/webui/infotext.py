@@ -27,6 +27,13 @@ FIELDS = {
     "Denoising strength": ("denoising_strength", float), "Mask blur": ("mask_blur", int),
     "Batch size": ("batch_size", int), "Model hash": ("sd_model_hash", str), "Model": ("sd_model_name", str),
 }
+# hires fix's keys (the web UI writes them when enable_hr is on)
+HIRES_FIELDS = {
+    "Hires upscale": ("hr_scale", float), "Hires steps": ("hr_second_pass_steps", int),
+    "Hires upscaler": ("hr_upscaler", str), "Hires prompt": ("hr_prompt", str),
+    "Hires negative prompt": ("hr_negative_prompt", str), "Hires resize-1": ("hr_resize_x", int),
+    "Hires resize-2": ("hr_resize_y", int),
+}
 
 
 def _quote(value) -> str:
@@ -42,7 +49,7 @@ def create(settings, seed: int, subseed: int, model: tuple[str, str] = ("", ""),
               "Model": name or None}
     if settings.subseed_strength > 0:
         params.update({"Variation seed": subseed, "Variation seed strength": float(settings.subseed_strength)})
-    if settings.init_image is not None:
+    if settings.init_image is not None or getattr(settings, "enable_hr", False):
         params["Denoising strength"] = float(settings.denoising_strength)
     if settings.mask is not None:
         params["Mask blur"] = settings.mask_blur
@@ -52,9 +59,28 @@ def create(settings, seed: int, subseed: int, model: tuple[str, str] = ("", ""),
             params.update({"Inpaint area": "Only masked", "Masked area padding": settings.inpaint_full_res_padding})
     if settings.batch_size > 1:
         params.update({"Batch size": settings.batch_size, "Batch pos": batch_pos})
+    if getattr(settings, "enable_hr", False) and settings.init_image is None:
+        params.update(_hires(settings))
     line = ", ".join(f"{k}: {_quote(v)}" for k, v in params.items() if v is not None)
     negative = f"\n{NEGATIVE} {settings.negative_prompt}" if settings.negative_prompt else ""
     return f"{settings.prompt}{negative}\n{line}"
+
+
+def _hires(settings) -> dict:
+    """Hires fix's keys, in the order the web UI's txt2img `init` adds them."""
+    params = {}
+    if settings.hr_prompt and settings.hr_prompt != settings.prompt:
+        params["Hires prompt"] = settings.hr_prompt
+    if settings.hr_negative_prompt and settings.hr_negative_prompt != settings.negative_prompt:
+        params["Hires negative prompt"] = settings.hr_negative_prompt
+    if settings.hr_resize_x == 0 and settings.hr_resize_y == 0:
+        params["Hires upscale"] = float(settings.hr_scale)
+    else:
+        params["Hires resize"] = f"{settings.hr_resize_x}x{settings.hr_resize_y}"
+    if settings.hr_second_pass_steps:
+        params["Hires steps"] = settings.hr_second_pass_steps
+    params["Hires upscaler"] = settings.hr_upscaler
+    return params
 
 
 def parse(text: str) -> dict:
@@ -93,6 +119,15 @@ def to_settings(parsed: dict) -> dict:
                 raise ValueError(f"the infotext's {key!r} is {parsed[key]!r}, not a {kind.__name__}") from None
     if "Size-1" in parsed:
         out["width"], out["height"] = parsed["Size-1"], parsed["Size-2"]
+    for key, (name, kind) in HIRES_FIELDS.items():
+        if key in parsed:
+            try:
+                out[name] = kind(parsed[key])
+            except ValueError:
+                raise ValueError(f"the infotext's {key!r} is {parsed[key]!r}, not a {kind.__name__}") from None
+    if "Denoising strength" in parsed and any(k in parsed for k in ("Hires upscale", "Hires upscaler",
+                                                                      "Hires resize-1")):
+        out["enable_hr"] = True  # as the web UI reads a pasted infotext
     out.setdefault("subseed_strength", 0.0)
     return out
 

@@ -144,7 +144,7 @@ def test_infotext_carries_hires_fix_and_reads_it_back():
     (dict(denoising_strength=0.0), "denoising_strength > 0"),
     (dict(hr_scale=0), "hr_scale must be a positive number"),
     (dict(hr_resize_x=-8), "hr_resize_x must be an int"),
-    (dict(hr_second_pass_steps=151), "hr_second_pass_steps must be at most 150"),
+    (dict(hr_second_pass_steps=151), "hr_second_pass_steps must be an int from 0 to 150"),
     (dict(hr_prompt="(a:1.2.3)"), "emphasis"),
     (dict(init_image=Image.new("RGB", (32, 32))), "hires fix .* is for txt2img"),
 ])

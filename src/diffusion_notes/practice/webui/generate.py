@@ -205,12 +205,11 @@ def _check_hires(settings: Settings):
     value = settings.hr_scale
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not (math.isfinite(value) and value > 0):
         raise ValueError(f"hr_scale must be a positive number, got {value!r}")
-    for name in ("hr_resize_x", "hr_resize_y", "hr_second_pass_steps"):
+    for name, most in (("hr_resize_x", 4 * SIZES[1]), ("hr_resize_y", 4 * SIZES[1]),
+                       ("hr_second_pass_steps", LIMITS["steps"][1])):
         value = getattr(settings, name)
-        if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= SIZES[1] * 4:
-            raise ValueError(f"{name} must be an int from 0 to {SIZES[1] * 4} (0: not set), got {value!r}")
-    if settings.hr_second_pass_steps > LIMITS["steps"][1]:
-        raise ValueError(f"hr_second_pass_steps must be at most {LIMITS['steps'][1]}, got {settings.hr_second_pass_steps}")
+        if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= most:
+            raise ValueError(f"{name} must be an int from 0 to {most} (0: not set), got {value!r}")
     for name in ("hr_prompt", "hr_negative_prompt"):
         if not isinstance(getattr(settings, name), str):
             raise ValueError(f"{name} must be a string, got {getattr(settings, name)!r}")

@@ -92,7 +92,7 @@ BAD = [
     ({"steps": 0}, 422, "steps"), ({"cfg_scale": -1}, 422, "cfg_scale"), ({"sampler_name": "PLMS"}, 422, "sampler"),
     ({"prompt": "(a:1.2.3)"}, 422, "emphasis"), ({"batch_size": 10000}, 422, "batch_size"),
     ({"override_settings": {"sd_model_checkpoint": "nope"}}, 422, "unknown checkpoint"),
-    ({"width": 512, "height": 512}, 422, "32x32"), ({"steps": "many"}, 422, "steps"),
+    ({"width": 512, "height": 500}, 422, "multiple of 8"), ({"steps": "many"}, 422, "steps"),
 ]
 
 

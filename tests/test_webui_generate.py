@@ -107,7 +107,8 @@ def test_generated_images_carry_their_infotext(pipe):
 
 @pytest.mark.parametrize("change, message", [
     (dict(steps=0), "steps"), (dict(cfg_scale=-1.0), "cfg_scale"), (dict(sampler_name="PLMS"), "sampler"),
-    (dict(batch_size=10_000), "batch_size"), (dict(prompt="(a:1.2.3)"), "emphasis"), (dict(width=512), "32x32"),
+    (dict(batch_size=10_000), "batch_size"), (dict(prompt="(a:1.2.3)"), "emphasis"),
+    (dict(width=520), "multiple of 8 from 32 to 512"),
     (dict(seed=-5), "seed"), (dict(denoising_strength=2.0), "denoising_strength"),
     (dict(mask=Image.new("L", (32, 32))), "init image"),
 ])

@@ -54,6 +54,13 @@ FIELDS = {
 # the sampler options the web UI writes when they differ from their defaults (its Sampler.initialize)
 OPTION_KEYS = {"eta_ancestral": ("Eta", 1.0), "eta": ("Eta DDIM", 0.0), "s_churn": ("Sigma churn", 0.0),
                "s_tmin": ("Sigma tmin", 0.0), "s_tmax": ("Sigma tmax", float("inf")), "s_noise": ("Sigma noise", 1.0)}
+# hires fix's keys (the web UI writes them when enable_hr is on)
+HIRES_FIELDS = {
+    "Hires upscale": ("hr_scale", float), "Hires steps": ("hr_second_pass_steps", int),
+    "Hires upscaler": ("hr_upscaler", str), "Hires prompt": ("hr_prompt", str),
+    "Hires negative prompt": ("hr_negative_prompt", str), "Hires resize-1": ("hr_resize_x", int),
+    "Hires resize-2": ("hr_resize_y", int),
+}
 
 
 def _quote(value) -> str:
@@ -76,7 +83,7 @@ def create(settings, seed: int, subseed: int, model: tuple[str, str] = ("", ""),
     params.update(_sampler_params(settings))
     if settings.subseed_strength > 0:
         params.update({"Variation seed": subseed, "Variation seed strength": float(settings.subseed_strength)})
-    if settings.init_image is not None:
+    if settings.init_image is not None or getattr(settings, "enable_hr", False):
         params["Denoising strength"] = float(settings.denoising_strength)
     if settings.mask is not None:
         blur_x, blur_y = blur_sizes(settings)
@@ -99,6 +106,8 @@ def create(settings, seed: int, subseed: int, model: tuple[str, str] = ("", ""),
     if settings.old_prompt_editing and old_rule_matters([settings.prompt, settings.negative_prompt],
                                                          schedule_steps or settings.steps):
         params["Old prompt editing timelines"] = True
+    if getattr(settings, "enable_hr", False) and settings.init_image is None:
+        params.update(_hires(settings))
     params.update(getattr(settings, "extra_generation_params", None) or {})
     params["Version"] = VERSION
     line = ", ".join(f"{k}: {_quote(v)}" for k, v in params.items() if v is not None)
@@ -115,6 +124,23 @@ def _sampler_params(settings) -> dict:
         key, default = OPTION_KEYS[name]
         if value != default:
             params[key] = float(value)
+    return params
+
+
+def _hires(settings) -> dict:
+    """Hires fix's keys, in the order the web UI's txt2img `init` adds them."""
+    params = {}
+    if settings.hr_prompt and settings.hr_prompt != settings.prompt:
+        params["Hires prompt"] = settings.hr_prompt
+    if settings.hr_negative_prompt and settings.hr_negative_prompt != settings.negative_prompt:
+        params["Hires negative prompt"] = settings.hr_negative_prompt
+    if settings.hr_resize_x == 0 and settings.hr_resize_y == 0:
+        params["Hires upscale"] = float(settings.hr_scale)
+    else:
+        params["Hires resize"] = f"{settings.hr_resize_x}x{settings.hr_resize_y}"
+    if settings.hr_second_pass_steps:
+        params["Hires steps"] = settings.hr_second_pass_steps
+    params["Hires upscaler"] = settings.hr_upscaler
     return params
 
 
@@ -160,6 +186,15 @@ def to_settings(parsed: dict) -> dict:
         out["inpaint_full_res"] = parsed["Inpaint area"] == "Only masked"
     if "Size-1" in parsed:
         out["width"], out["height"] = parsed["Size-1"], parsed["Size-2"]
+    for key, (name, kind) in HIRES_FIELDS.items():
+        if key in parsed:
+            try:
+                out[name] = kind(parsed[key])
+            except ValueError:
+                raise ValueError(f"the infotext's {key!r} is {parsed[key]!r}, not a {kind.__name__}") from None
+    if "Denoising strength" in parsed and any(k in parsed for k in ("Hires upscale", "Hires upscaler",
+                                                                      "Hires resize-1")):
+        out["enable_hr"] = True  # as the web UI reads a pasted infotext
     out.setdefault("subseed_strength", 0.0)
     out.setdefault("randn_source", "GPU")  # no "RNG": the web UI's default source
     out.setdefault("clip_skip", 1)  # the web UI reads a missing "Clip skip" as 1

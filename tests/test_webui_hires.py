@@ -116,7 +116,8 @@ def test_hires_resize_to_a_size_cuts_the_latent(pipe, upscaler):
     result = generate(pipe, Settings(prompt=PROMPT, steps=3, seed=1, enable_hr=True, hr_resize_x=64, hr_resize_y=48,
                                      hr_upscaler=upscaler, denoising_strength=0.5))
     assert result.images[0].size == (64, 48)
-    assert result.infotexts[0].endswith(f"Denoising strength: 0.5, Hires resize: 64x48, Hires upscaler: {upscaler}")
+    assert result.infotexts[0].endswith(f"Denoising strength: 0.5, Hires resize: 64x48, Hires upscaler: {upscaler}, "
+                                        f"Version: {infotext.VERSION}")
 
 
 def test_infotext_carries_hires_fix_and_reads_it_back():
@@ -125,7 +126,7 @@ def test_infotext_carries_hires_fix_and_reads_it_back():
                               hr_upscaler="Latent (bicubic)", denoising_strength=0.45, hr_prompt="a blue square"))
     text = infotext.create(settings, 1, 1)
     assert text.endswith("Size: 32x32, Denoising strength: 0.45, Hires prompt: a blue square, Hires upscale: 2, "
-                         "Hires steps: 7, Hires upscaler: Latent (bicubic)")
+                         f"Hires steps: 7, Hires upscaler: Latent (bicubic), Version: {infotext.VERSION}")
     back = infotext.to_settings(infotext.parse(text))
     assert {k: back[k] for k in ("enable_hr", "hr_scale", "hr_second_pass_steps", "hr_upscaler", "hr_prompt",
                                  "denoising_strength")} == {

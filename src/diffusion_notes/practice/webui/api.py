@@ -17,7 +17,6 @@ do not are ignored.
 from __future__ import annotations
 
 import base64
-import binascii
 import json
 import time
 
@@ -28,6 +27,7 @@ from starlette.concurrency import run_in_threadpool
 
 from diffusion_notes.practice.controlnet.units import ControlUnit
 from diffusion_notes.practice.webui import infotext
+from diffusion_notes.practice.webui.api_jobs import add_job_routes
 from diffusion_notes.practice.webui.api_models import (
     AlwaysOnScripts,
     BadRequest,
@@ -39,22 +39,10 @@ from diffusion_notes.practice.webui.api_models import (
     http_error,
 )
 from diffusion_notes.practice.webui.generate import SAMPLER_ALIASES, WEBUI_NAME, Result, Settings
+from diffusion_notes.practice.webui.inputs import decode_image, read_body, read_json
 from diffusion_notes.practice.webui.state import VERSION, WebUIState
 
 MAX_BODY = 20_000_000
-
-
-def decode_image(data, what: str):
-    """A base64 image (with or without a data: prefix) -> PIL image, or BadRequest."""
-    if not isinstance(data, str):
-        raise BadRequest(f"{what} must be a base64 string, got {type(data).__name__}")
-    if data.startswith("data:"):
-        data = data.split(",", 1)[-1]
-    try:
-        raw = base64.b64decode(data, validate=True)
-    except (binascii.Error, ValueError):
-        raise BadRequest(f"{what} is not valid base64") from None
-    return infotext.read_image(raw, what)
 
 
 def settings_from(request: Txt2ImgRequest) -> Settings:
@@ -118,9 +106,7 @@ def png_info(request: PngInfoRequest) -> PngInfoResponse:
 async def answer(request: Request, model, work):
     """Read the body as `model` (any JSON when None), run `work` on it in a thread; errors as 4xx JSON."""
     try:
-        raw = await request.body()
-        if len(raw) > MAX_BODY:
-            raise BadRequest(f"the request is {len(raw)} bytes; the limit is {MAX_BODY}")
+        raw = await read_body(request, MAX_BODY)
         body = _parse(model, raw)
         result = await run_in_threadpool(work, body)
         return JSONResponse(result.model_dump() if hasattr(result, "model_dump") else result)
@@ -128,14 +114,14 @@ async def answer(request: Request, model, work):
         return error(400, err)
     except (ValueError, TypeError) as err:  # a setting out of range or of the wrong type, an unknown sampler
         return error(422, err)
+    except RecursionError as err:  # an input nested deeper than its reader goes
+        return error(422, ValueError(f"the request nests too deeply to be read: {err}"))
 
 
 def _parse(model, raw: bytes):
+    body = read_json(raw) if isinstance(raw, bytes) else raw  # a 400 for a body not JSON or nested too deep
     if model is None:
-        try:
-            return json.loads(raw or b"{}")
-        except (json.JSONDecodeError, UnicodeDecodeError) as err:
-            raise BadRequest(f"the request body is not JSON: {err}") from None
+        return body
     try:
         return model.model_validate_json(raw or b"{}") if isinstance(raw, bytes) else model.model_validate(raw)
     except ValidationError as err:
@@ -148,12 +134,14 @@ def error(status: int, err: Exception) -> JSONResponse:
 
 def create_api(state: WebUIState) -> FastAPI:
     """The API alone, without the pages (and without importing Gradio): for scripts and tests."""
-    return add_routes(FastAPI(title="diffusion_notes web UI", docs_url="/docs", redoc_url=None), state)
+    app = add_routes(FastAPI(title="diffusion_notes web UI", docs_url="/docs", redoc_url=None), state)
+    return add_job_routes(app, state)  # progress, interrupt, skip; a JSON answer for any error
 
 
 def add_routes(app: FastAPI, state: WebUIState) -> FastAPI:
     def generate(request: Txt2ImgRequest) -> GenerationResponse:
-        return respond(state.run(settings_from(request), request.checkpoint()))
+        return respond(state.run(settings_from(request), request.checkpoint(),
+                                 save=bool(getattr(request, "save_images", False))))
 
     @app.post("/sdapi/v1/txt2img", response_model=GenerationResponse)
     async def txt2img(request: Request):

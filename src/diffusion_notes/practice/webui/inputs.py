@@ -22,8 +22,6 @@ from pathlib import Path
 
 from PIL import Image
 
-from diffusion_notes.practice.webui.api_models import BadRequest  # the API's 400
-
 MAX_IMAGE_PIXELS = 4096 * 4096  # an uploaded image may be this large; ours are 32 x 32, the web UI's 512 x 512
 IMAGE_FORMATS = ("PNG", "JPEG", "WEBP", "BMP", "GIF")  # what browsers and scripts send; no format with a helper program
 MAX_JSON_DEPTH = 32  # arrays and objects inside each other; the deepest request the API reads is 6
@@ -35,13 +33,13 @@ MAX_JOB_SIZE = 8 * 100 * 20 * 32 * 32  # 16,384,000 pixel-steps
 def decode_base64(data, what: str) -> bytes:
     """A base64 string, with or without a `data:...;base64,` prefix -> its bytes."""
     if not isinstance(data, str):
-        raise BadRequest(f"{what} must be a base64 string, got {type(data).__name__}")
+        raise _bad_request(f"{what} must be a base64 string, got {type(data).__name__}")
     if data.startswith("data:"):
         data = data.split(",", 1)[-1]
     try:
         return base64.b64decode(data, validate=True)
     except (binascii.Error, ValueError):
-        raise BadRequest(f"{what} is not valid base64") from None
+        raise _bad_request(f"{what} is not valid base64") from None
 
 
 def decode_image(data, what: str) -> Image.Image:
@@ -76,12 +74,12 @@ async def read_body(request, limit: int) -> bytes:
     """A request's body, read no further than `limit` bytes (the declared length is checked first)."""
     declared = request.headers.get("content-length", "")
     if declared.isdigit() and int(declared) > limit:
-        raise BadRequest(f"the request is {int(declared)} bytes; the limit is {limit}")
+        raise _bad_request(f"the request is {int(declared)} bytes; the limit is {limit}")
     chunks, size = [], 0
     async for chunk in request.stream():
         size += len(chunk)
         if size > limit:
-            raise BadRequest(f"the request is more than {limit} bytes; the limit is {limit}")
+            raise _bad_request(f"the request is more than {limit} bytes; the limit is {limit}")
         chunks.append(chunk)
     return b"".join(chunks)
 
@@ -91,11 +89,11 @@ def read_json(raw: bytes):
     try:
         value = json.loads(raw or b"{}")
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise BadRequest(f"the request body is not JSON: {err}") from None
+        raise _bad_request(f"the request body is not JSON: {err}") from None
     except RecursionError:  # nested deeper than Python's own recursion limit
-        raise BadRequest(f"the request body nests arrays and objects more than {MAX_JSON_DEPTH} deep") from None
+        raise _bad_request(f"the request body nests arrays and objects more than {MAX_JSON_DEPTH} deep") from None
     if json_depth(value) > MAX_JSON_DEPTH:
-        raise BadRequest(f"the request body nests arrays and objects more than {MAX_JSON_DEPTH} deep")
+        raise _bad_request(f"the request body nests arrays and objects more than {MAX_JSON_DEPTH} deep")
     return value
 
 
@@ -143,3 +141,10 @@ def check_job_size(settings) -> None:
             f"{settings.n_iter} x {settings.steps} x {settings.width} x {settings.height}"
             f"{' (with the hires pass)' if getattr(settings, 'enable_hr', False) else ''} = {size}, "
             f"above the limit of {MAX_JOB_SIZE}; draw it as several jobs")
+
+
+def _bad_request(message: str) -> ValueError:
+    """The API's 400 (`api_models.BadRequest`), imported here: api_models imports generate, which imports this."""
+    from diffusion_notes.practice.webui.api_models import BadRequest
+
+    return BadRequest(message)

@@ -8,6 +8,7 @@ answers it with a 4xx); none lets a client make the server decode, recurse or co
     read_json(body)                       JSON -> Python, at most MAX_JSON_DEPTH arrays and objects deep
     inside(folder, name, ".safetensors")  a file of `folder` named by a client, never one outside it
     check_job_size(settings)              batch x iterations x steps x pixels within MAX_JOB_SIZE
+    check_prompt_lengths(settings)        prompts within MAX_PROMPT_LENGTH characters
     await read_body(request, limit)       a request's body, never more than `limit` bytes of it
 """
 
@@ -20,7 +21,7 @@ import json
 import warnings
 from pathlib import Path
 
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 
 MAX_IMAGE_PIXELS = 4096 * 4096  # an uploaded image may be this large; ours are 32 x 32, the web UI's 512 x 512
 IMAGE_FORMATS = ("PNG", "JPEG", "WEBP", "BMP", "GIF")  # what browsers and scripts send; no format with a helper program
@@ -28,6 +29,8 @@ MAX_JSON_DEPTH = 32  # arrays and objects inside each other; the deepest request
 # The largest job: the web UI's largest batch (8 images) and count (100 batches) at its default 20 steps,
 # on 32 x 32 pixels. A job's size is batch_size x n_iter x (steps + hires steps) x width x height.
 MAX_JOB_SIZE = 8 * 100 * 20 * 32 * 32  # 16,384,000 pixel-steps
+MAX_PROMPT_LENGTH = 20_000  # characters in a prompt: some 270 chunks of 75 tokens, far beyond what changes a picture
+PROMPTS = ("prompt", "negative_prompt", "hr_prompt", "hr_negative_prompt")
 
 
 def decode_base64(data, what: str) -> bytes:
@@ -55,18 +58,19 @@ def read_image(raw: bytes, what: str = "the image") -> Image.Image:
             image = Image.open(io.BytesIO(raw), formats=IMAGE_FORMATS)  # reads the header only
     except Image.DecompressionBombError as err:  # Pillow's own limit, twice its MAX_IMAGE_PIXELS
         raise ValueError(f"{what} is too large to decode: {err}") from None
-    except Exception:  # Pillow raises UnidentifiedImageError, OSError, SyntaxError, ... for a file it cannot read
-        raise ValueError(f"{what} is not an image file PIL can read ({len(raw)} bytes; "
-                         f"the formats are {', '.join(IMAGE_FORMATS)})") from None
+    except Exception as err:  # UnidentifiedImageError, OSError, SyntaxError, ValueError (a text chunk too large), ...
+        reason = "" if isinstance(err, UnidentifiedImageError) else f": {type(err).__name__}: {str(err)[:200]}"
+        raise ValueError(f"{what} is not an image file PIL can read ({len(raw)} bytes; the formats are "
+                         f"{', '.join(IMAGE_FORMATS)}){reason}") from None
     width, height = image.size
     if width * height > MAX_IMAGE_PIXELS:
         raise ValueError(f"{what} is {width}x{height} = {width * height} pixels; "
                          f"the limit is {MAX_IMAGE_PIXELS} (4096x4096)")
     try:
         image.load()
-    except Exception:  # a truncated or corrupt stream: OSError, SyntaxError, zlib.error, EOFError, ...
+    except Exception as err:  # a truncated or corrupt stream: OSError, SyntaxError, zlib.error, EOFError, ...
         raise ValueError(f"{what} is not an image file PIL can read ({len(raw)} bytes; its data is cut "
-                         "short or corrupt)") from None
+                         f"short or corrupt: {type(err).__name__}: {str(err)[:200]})") from None
     return image
 
 
@@ -132,8 +136,17 @@ def job_size(settings) -> int:
     return int(settings.batch_size * settings.n_iter * pixel_steps)
 
 
+def check_prompt_lengths(settings) -> None:
+    """A ValueError for a prompt longer than MAX_PROMPT_LENGTH (before it is parsed: its words are encoded
+    while the job holds the model)."""
+    for name in PROMPTS:
+        text = getattr(settings, name, "")
+        if isinstance(text, str) and len(text) > MAX_PROMPT_LENGTH:
+            raise ValueError(f"{name} is {len(text)} characters long; the limit is {MAX_PROMPT_LENGTH}")
+
+
 def check_job_size(settings) -> None:
-    """A ValueError for a job larger than MAX_JOB_SIZE (it would hold the one model for many minutes)."""
+    """A ValueError for a job larger than MAX_JOB_SIZE: it would hold the one model for many minutes."""
     size = job_size(settings)
     if size > MAX_JOB_SIZE:
         raise ValueError(

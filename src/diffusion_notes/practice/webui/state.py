@@ -16,7 +16,7 @@ from pathlib import Path
 from diffusion_notes.practice.finetune.learner import with_embeddings
 from diffusion_notes.practice.webui import infotext
 from diffusion_notes.practice.webui.generate import Result, Settings, check, generate
-from diffusion_notes.practice.webui.inputs import check_job_size
+from diffusion_notes.practice.webui.inputs import check_job_size, check_prompt_lengths
 from diffusion_notes.practice.webui.jobs import Interrupted, Jobs
 from diffusion_notes.practice.webui.models import ModelRegistry
 from diffusion_notes.practice.webui.seeds import MAX_SEED, resolve_seed
@@ -84,6 +84,7 @@ class WebUIState:
         API saves only when asked). `callback(i, t, x_t, x0_hat)` sees every step. Words the model
         never saw are named in `result.warnings`.
         """
+        check_prompt_lengths(settings)
         settings = check(settings)
         check_job_size(settings)
         total = settings.batch_size * settings.n_iter

@@ -39,7 +39,7 @@ from diffusion_notes.practice.webui.api_models import (
     http_error,
 )
 from diffusion_notes.practice.webui.generate import SAMPLER_ALIASES, WEBUI_NAME, Result, Settings
-from diffusion_notes.practice.webui.inputs import decode_image, read_body, read_json
+from diffusion_notes.practice.webui.inputs import InputError, decode_image, read_body, read_json
 from diffusion_notes.practice.webui.state import VERSION, WebUIState
 
 MAX_BODY = 20_000_000
@@ -110,7 +110,7 @@ async def answer(request: Request, model, work):
         body = _parse(model, raw)
         result = await run_in_threadpool(work, body)
         return JSONResponse(result.model_dump() if hasattr(result, "model_dump") else result)
-    except BadRequest as err:
+    except (BadRequest, InputError) as err:
         return error(400, err)
     except (ValueError, TypeError) as err:  # a setting out of range or of the wrong type, an unknown sampler
         return error(422, err)

@@ -33,16 +33,23 @@ MAX_PROMPT_LENGTH = 20_000  # characters in a prompt: some 270 chunks of 75 toke
 PROMPTS = ("prompt", "negative_prompt", "hr_prompt", "hr_negative_prompt")
 
 
+class InputError(ValueError):
+    """A request the server cannot read at all (not JSON, not base64, too long): the API answers 400.
+
+    Any other ValueError of these readers is a value the server read and refuses: a 422.
+    """
+
+
 def decode_base64(data, what: str) -> bytes:
     """A base64 string, with or without a `data:...;base64,` prefix -> its bytes."""
     if not isinstance(data, str):
-        raise _bad_request(f"{what} must be a base64 string, got {type(data).__name__}")
+        raise InputError(f"{what} must be a base64 string, got {type(data).__name__}")
     if data.startswith("data:"):
         data = data.split(",", 1)[-1]
     try:
         return base64.b64decode(data, validate=True)
     except (binascii.Error, ValueError):
-        raise _bad_request(f"{what} is not valid base64") from None
+        raise InputError(f"{what} is not valid base64") from None
 
 
 def decode_image(data, what: str) -> Image.Image:
@@ -78,12 +85,12 @@ async def read_body(request, limit: int) -> bytes:
     """A request's body, read no further than `limit` bytes (the declared length is checked first)."""
     declared = request.headers.get("content-length", "")
     if declared.isdigit() and int(declared) > limit:
-        raise _bad_request(f"the request is {int(declared)} bytes; the limit is {limit}")
+        raise InputError(f"the request is {int(declared)} bytes; the limit is {limit}")
     chunks, size = [], 0
     async for chunk in request.stream():
         size += len(chunk)
         if size > limit:
-            raise _bad_request(f"the request is more than {limit} bytes; the limit is {limit}")
+            raise InputError(f"the request is more than {limit} bytes; the limit is {limit}")
         chunks.append(chunk)
     return b"".join(chunks)
 
@@ -93,11 +100,11 @@ def read_json(raw: bytes):
     try:
         value = json.loads(raw or b"{}")
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise _bad_request(f"the request body is not JSON: {err}") from None
+        raise InputError(f"the request body is not JSON: {err}") from None
     except RecursionError:  # nested deeper than Python's own recursion limit
-        raise _bad_request(f"the request body nests arrays and objects more than {MAX_JSON_DEPTH} deep") from None
+        raise InputError(f"the request body nests arrays and objects more than {MAX_JSON_DEPTH} deep") from None
     if json_depth(value) > MAX_JSON_DEPTH:
-        raise _bad_request(f"the request body nests arrays and objects more than {MAX_JSON_DEPTH} deep")
+        raise InputError(f"the request body nests arrays and objects more than {MAX_JSON_DEPTH} deep")
     return value
 
 
@@ -155,9 +162,3 @@ def check_job_size(settings) -> None:
             f"{' (with the hires pass)' if getattr(settings, 'enable_hr', False) else ''} = {size}, "
             f"above the limit of {MAX_JOB_SIZE}; draw it as several jobs")
 
-
-def _bad_request(message: str) -> ValueError:
-    """The API's 400 (`api_models.BadRequest`), imported here: api_models imports generate, which imports this."""
-    from diffusion_notes.practice.webui.api_models import BadRequest
-
-    return BadRequest(message)

@@ -228,3 +228,29 @@ def test_the_limits_are_stated_and_checked():
     assert MAX_JOB_SIZE == 8 * 100 * 20 * 32 * 32
     assert json_depth({"a": [1, {"b": []}]}) == 4 and json_depth(3) == 0
     assert len(BOMB) < 50_000  # the bomb is small; its pixels are not
+
+
+def test_an_error_nothing_else_caught_is_still_a_json_answer(pipe, monkeypatch):
+    """modules/api/api.py, api_middleware: an exception no route handled is answered as JSON, not plain text."""
+    state = WebUIState(ModelRegistry(pipe, pretrained.verify("ldm_unet")))
+
+    def broken():
+        raise RuntimeError("a bug, not a bad input")
+
+    monkeypatch.setattr(state.registry, "refresh", broken)
+    with TestClient(create_api(state), raise_server_exceptions=False) as client:
+        r = client.get("/sdapi/v1/sd-models")
+        assert r.status_code == 500 and r.headers["content-type"].startswith("application/json")
+        assert r.json()["error"] == "RuntimeError" and "a bug" in r.json()["detail"]
+        assert client.get("/sdapi/v1/progress").status_code == 200
+
+
+def test_good_images_and_names_still_pass(tmp_path):
+    from diffusion_notes.practice.webui.inputs import decode_image, inside
+
+    for fmt in ("PNG", "JPEG", "WEBP", "BMP", "GIF"):
+        buffer = io.BytesIO()
+        Image.new("RGB", (4096, 4096) if fmt == "PNG" else (32, 32), (1, 2, 3)).save(buffer, format=fmt)
+        image = decode_image("data:image/x;base64," + b64(buffer.getvalue()), fmt)
+        assert image.size in ((32, 32), (4096, 4096))  # 4096 x 4096 is the largest image read
+    assert inside(tmp_path, "my_lora.v2", ".safetensors") == tmp_path / "my_lora.v2.safetensors"

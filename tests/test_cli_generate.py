@@ -1,5 +1,6 @@
 """`python -m diffusion_notes generate`: a real subprocess writes a PNG; bad settings exit with a clear error."""
 
+import socket
 import subprocess
 import sys
 
@@ -127,15 +128,18 @@ def test_webui_builds_its_state_from_the_shelf_and_the_user_s_folders(tmp_path, 
     import diffusion_notes.practice.webui.app as app
 
     served = {}
-    monkeypatch.setattr(app, "create_app", lambda state: state)  # the Gradio pages are test_webui_api's
+    monkeypatch.setattr(app, "create_app", lambda state, **access: state)  # the pages are test_webui_api's
     monkeypatch.setattr(app, "serve", lambda state, host, port: served.update(state=state, host=host, port=port))
     lora_dir, models_dir, outputs_dir = tmp_path / "Lora", tmp_path / "models", tmp_path / "outputs"
     lora_dir.mkdir()
     (lora_dir / "mine.safetensors").write_bytes(b"")  # listed by name; read only when a prompt names it
-    assert main(["webui", "--port", "7999", "--lora-dir", str(lora_dir), "--models-dir", str(models_dir),
+    with socket.socket() as s:  # a port no one uses: `webui` checks that it can listen there
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    assert main(["webui", "--port", str(port), "--lora-dir", str(lora_dir), "--models-dir", str(models_dir),
                  "--outputs-dir", str(outputs_dir)]) == 0
     state = served["state"]
-    assert (served["host"], served["port"]) == ("127.0.0.1", 7999) and models_dir.is_dir()
+    assert (served["host"], served["port"]) == ("127.0.0.1", port) and models_dir.is_dir()
     assert state.registry.models_dir == models_dir and state.outputs_dir == outputs_dir
     assert state.registry.current.path == pretrained.verify("ldm_unet")
     assert state.loras.names() == [*pretrained.shipped_adapters("lora"), "mine"]

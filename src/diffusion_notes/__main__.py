@@ -168,6 +168,7 @@ def _run_generate(args) -> int:
             raise ValueError(f"--negative-prompt and --init-image apply to the stable_diffusion pipeline, not {args.pipeline}")
         pipe = pretrained.load(args.pipeline)
         out = pipe(args.prompt, **options)
+    _warn_unknown_words(pipe, args.prompt, args.negative_prompt)
     images = out.images  # (N, 3, 32, 32) in [0, 1]
     grid = torch.cat(list(images), dim=2)  # (3, 32, 32 N): a row
     picture = to_pil(grid[None])[0]
@@ -175,6 +176,19 @@ def _run_generate(args) -> int:
     picture.save(args.out)
     print(f"wrote {args.out} ({len(images)} image{'s' if len(images) > 1 else ''}, {picture.width}x{picture.height})")
     return 0
+
+
+def _warn_unknown_words(pipe, prompt: str, negative_prompt: str | None) -> None:
+    """Print a warning naming each word of the prompts the pipeline's text encoder never saw in training."""
+    from diffusion_notes.practice.webui.vocabulary import unknown_words, unknown_words_message
+
+    vocabulary = getattr(getattr(getattr(pipe, "clip", None), "text", None), "vocabulary", None)
+    if vocabulary is None:
+        return
+    for text, where in ((prompt, "the prompt"), (negative_prompt or "", "the negative prompt")):
+        words = unknown_words(text, vocabulary)
+        if words:
+            print(f"warning: {unknown_words_message(words, where)}", file=sys.stderr)
 
 
 def _add_export(p: argparse.ArgumentParser) -> None:
@@ -253,17 +267,49 @@ EXPORTS = {
 
 
 def _add_webui(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
-    p.add_argument("--port", type=int, default=7860, help="port (default 7860, the web UI's)")
+    p.add_argument("--host", help="address to listen on (default 127.0.0.1: this machine only)")
+    p.add_argument("--listen", action="store_true",
+                   help="listen on every network interface (0.0.0.0), so other machines can reach the app")
+    p.add_argument("--port", default="7860", help="port, 1-65535 (default 7860, the web UI's)")
     p.add_argument("--models-dir", default=os.path.join("models", "Stable-diffusion"),
                    help="folder of extra checkpoints, where the merger writes (default models/Stable-diffusion)")
     p.add_argument("--outputs-dir", default="outputs", help="where generated PNGs are saved (default outputs)")
     p.add_argument("--lora-dir", default=os.path.join("models", "Lora"),
                    help="folder of LoRA files (kohya or diffusers .safetensors) for <lora:name:w> (default models/Lora)")
+    p.add_argument("--api-auth", metavar="USER:PASS[,USER2:PASS2]", help="HTTP basic auth on the API")
+    p.add_argument("--gradio-auth", metavar="USER:PASS[,USER2:PASS2]", help="a login page before the pages")
+    p.add_argument("--cors-allow-origins", metavar="ORIGIN[,ORIGIN2]",
+                   help="web pages of these origins may call the API from a browser (default: none)")
     p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's)")
 
 
+def _webui_options(args) -> dict:
+    """The webui command's options, checked before anything is loaded (a ValueError for each wrong one)."""
+    from diffusion_notes.practice.webui.api_jobs import parse_credentials
+    from diffusion_notes.practice.webui.launch import check_address, check_port, is_local, writable_folder
+
+    if args.listen and args.host:
+        raise ValueError("give --listen (every interface) or --host ADDRESS, not both")
+    host = "0.0.0.0" if args.listen else args.host or "127.0.0.1"
+    port = check_port(args.port)
+    options = {
+        "api_auth": parse_credentials(args.api_auth, "--api-auth") if args.api_auth else None,
+        "gradio_auth": parse_credentials(args.gradio_auth, "--gradio-auth") if args.gradio_auth else None,
+        "cors_allow_origins": [o.strip() for o in args.cors_allow_origins.split(",") if o.strip()]
+        if args.cors_allow_origins else None,
+    }
+    check_address(host, port)
+    for option in ("--models-dir", "--lora-dir", "--outputs-dir"):
+        writable_folder(getattr(args, option[2:].replace("-", "_")), option)
+    if not is_local(host):
+        print(f"warning: listening on {host}:{port}: anyone who can reach this machine can use the web UI and its "
+              "API" + ("" if options["api_auth"] and options["gradio_auth"] else
+                       "; --api-auth and --gradio-auth ask for a password"), file=sys.stderr)
+    return {"host": host, "port": port, **options}
+
+
 def _run_webui(args) -> int:
+    options = _webui_options(args)  # before torch and the models load: a wrong option fails at once
     import torch
 
     from diffusion_notes import pretrained
@@ -272,10 +318,10 @@ def _run_webui(args) -> int:
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    os.makedirs(args.models_dir, exist_ok=True)
-    os.makedirs(args.lora_dir, exist_ok=True)
     state = build_state(pretrained.load("stable_diffusion"), args.models_dir, args.outputs_dir, args.lora_dir)
-    serve(create_app(state), args.host, args.port)
+    app = create_app(state, api_auth=options["api_auth"], gradio_auth=options["gradio_auth"],
+                     cors_allow_origins=options["cors_allow_origins"])
+    serve(app, options["host"], options["port"])
     return 0
 
 

@@ -31,6 +31,7 @@ from diffusion_notes.practice.controlnet.units import ControlUnit
 from diffusion_notes.practice.webui import infotext, xyz
 from diffusion_notes.practice.webui.api_controlnet import add_controlnet_routes, read_units
 from diffusion_notes.practice.webui.api_io import MAX_BODY, answer, decode_image, error, png64  # noqa: F401
+from diffusion_notes.practice.webui.api_jobs import add_job_routes
 from diffusion_notes.practice.webui.api_models import (
     GenerationResponse,
     Img2ImgRequest,
@@ -151,7 +152,7 @@ def create_api(state: WebUIState) -> FastAPI:
     app = add_routes(FastAPI(title="diffusion_notes web UI", docs_url="/docs", redoc_url=None), state)
     add_sdapi_routes(app, state)
     add_controlnet_routes(app, state)
-    return app
+    return add_job_routes(app, state)  # progress, interrupt, skip; a JSON answer for any error
 
 
 def add_routes(app: FastAPI, state: WebUIState) -> FastAPI:

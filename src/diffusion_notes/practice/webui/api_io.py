@@ -10,9 +10,7 @@ same text}, the keys of the web UI's error body.
 from __future__ import annotations
 
 import base64
-import binascii
 import io
-import json
 
 from fastapi import Request
 from fastapi.responses import JSONResponse
@@ -20,23 +18,10 @@ from PIL import Image
 from pydantic import ValidationError
 from starlette.concurrency import run_in_threadpool
 
-from diffusion_notes.practice.webui import infotext
 from diffusion_notes.practice.webui.api_models import BadRequest, http_error
+from diffusion_notes.practice.webui.inputs import InputError, decode_image, read_body, read_json  # noqa: F401
 
 MAX_BODY = 20_000_000
-
-
-def decode_image(data, what: str):
-    """A base64 image (with or without a data: prefix) -> PIL image, or BadRequest."""
-    if not isinstance(data, str):
-        raise BadRequest(f"{what} must be a base64 string, got {type(data).__name__}")
-    if data.startswith("data:"):
-        data = data.split(",", 1)[-1]
-    try:
-        raw = base64.b64decode(data, validate=True)
-    except (binascii.Error, ValueError):
-        raise BadRequest(f"{what} is not valid base64") from None
-    return infotext.read_image(raw, what)
 
 
 def png64(image) -> str:
@@ -49,24 +34,22 @@ def png64(image) -> str:
 async def answer(request: Request, model, work):
     """Read the body as `model` (any JSON when None), run `work` on it in a thread; errors as 4xx JSON."""
     try:
-        raw = await request.body()
-        if len(raw) > MAX_BODY:
-            raise BadRequest(f"the request is {len(raw)} bytes; the limit is {MAX_BODY}")
+        raw = await read_body(request, MAX_BODY)  # no further than the limit
         body = _parse(model, raw)
         result = await run_in_threadpool(work, body)
         return JSONResponse(result.model_dump() if hasattr(result, "model_dump") else result)
-    except BadRequest as err:
+    except (BadRequest, InputError) as err:  # a body or an image the server cannot read
         return error(400, err)
     except (ValueError, TypeError) as err:  # a setting out of range or of the wrong type, an unknown sampler
         return error(422, err)
+    except RecursionError as err:  # an input nested deeper than its reader goes
+        return error(422, ValueError(f"the request nests too deeply to be read: {err}"))
 
 
 def _parse(model, raw: bytes):
+    body = read_json(raw) if isinstance(raw, bytes) else raw  # a 400 for a body not JSON or nested too deep
     if model is None:
-        try:
-            return json.loads(raw or b"{}")
-        except (json.JSONDecodeError, UnicodeDecodeError) as err:
-            raise BadRequest(f"the request body is not JSON: {err}") from None
+        return body
     try:
         return model.model_validate_json(raw or b"{}") if isinstance(raw, bytes) else model.model_validate(raw)
     except ValidationError as err:

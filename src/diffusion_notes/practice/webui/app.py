@@ -5,8 +5,10 @@
 
 Tabs: txt2img (with the X/Y/Z plot script and a ControlNet panel, ch. 17),
 img2img (with an inpainting mask drawn or uploaded),
-PNG Info (read an image's parameters, send them to txt2img) and Checkpoint Merger. Nothing leaves
-the machine: analytics off, no share link, a system font, Gradio's run history and footer links off.
+PNG Info (read an image's parameters, send them to txt2img or img2img) and Checkpoint Merger. Each
+Generate shows a progress bar, with Interrupt and Skip beside it; an error is written under the last
+pictures, which stay. Nothing leaves the machine: analytics off, no share link, a system font,
+Gradio's run history and footer links off.
 """
 
 from __future__ import annotations
@@ -19,15 +21,29 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # before gradio is i
 import gradio as gr
 from fastapi import FastAPI
 
-from diffusion_notes.practice.webui import infotext, merger, xyz
+from diffusion_notes.practice.webui import infotext, xyz
 from diffusion_notes.practice.webui.api import create_api
+from diffusion_notes.practice.webui.api_jobs import add_access
+from diffusion_notes.practice.webui.app_parts import (
+    Output,
+    job,
+    merger_tab,
+    note,
+    output_column,
+    png_info_tab,
+    send_to_img2img,
+    shown,
+)
 from diffusion_notes.practice.webui.controlnet_panel import ControlNetPanel, controlnet_panel
 from diffusion_notes.practice.webui.generate import LIMITS, SAMPLER_ALIASES, Result, Settings
 from diffusion_notes.practice.webui.state import WebUIState
 
 THEME = gr.themes.Default(font=["system-ui", "Segoe UI", "Helvetica", "Arial", "sans-serif"],
                           font_mono=["ui-monospace", "Menlo", "Consolas", "monospace"])
-CSS = ".dn-gallery img, .dn-input img {image-rendering: pixelated}"
+# 32x32 pictures drawn large and sharp: in the gallery, and in the upload widgets (which show an image at its size)
+CSS = """.dn-gallery img, .dn-input img, #txt2img_controlnet img {image-rendering: pixelated}
+.dn-input img, #txt2img_controlnet img {width: 100% !important; height: 100% !important; min-height: 192px;
+  object-fit: contain !important}"""
 # Each control and the chapter that explains it.
 CHAPTERS = {"Sampling method": 2, "Sampling steps": 2, "CFG Scale": 3, "Prompt": 12, "Seed": 1,
             "Denoising strength": 13, "Stable Diffusion checkpoint": 11}
@@ -42,17 +58,7 @@ def _gallery(result: Result) -> list:
 
 
 def _info(result: Result) -> str:
-    return "\n\n".join([result.infotexts[0], *result.warnings])
-
-
-def _shown(fn):
-    """`fn` for an event: a ValueError or a missing file becomes a message on the page."""
-    def call(*values):
-        try:
-            return fn(*values)
-        except (ValueError, FileNotFoundError) as err:
-            raise gr.Error(str(err)) from None
-    return call
+    return result.infotexts[0] if result.infotexts else ""
 
 
 @dataclass
@@ -69,9 +75,21 @@ class Common:
     strength: gr.Slider
     batch_count: gr.Slider
     batch_size: gr.Slider
+    reuse: dict | None = None  # the seed's and the variation seed's reuse buttons, by infotext key
 
     def components(self) -> set:
-        return {getattr(self, f.name) for f in fields(self)}
+        return {getattr(self, f.name) for f in fields(self) if f.name != "reuse"}
+
+    def pasted(self) -> dict:
+        """The controls an infotext fills: {control: (API field, the value when the infotext lacks it)}."""
+        return {self.prompt: ("prompt", ""), self.negative: ("negative_prompt", ""),
+                self.sampler: ("sampler_name", "DPM++ 2M"), self.steps: ("steps", 20), self.cfg: ("cfg_scale", 4.0),
+                self.seed: ("seed", -1), self.subseed: ("subseed", -1), self.strength: ("subseed_strength", 0.0)}
+
+    def paste(self, text: str) -> list:
+        """The values `pasted()`'s controls get from an infotext."""
+        given = infotext.to_settings(infotext.parse(text))
+        return [given.get(name, default) for name, default in self.pasted().values()]
 
     def settings(self, v: dict, **extra) -> Settings:
         """The Settings of the values `v` ({component: value}) an event hands its function."""
@@ -94,26 +112,17 @@ def _common(prefix: str) -> Common:
     cfg = gr.Slider(*LIMITS["cfg_scale"], value=4.0, step=0.5, label=_label("CFG Scale"))
     with gr.Row():
         seed = gr.Number(-1, precision=0, label=_label("Seed"), elem_id=f"{prefix}_seed")
+        random_seed = gr.Button("\U0001f3b2\ufe0f", scale=0, min_width=40, elem_id=f"{prefix}_random_seed")
+        reuse_seed = gr.Button("\u267b\ufe0f", scale=0, min_width=40, elem_id=f"{prefix}_reuse_seed")
         subseed = gr.Number(-1, precision=0, label="Variation seed")
+        random_subseed = gr.Button("\U0001f3b2\ufe0f", scale=0, min_width=40)
+        reuse_subseed = gr.Button("\u267b\ufe0f", scale=0, min_width=40)
         strength = gr.Slider(0, 1, value=0, step=0.01, label="Variation strength")
     gr.Markdown("Width and height: 32 × 32, the only size this model draws.")
-    return Common(prompt, negative, sampler, steps, cfg, seed, subseed, strength, batch_count, batch_size)
-
-
-@dataclass
-class Output:
-    """A tab's Generate button, gallery and generation info."""
-
-    button: gr.Button
-    gallery: gr.Gallery
-    info: gr.Textbox
-
-
-def _output(prefix: str) -> Output:
-    button = gr.Button("Generate", variant="primary", elem_id=f"{prefix}_generate")
-    gallery = gr.Gallery(label="Output", columns=4, elem_id=f"{prefix}_gallery", elem_classes="dn-gallery")
-    info = gr.Textbox(label="Generation info", lines=4, elem_id=f"{prefix}_info")
-    return Output(button, gallery, info)
+    for button in (random_seed, random_subseed):  # -1: a new random seed for each job
+        button.click(lambda: -1, [], [seed if button is random_seed else subseed], queue=False)
+    reuse = {"Seed": reuse_seed, "Variation seed": reuse_subseed}  # wired to the info box in `_output`
+    return Common(prompt, negative, sampler, steps, cfg, seed, subseed, strength, batch_count, batch_size, reuse)
 
 
 @dataclass
@@ -146,6 +155,7 @@ class Txt2ImgTab:
     xyz: XYZScript
     controlnet: ControlNetPanel
     output: Output
+    send: gr.Button  # "Send to img2img": the first picture and its parameters
 
 
 def _txt2img_tab(state: WebUIState) -> Txt2ImgTab:
@@ -159,19 +169,20 @@ def _txt2img_tab(state: WebUIState) -> Txt2ImgTab:
                 with gr.Accordion("ControlNet (ch. 17)", open=False, elem_id="txt2img_controlnet"):
                     panel = controlnet_panel(state)
             with gr.Column():
-                output = _output("txt2img")
-    tab = Txt2ImgTab(common, script, panel, output)
+                output = output_column("txt2img", state, common)
+                send = gr.Button("Send to img2img", elem_id="txt2img_send_to_img2img")
+    tab = Txt2ImgTab(common, script, panel, output, send)
 
-    def txt2img(v: dict):
+    def txt2img(v: dict, callback):
         unit = panel.unit(v)
         settings = common.settings(v, controlnet=[unit] if unit else [])
         if v[script.use]:
-            return script.run(state, settings, v)
-        result = state.run(settings)
-        return _gallery(result), _info(result)
+            return *script.run(state, settings, v), ""
+        result = state.run(settings, callback=callback)
+        return _gallery(result), _info(result), note(result)
 
-    output.button.click(_shown(txt2img), common.components() | script.components() | panel.components(),
-                        [output.gallery, output.info])
+    output.button.click(job(state, txt2img), common.components() | script.components() | panel.components(),
+                        output.outputs())
     return tab
 
 
@@ -240,138 +251,81 @@ def _img2img_tab(state: WebUIState) -> Img2ImgTab:
                     padding = gr.Slider(*LIMITS["inpaint_full_res_padding"], value=4, step=1,
                                         label="Only masked padding, pixels")
             with gr.Column():
-                output = _output("img2img")
+                output = output_column("img2img", state, common)
     tab = Img2ImgTab(common, init, sketch, upload_init, upload_mask, denoise, mask_blur, mask_mode, area, padding,
                      output)
 
-    def img2img(v: dict):
-        result = state.run(tab.settings(v))
-        return _gallery(result), _info(result)
+    def img2img(v: dict, callback):
+        result = state.run(tab.settings(v), callback=callback)
+        return _gallery(result), _info(result), note(result)
 
-    output.button.click(_shown(img2img), tab.components(), [output.gallery, output.info])
+    output.button.click(job(state, img2img), tab.components(), output.outputs())
     return tab
 
 
-@dataclass
-class PngInfoTab:
-    image: gr.Image
-    text: gr.Textbox
-    send: gr.Button
+def refreshed(state: WebUIState) -> list:
+    """The checkpoint dropdown (the current model among the files now in the folder) and the merger's A, B, C."""
+    titles = [c.title for c in state.registry.refresh()]
+    return [gr.Dropdown(choices=titles, value=state.registry.current.title)] + [gr.Dropdown(choices=titles)] * 3
 
 
-def _png_info_tab(txt2img: Common, tabs: gr.Tabs) -> PngInfoTab:
-    """PNG Info: an image's parameters, and a button that sends them to txt2img's controls."""
-    with gr.Tab("PNG Info", id="pnginfo"):
-        with gr.Row():
-            image = gr.Image(type="pil", label="Source", sources=["upload", "clipboard"])
-            with gr.Column():
-                text = gr.Textbox(label="Parameters", lines=6, elem_id="pnginfo_parameters")
-                send = gr.Button("Send to txt2img")
-
-    def read_png(picture):
-        if picture is None:
-            return ""
-        return infotext.read(picture)[0] or "this image carries no parameters"
-
-    # txt2img's controls that an infotext fills, with the value each gets when the infotext lacks it
-    sent = {txt2img.prompt: ("prompt", ""), txt2img.negative: ("negative_prompt", ""),
-            txt2img.sampler: ("sampler_name", "DPM++ 2M"), txt2img.steps: ("steps", 20),
-            txt2img.cfg: ("cfg_scale", 4.0), txt2img.seed: ("seed", -1), txt2img.subseed: ("subseed", -1),
-            txt2img.strength: ("subseed_strength", 0.0)}
-
-    def send_to_txt2img(parameters: str) -> list:
-        given = infotext.to_settings(infotext.parse(parameters))
-        return [given.get(name, default) for name, default in sent.values()] + [gr.Tabs(selected="txt2img")]
-
-    image.change(_shown(read_png), [image], [text])
-    send.click(_shown(send_to_txt2img), [text], [*sent, tabs])
-    return PngInfoTab(image, text, send)
-
-
-@dataclass
-class MergerTab:
-    a: gr.Dropdown
-    b: gr.Dropdown
-    c: gr.Dropdown
-    name: gr.Textbox
-    multiplier: gr.Slider
-    method: gr.Radio
-    button: gr.Button
-    result: gr.Textbox
-
-
-def _merger_tab(state: WebUIState, checkpoint: gr.Dropdown) -> MergerTab:
-    """Checkpoint Merger: A, B (and C) merged into a new file in the models folder; every model list refreshed."""
-    with gr.Tab("Checkpoint Merger", id="merger"):
-        titles = state.registry.titles()
-        with gr.Row():
-            a = gr.Dropdown(titles, value=titles[0], label="Primary model (A)")
-            b = gr.Dropdown(titles, value=titles[-1], label="Secondary model (B)")
-            c = gr.Dropdown(titles, value=None, label="Tertiary model (C)")
-        name = gr.Textbox(label="Custom Name (Optional)")
-        multiplier = gr.Slider(0, 1, value=0.3, step=0.05, label="Multiplier (M) - set to 0 to get model A")
-        method = gr.Radio(list(merger.METHODS), value="Weighted sum", label="Interpolation Method")
-        button = gr.Button("Merge", variant="primary")
-        result = gr.Textbox(label="Result", lines=3)
-    tab = MergerTab(a, b, c, name, multiplier, method, button, result)
-
-    def run_merge(v: dict):
-        registry = state.registry
-        if registry.models_dir is None:
-            raise ValueError("the app was started without a models folder to write into")
-        info, entry = merger.merge(registry.find(v[a]), registry.find(v[b]), registry.find(v[c]) if v[c] else None,
-                                   v[method], float(v[multiplier]), registry.models_dir, v[name] or "")
-        registry.refresh()
-        new = gr.Dropdown(choices=registry.titles())
-        return (f"wrote {info.path}: hash {info.hash}\nrecipe: {entry['merge']}", new, new, new,
-                gr.Dropdown(choices=registry.titles(), value=registry.current.title))
-
-    button.click(_shown(run_merge), {a, b, c, name, multiplier, method}, [result, a, b, c, checkpoint])
-    return tab
-
-
-def _checkpoint_row(state: WebUIState) -> gr.Dropdown:
+def _checkpoint_row(state: WebUIState) -> tuple[gr.Dropdown, gr.Button]:
     """The checkpoint every tab draws with, and its Refresh button."""
     with gr.Row():
         checkpoint = gr.Dropdown(state.registry.titles(), value=state.registry.current.title,
                                  label=_label("Stable Diffusion checkpoint"), elem_id="sd_model_checkpoint")
-        refresh = gr.Button("Refresh", scale=0)
+        refresh = gr.Button("Refresh", scale=0, elem_id="refresh_sd_model_checkpoint")
 
     def choose(title):
         with state.lock:
             state.registry.select(title)
         return gr.Dropdown(value=state.registry.current.title)
 
-    checkpoint.change(_shown(choose), [checkpoint], [checkpoint])
-    refresh.click(lambda: gr.Dropdown(choices=[c.title for c in state.registry.refresh()]), [], [checkpoint])
-    return checkpoint
+    checkpoint.input(shown(choose), [checkpoint], [checkpoint])  # the user's choice, not a refresh's
+    return checkpoint, refresh
 
 
 def build_blocks(state: WebUIState) -> gr.Blocks:
-    """The pages: the checkpoint row above the txt2img, img2img, PNG Info and Checkpoint Merger tabs."""
+    """The pages: the checkpoint row above the txt2img, img2img, PNG Info and Checkpoint Merger tabs.
+
+    Every model list is read again when the page loads and when a Refresh button is pressed, so the
+    dropdowns show the model the API chose and the files added since.
+    """
     with gr.Blocks(title="Stable Diffusion web UI (diffusion_notes)", analytics_enabled=False) as demo:
-        checkpoint = _checkpoint_row(state)
+        checkpoint, refresh = _checkpoint_row(state)
         with gr.Tabs() as tabs:
             txt2img = _txt2img_tab(state)
-            _img2img_tab(state)
-            _png_info_tab(txt2img.common, tabs)
-            _merger_tab(state, checkpoint)
+            img2img = _img2img_tab(state)
+            png_info = png_info_tab(txt2img.common, tabs)
+            merging = merger_tab(state, checkpoint)
+        send_to_img2img([(txt2img.send, txt2img.output.gallery, txt2img.output.info),
+                          (png_info.send_img2img, png_info.image, png_info.text)], img2img, tabs)
+        lists = [checkpoint, merging.a, merging.b, merging.c]
+        for event in (demo.load, refresh.click, merging.refresh.click):
+            event(lambda: refreshed(state), [], lists, queue=False)
     return demo
 
 
-def create_app(state: WebUIState) -> FastAPI:
-    """One FastAPI app: the API under /sdapi/v1 and the Gradio pages at /."""
-    app = create_api(state)
+def create_app(state: WebUIState, api_auth: dict | None = None, gradio_auth: dict | None = None,
+               cors_allow_origins=None) -> FastAPI:
+    """One FastAPI app: the API under /sdapi/v1 and the Gradio pages at /.
+
+    `api_auth` and `gradio_auth` ({user: password}) ask for a password on the API (HTTP basic auth)
+    and on the pages (a login page); `cors_allow_origins` lets pages of those origins call the API.
+    """
+    app = add_access(create_api(state), api_auth, cors_allow_origins)
     allowed = [str(state.outputs_dir.resolve())] if state.outputs_dir is not None else None
     return gr.mount_gradio_app(app, build_blocks(state), path="/", footer_links=[], run_history=False,
                                ssr_mode=False, mcp_server=False, pwa=False, theme=THEME, css=CSS,
-                               allowed_paths=allowed, show_error=True)
+                               allowed_paths=allowed, show_error=True,
+                               auth=list(gradio_auth.items()) if gradio_auth else None)
 
 
 def serve(app: FastAPI, host: str = "127.0.0.1", port: int = 7860) -> None:
     import uvicorn
 
-    print(f"Running on http://{host}:{port} (API: http://{host}:{port}/sdapi/v1/)")
+    shown = "127.0.0.1" if host == "0.0.0.0" else host
+    print(f"Running on http://{shown}:{port} (API: http://{shown}:{port}/sdapi/v1/)")
     uvicorn.run(app, host=host, port=port, log_level="warning")
 
 

@@ -26,9 +26,11 @@ import math
 import re
 from pathlib import Path
 
+from safetensors import SafetensorError
 from safetensors.torch import save
 
 from diffusion_notes.practice.finetune.lora_files import LoRANetwork, read_lora, to_kohya
+from diffusion_notes.practice.webui.inputs import inside
 
 _TAG = re.compile(r"<(\w+):([^>]+)>")  # the web UI's extra-network pattern
 
@@ -89,6 +91,16 @@ def parse_tags(prompt: str) -> tuple[str, list[tuple[str, str, float, float]]]:
     return _TAG.sub(take, prompt), tags
 
 
+def _read(path: Path, unet) -> LoRANetwork:
+    """A LoRA file of the folder, or a ValueError that says why it cannot be used."""
+    try:
+        return read_lora(path, unet)
+    except ValueError as err:  # LoRAFileError: keys or shapes that fit no layer of this UNet
+        raise ValueError(f"the LoRA file {path.name} does not fit this model: {err}") from None
+    except (SafetensorError, OSError, KeyError, RuntimeError) as err:  # not a safetensors file, or cut short
+        raise ValueError(f"the LoRA file {path.name} cannot be read: {type(err).__name__}: {err}") from None
+
+
 class LoRALibrary:
     """The LoRAs a prompt can name: the shipped ones and the .safetensors files in `folder` (kohya or diffusers)."""
 
@@ -106,12 +118,12 @@ class LoRALibrary:
     def get(self, name: str) -> LoRANetwork:
         if name in self.shipped:
             return self.shipped[name]
-        path = self.folder / f"{name}.safetensors" if self.folder is not None else None
+        path = inside(self.folder, name, ".safetensors", "a LoRA") if self.folder is not None else None
         if path is None or not path.is_file():
             raise ValueError(f"unknown LoRA {name!r}; the LoRAs are {', '.join(self.names()) or 'none'}")
         mtime = path.stat().st_mtime
         if path not in self._files or self._files[path][0] != mtime:
-            self._files[path] = (mtime, read_lora(path, self.unet))
+            self._files[path] = (mtime, _read(path, self.unet))
         return self._files[path][1]
 
     def shorthash(self, name: str) -> str:
@@ -135,13 +147,24 @@ class LoRALibrary:
                 seen.setdefault(name.replace(":", "").replace(",", ""), self.shorthash(name))
         return ", ".join(f"{name}: {h}" for name, h in seen.items())
 
+    def error(self, name: str) -> str:
+        """Why a LoRA file of the folder cannot be used ("" if it can): its header and tensor names are read."""
+        try:
+            self.get(name)
+        except ValueError as err:
+            return str(err)
+        return ""
+
     def api(self) -> list[dict]:
-        """GET /sdapi/v1/loras: [{"name", "alias", "path", "metadata"}]."""
+        """GET /sdapi/v1/loras: [{"name", "alias", "path", "metadata"}], and "error" for a file that cannot be read."""
         out = []
         for name in self.names():
             path = "" if name in self.shipped else str(self.folder / f"{name}.safetensors")
             meta = self.shipped[name].metadata if name in self.shipped else {}
             out.append({"name": name, "alias": name, "path": path, "metadata": {k: str(v) for k, v in meta.items()}})
+            error = "" if name in self.shipped else self.error(name)
+            if error:  # listed, with why it cannot be used
+                out[-1]["error"] = error
         return out
 
     def networks(self, tags: list[tuple[str, str, float]]) -> list[tuple[LoRANetwork, float]]:

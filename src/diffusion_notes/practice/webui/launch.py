@@ -4,9 +4,19 @@
 asks the shelf (`pretrained`) for anything, and it asks by name: the checkpoint file of
 "ldm_unet", the shipped LoRAs, textual-inversion embeddings and ControlNets. Every other module is
 handed what it serves, so a test or a chapter can build the state from models of its own.
+
+`check_port`, `check_address` and `writable_folder` check the command line's options before
+anything is loaded: a ValueError names the option and what is wrong (`webui` prints it on one
+line and exits with status 2).
 """
 
 from __future__ import annotations
+
+import ipaddress
+import os
+import socket
+import tempfile
+from pathlib import Path
 
 from diffusion_notes import pretrained
 from diffusion_notes.practice.finetune.learner import TokenEmbedding
@@ -45,3 +55,51 @@ def build_state(pipe: LatentDiffusionPipeline, models_dir=None, outputs_dir=None
     registry = ModelRegistry(pipe, pretrained.verify("ldm_unet", weights_dir), models_dir)
     return WebUIState(registry, outputs_dir, loras=lora_library(pipe.unet, lora_dir, weights_dir),
                       embeddings=embeddings(weights_dir), controlnets=controlnets(weights_dir=weights_dir))
+
+
+def check_port(port) -> int:
+    """--port: an int in 1-65535."""
+    try:
+        value = int(port)
+    except (TypeError, ValueError):
+        raise ValueError(f"--port must be a whole number in 1-65535, got {port!r}") from None
+    if not 1 <= value <= 65535:
+        raise ValueError(f"--port must be in 1-65535, got {value}")
+    return value
+
+
+def check_address(host: str, port: int) -> None:
+    """--host (or --listen) and --port: an address this machine can listen on, not in use."""
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+    except (socket.gaierror, UnicodeError) as err:
+        raise ValueError(f"--host {host!r} is not an address of this machine: {err}") from None
+    with socket.socket(family, kind, proto) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn does
+        try:
+            s.bind(address)
+        except OSError as err:
+            raise ValueError(f"cannot listen on {host}:{port}: {err.strerror or err}") from None
+
+
+def is_local(host: str) -> bool:
+    """Whether `host` is this machine only (a loopback address or "localhost")."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def writable_folder(path, option: str) -> Path:
+    """A folder that exists (created if need be) and can be written, or a ValueError naming `option`."""
+    path = Path(path)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=path):
+            pass
+    except (OSError, ValueError) as err:  # ValueError: a name Python cannot pass to the system (a NUL byte)
+        raise ValueError(f"{option} {os.fspath(path)}: cannot create or write this folder "
+                         f"({getattr(err, 'strerror', None) or err})") from None
+    return path

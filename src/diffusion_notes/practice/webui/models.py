@@ -26,6 +26,7 @@ class CheckpointInfo:
     model_name: str  # the file name without .safetensors
     hash: str  # 10 hex digits
     sha256: str
+    error: str = ""  # why the file cannot be used, if it cannot ("" for a checkpoint read without trouble)
 
     @property
     def title(self) -> str:
@@ -33,25 +34,47 @@ class CheckpointInfo:
 
     def api(self) -> dict:
         return {"title": self.title, "model_name": self.model_name, "hash": self.hash, "sha256": self.sha256,
-                "filename": str(self.path), "config": None}
+                "filename": str(self.path), "config": None, **({"error": self.error} if self.error else {})}
 
 
-def checkpoint_info(path) -> CheckpointInfo:
+def checkpoint_info(path, check: bool = False) -> CheckpointInfo:
+    """A file's name and hashes; with `check`, also why its header is not a UNet checkpoint's, if it is not."""
     path = Path(path)
-    return CheckpointInfo(path, path.stem, model_hash(path), sha256(path))
+    try:
+        hashes = model_hash(path), sha256(path)
+    except OSError as err:  # a file that cannot be read at all (permissions, gone since it was listed)
+        if not check:
+            raise
+        return CheckpointInfo(path, path.stem, "", "", f"{path.name} cannot be read: {err.strerror or err}")
+    return CheckpointInfo(path, path.stem, *hashes, _header_error(path) if check else "")
 
 
-def read_unet(path, device="cpu") -> UNet:
-    """The UNet stored in a checkpoint file, or a ValueError that says why the file is not one."""
-    path = Path(path)
+def _header_error(path: Path) -> str:
+    try:
+        _unet_config(path)
+    except ValueError as err:
+        return str(err)
+    return ""
+
+
+def _unet_config(path: Path) -> dict:
     try:
         meta = read_metadata(path)
     except Exception as err:  # safetensors' own error for a file that is not one, OSError, ValueError
         raise ValueError(f"{path.name} is not a checkpoint of this library: {err}") from None
     if meta.get("recipe") != RECIPE or "config" not in meta:
         raise ValueError(f"{path.name} holds a {meta.get('recipe')!r} model, not a latent-diffusion UNet ({RECIPE!r})")
-    unet = UNet(config_from_dict(UNetConfig, meta["config"], source=f"{path.name}'s config"))
-    tensors, _ = load_checkpoint(path, device)
+    return meta["config"]
+
+
+def read_unet(path, device="cpu") -> UNet:
+    """The UNet stored in a checkpoint file, or a ValueError that says why the file is not one."""
+    path = Path(path)
+    unet = UNet(config_from_dict(UNetConfig, _unet_config(path), source=f"{path.name}'s config"))
+    try:
+        tensors, _ = load_checkpoint(path, device)
+    except Exception as err:  # SafetensorError for tensors cut short or corrupt, OSError
+        raise ValueError(f"{path.name}'s tensors cannot be read: {err}") from None
     try:
         unet.load_state_dict(tensors)
     except RuntimeError as err:
@@ -73,7 +96,7 @@ class ModelRegistry:
     def refresh(self) -> list[CheckpointInfo]:
         found = [self.shipped]
         if self.models_dir is not None and self.models_dir.is_dir():
-            found += [checkpoint_info(p) for p in sorted(self.models_dir.glob("*.safetensors"))
+            found += [checkpoint_info(p, check=True) for p in sorted(self.models_dir.glob("*.safetensors"))
                       if p.resolve() != self.shipped.path.resolve()]
         self.checkpoints = found
         return found

@@ -184,3 +184,16 @@ def test_generate_uses_the_noise_settings(pipe):
                           pixels(generate(pipe, dataclasses.replace(plain, eta_noise_seed_delta=31337))))
     with pytest.raises(ValueError, match="one of GPU, CPU, NV"):
         generate(pipe, dataclasses.replace(job, randn_source="XPU"))
+
+
+def test_the_server_keeps_one_seed_over_batches_of_variations(pipe, tmp_path):
+    """processing.py `process_images_inner` through the server's batch-by-batch queue (n_iter 2)."""
+    from diffusion_notes import pretrained
+    from diffusion_notes.practice.webui.models import ModelRegistry
+    from diffusion_notes.practice.webui.state import WebUIState
+
+    state = WebUIState(ModelRegistry(pipe, pretrained.verify("ldm_unet"), tmp_path))
+    job = Settings(prompt="a small red circle", steps=2, seed=10, subseed=50, subseed_strength=0.3, batch_size=2,
+                   n_iter=2)
+    result = state.run(job, save=False)
+    assert (result.seeds, result.subseeds) == ([10, 10, 10, 10], [50, 51, 52, 53])

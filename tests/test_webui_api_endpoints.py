@@ -101,7 +101,9 @@ def test_the_lists_have_the_web_uis_item_shapes(client):
     upscalers = client.get("/sdapi/v1/upscalers").json()
     assert [u["name"] for u in upscalers] == ["None", "Lanczos", "Nearest"]
     assert all(set(u) == {"name", "model_name", "model_path", "model_url", "scale"} for u in upscalers)
-    assert all(set(m) == {"name"} for m in client.get("/sdapi/v1/latent-upscale-modes").json())
+    modes = client.get("/sdapi/v1/latent-upscale-modes").json()
+    assert all(set(m) == {"name"} for m in modes)
+    assert [m["name"] for m in modes][:3] == ["Latent", "Latent (antialiased)", "Latent (bicubic)"]  # shared_items.py
     assert client.get("/sdapi/v1/sd-vae").json() == [] and client.get("/sdapi/v1/hypernetworks").json() == []
     memory = client.get("/sdapi/v1/memory").json()
     assert set(memory) == {"ram", "cuda"} and memory["ram"]["total"] >= memory["ram"]["used"] > 0

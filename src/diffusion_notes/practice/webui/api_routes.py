@@ -24,6 +24,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from diffusion_notes.practice.webui import interrogate
 from diffusion_notes.practice.webui import schedulers as webui_schedulers
+from diffusion_notes.practice.webui import upscalers as webui_upscalers
 from diffusion_notes.practice.webui.api_io import answer, decode_image, error, png64
 from diffusion_notes.practice.webui.api_requests import OPTION_DEFAULTS, styles_of
 from diffusion_notes.practice.webui.api_scripts import script_info, scripts_list
@@ -33,14 +34,13 @@ RESAMPLE = {"Lanczos": Image.LANCZOS, "Nearest": Image.NEAREST}  # the upscalers
 
 
 def upscalers() -> list[dict]:
-    """GET /sdapi/v1/upscalers: the web UI's None, Lanczos and Nearest (each with its nominal scale of 4)."""
-    return [{"name": name, "model_name": None, "model_path": None, "model_url": None, "scale": 4}
-            for name in ("None", *RESAMPLE)]
+    """GET /sdapi/v1/upscalers: the pixel upscalers hires fix and the extras tab have (`upscalers.api_upscalers`)."""
+    return webui_upscalers.api_upscalers()
 
 
 def latent_upscale_modes() -> list[dict]:
-    """GET /sdapi/v1/latent-upscale-modes: the latent upscalers the hires fix has; none draws one here yet."""
-    return []
+    """GET /sdapi/v1/latent-upscale-modes: hires fix's latent upscalers (`upscalers.api_latent_upscale_modes`)."""
+    return webui_upscalers.api_latent_upscale_modes()
 
 
 def schedulers() -> list[dict]:

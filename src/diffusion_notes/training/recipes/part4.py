@@ -116,13 +116,15 @@ def _controlnet(device: str) -> Recipe:
         prepare=lambda model, seed: model.copy_encoder_from(frozen.ldm_unet(device_of(model))),  # Theta_c = Theta
         make_batch=make_batch,
         loss=loss,
-        steps=1000,
+        steps=2000,
         batch_size=32,
         lr=5e-4,
         warmup_steps=50,
         evaluate=evaluate,
-        dataset="Shapes train split, seed 0, half of the images with two objects, each with an outline or a mask "
-                "condition made on the fly, as latents of the shipped vae and token states of the shipped clip",
+        dataset="Shapes train split, seed 0, half of the scenes with two objects, half moved anywhere at radii 2-6 px "
+                "(scenes.move); captions naming no position, the objects' cells or other cells (a third each); an "
+                "outline, a mask or the Canny edges of the picture as the condition (a third each), made on the fly; "
+                "as latents of the shipped vae and token states of the shipped clip",
         description="ControlNet: a trainable copy of the shipped ldm_unet's encoder, joined by zero convolutions; "
                     "the ldm_unet frozen, captions dropped 50%",
     )

@@ -34,7 +34,7 @@ def client(pipe, tmp_path_factory):
     torch.manual_seed(0)
     moved = ControlNet.from_unet(pipe.unet).eval()
     with torch.no_grad():
-        for conv in [*moved.zero_convs, moved.mid_out, moved.hint_out]:
+        for conv in [*moved.zero_convs, moved.mid_out, moved.cond_embedding.conv_out]:
             conv.weight.normal_(0, 0.05)
     state = WebUIState(ModelRegistry(pipe, pretrained.verify("ldm_unet"), tmp_path_factory.mktemp("models")),
                        controlnets={"fresh": fresh, "moved": moved})

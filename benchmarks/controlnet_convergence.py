@@ -2,7 +2,7 @@
 
     python -m diffusion_notes train controlnet --threads 1 --checkpoint-every 50 --out runs/controlnet &
     python benchmarks/controlnet_convergence.py --watch runs/controlnet --snapshots runs/controlnet_snapshots
-    python benchmarks/controlnet_convergence.py --snapshots runs/controlnet_snapshots --every 100  # then measure
+    python benchmarks/controlnet_convergence.py --snapshots runs/controlnet_snapshots --every 100 --dense-until 300
 
 `--watch` copies the ControlNet's weights out of each new checkpoint (the run overwrites one file);
 without it, every snapshot (and step 0, the fresh copy of the shipped UNet) is scored on the same
@@ -49,12 +49,13 @@ def watch(run_dir: Path, out: Path, steps: int) -> None:
         time.sleep(5)
 
 
-def measure(snapshots: Path, n: int, steps: int, kind: str, caption: str, every: int) -> dict:
+def measure(snapshots: Path, n: int, steps: int, kind: str, caption: str, every: int, dense_until: int) -> dict:
     sd = pretrained.stable_diffusion("cpu")
     judge = pretrained.load("shapes_classifier", "cpu")
     items = eval_set(n, kind, caption)
     curve = []
-    files = [f for f in sorted(snapshots.glob("step_*.safetensors")) if int(f.stem.split("_")[1]) % every == 0]
+    files = [f for f in sorted(snapshots.glob("step_*.safetensors"))
+             if int(f.stem.split("_")[1]) % (50 if int(f.stem.split("_")[1]) <= dense_until else every) == 0]
     for path in [None, *files]:
         net = ControlNet.from_unet(sd.unet)
         if path is not None:
@@ -79,13 +80,15 @@ def main() -> None:
     p.add_argument("--kind", default="outline")
     p.add_argument("--caption", default="none", help="none, same or other: what the captions say about the place")
     p.add_argument("--every", type=int, default=50, help="score the snapshots whose step is a multiple of this")
+    p.add_argument("--dense-until", type=int, default=0, help="up to this step, score every snapshot (each 50 steps)")
     p.add_argument("--threads", type=int, default=1)
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     if args.watch:
         watch(Path(args.watch), Path(args.snapshots), args.steps)
         return
-    result = measure(Path(args.snapshots), args.n, args.sampling_steps, args.kind, args.caption, args.every)
+    result = measure(Path(args.snapshots), args.n, args.sampling_steps, args.kind, args.caption, args.every,
+                     args.dense_until)
     RESULTS.write_text(json.dumps(result, indent=1) + "\n")
     print("wrote", RESULTS)
 

@@ -1,17 +1,19 @@
 """Condition images made on the fly from the Shapes generator, the training batch and loss, and IoU.
 
-Two kinds of condition, both white on black, (B, 3, 32, 32) in [0, 1], drawn from the
-same signed distance functions that draw the dataset's pictures:
+Three kinds of condition, all white on black, (B, 3, 32, 32) in [0, 1]:
 
-    "outline"  the objects' outlines, a line about one pixel wide (the paper's Fill50K:
-               a circle's outline turned into the filled circle in the caption's colour)
+    "outline"  the objects' outlines, a line about one pixel wide, from the signed distance
+               functions that draw the dataset's pictures (the ControlNet repository's
+               tutorial set, Fill50K, turns circle outlines into filled circles)
     "mask"     the objects' filled silhouettes (a position mask): where to draw, not what
+    "canny"    Canny's edges (skimage.feature.canny) of the rendered picture, what the web
+               UI's "canny" preprocessor hands a ControlNet
 
-The caption still says the colour and the shape; the condition says where the
-object's edge runs. `condition_region` is the region a condition implies (the
-dataset renderer's own coverage, > 0.5), `drawn_region` the region a picture draws
-(any channel brighter than `DRAWN_THRESHOLD` = 0.45 on the black background), and `iou`
-compares them.
+The training scenes and captions come from `scenes.py`: half of the scenes moved anywhere at any
+radius, captions that name no position, the same cells or other cells, so that only the
+condition says where. `condition_region` is the region a condition implies (the renderer's
+coverage, > 0.5), `drawn_region` the region a picture draws (any channel brighter than
+`DRAWN_THRESHOLD` = 0.45 on the black background), and `iou` compares them.
 
 Notation: B batch, H = W = 32 pixels, z0 (B, 4, 8, 8), context (B, 77, D_c).
 """

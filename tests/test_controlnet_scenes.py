@@ -119,3 +119,22 @@ def test_evaluation_sets_put_objects_where_they_say():
     with pytest.raises(ValueError, match="caption must be one of"):
         eval_set(4, caption="left")
     assert set(POSITIONS) == set(POSITION_WORDS)
+
+
+def test_placed_sees_two_shapes_swapped_where_the_shape_check_does_not():
+    """A two-object picture drawn with the objects' shapes exchanged: the multiset of shapes is right, the
+    shape inside each outline is not."""
+    from diffusion_notes.practice.controlnet.evaluate import scores
+    from diffusion_notes.training import frozen
+
+    items = eval_set(8, "outline", "none", "two")
+    items = {**items, "attributes": [a for a in items["attributes"]
+                                     if a["objects"][0]["shape"] != a["objects"][1]["shape"]][:4]}
+    items["region"] = condition_region(items["attributes"])
+    swapped = [{**a, "objects": [{**a["objects"][0], "shape": a["objects"][1]["shape"]},
+                                 {**a["objects"][1], "shape": a["objects"][0]["shape"]}]} for a in items["attributes"]]
+    judge = frozen.classifier()
+    right = scores((render_scene(items["attributes"]) + 1) / 2, items, judge)
+    wrong = scores((render_scene(swapped) + 1) / 2, items, judge)
+    assert right["placed"].tolist() == [1.0] * 4 and right["shape"].tolist() == [1.0] * 4
+    assert wrong["placed"].tolist() == [0.0] * 4 and wrong["shape"].tolist() == [1.0] * 4

@@ -12,7 +12,9 @@ one object each unless `where` says otherwise:
 and the caption names no position ("none"), the object's cell ("same") or another cell ("other"):
 only the condition then says where. Per picture: the IoU of the drawn region with the
 condition's; "shape", whether the judge reads the condition's shapes; "colour", whether it reads
-the caption's colours. The judge is passed in (the shipped Shapes classifier).
+the caption's colours; for two objects, "placed", whether it reads each shape in the cell of its own
+outline (the shape check alone does not see two shapes swapped). The judge is passed in (the shipped
+Shapes classifier).
 """
 
 from __future__ import annotations
@@ -61,10 +63,15 @@ def eval_set(n: int = 48, kind: str = "outline", caption: str = "same", where: s
 
 
 def scores(images: torch.Tensor, items: dict, judge) -> dict:
-    """Per picture (n,): "iou" with the condition's region, "shape" and "colour" as the judge reads them."""
+    """Per picture (n,): "iou" with the condition's region, "shape" and "colour" as the judge reads them (the
+    multisets of the scene's), and "placed": every shape read in the cell of the outline it belongs to."""
     right = fidelity_per_image(images * 2 - 1, items["attributes"], judge)
+    read = judge.predict_attributes(images * 2 - 1)
+    placed = [sorted((o["shape"], o["position"]) for o in a["objects"]) == sorted((o["shape"], o["position"])
+                                                                                for o in r["objects"])
+              for a, r in zip(items["attributes"], read)]
     return {"iou": iou(drawn_region(images), items["region"]).double(), "shape": right["shape"].double(),
-            "colour": right["colour"].double()}
+            "colour": right["colour"].double(), "placed": torch.tensor(placed, dtype=torch.float64)}
 
 
 @torch.no_grad()
@@ -81,9 +88,10 @@ def follow(pipe, items: dict, classifier, *, control: bool = True, seed: int = 0
     return {**{k: float(v.mean()) for k, v in each.items()}, "each": each, "images": images}
 
 
-def summary(result: dict, prefix: str, interval: bool = False) -> dict:
-    """A `follow` result as manifest metrics: prefix/iou, prefix/shape, prefix/colour (and the IoU's 95% interval)."""
-    out = {f"{prefix}/{k}": round(result[k], 4) for k in ("iou", "shape", "colour")}
+def summary(result: dict, prefix: str, interval: bool = False, placed: bool = False) -> dict:
+    """A `follow` result as manifest metrics: prefix/iou, prefix/shape, prefix/colour (and the IoU's 95% interval,
+    and prefix/placed)."""
+    out = {f"{prefix}/{k}": round(result[k], 4) for k in ("iou", "shape", "colour") + (("placed",) * placed)}
     if interval:
         _, lo, hi = mean_interval(result["each"]["iou"])
         out[f"{prefix}/iou_low"], out[f"{prefix}/iou_high"] = round(lo, 4), round(hi, 4)
@@ -104,6 +112,7 @@ def evaluate_controlnet(pipe, classifier, n: int = 48) -> dict:
     for caption in ("none", "same"):
         out.update(summary(follow(pipe, eval_set(n, "outline", caption), classifier, control=False),
                            f"without/{caption}", True))
-    for where in WHERE[1:]:
-        out.update(summary(follow(pipe, eval_set(n, "outline", "none", where), classifier), where, True))
+    for where in WHERE[1:]:  # two objects: also whether each shape is in its own outline's cell
+        out.update(summary(follow(pipe, eval_set(n, "outline", "none", where), classifier), where, True,
+                           placed=where == "two"))
     return out

@@ -54,7 +54,7 @@ def test_residual_wiring_without_residuals_is_the_unet_and_nonzero_convs_change_
     with torch.no_grad():
         down, mid = net(x, t, context, condition)  # all zero at the start
         assert torch.equal(unet(x, t, context, down_residuals=down, mid_residual=mid), unet(x, t, context))
-        for conv in [*net.zero_convs, net.mid_out, net.hint_out]:
+        for conv in [*net.zero_convs, net.mid_out, net.cond_embedding.conv_out]:
             conv.weight.normal_(0, 0.1)
         controlled = controlled_eps(unet, net, x, t, context, condition)
         assert (controlled - unet(x, t, context)).abs().max() > 1e-3
@@ -67,7 +67,7 @@ def moved(net, seed):
     """`net` with its zero convolutions moved off zero, as training moves them."""
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
-        for conv in [*net.zero_convs, net.mid_out, net.hint_out]:
+        for conv in [*net.zero_convs, net.mid_out, net.cond_embedding.conv_out]:
             conv.weight.copy_(0.1 * torch.randn(conv.weight.shape, generator=g))
     return net
 
@@ -111,7 +111,7 @@ def test_the_copy_starts_from_the_unets_encoder_and_the_convolutions_at_zero():
     for key, value in net.state_dict().items():
         if key.startswith(("time_embed.", "conv_in.", "down.", "mid.")):
             assert torch.equal(value, state[key]), key
-    zero = [*net.zero_convs, net.mid_out, net.hint_out]
+    zero = [*net.zero_convs, net.mid_out, net.cond_embedding.conv_out]
     assert len(net.zero_convs) == 4 and all(float(p.detach().abs().max()) == 0 for m in zero for p in m.parameters())
     with pytest.raises(ValueError, match="does not copy"):
         ControlNet.from_unet(unet, config_for(UNetConfig()))
@@ -140,8 +140,9 @@ def test_conditions_follow_the_renderer():
     assert inside.sum() > 0.3 * region.sum()
     with pytest.raises(ValueError, match="kind"):
         make_condition(attributes, "scribble")
-    a, captions, kinds = training_items(5, 8, seed=0)
-    assert (a, captions, kinds) == training_items(5, 8, seed=0) and set(kinds) <= {"outline", "mask"}
+    a, captions, kinds = training_items(5, 64, seed=0)
+    assert (a, captions, kinds) == training_items(5, 64, seed=0) and set(kinds) == {"outline", "mask", "canny"}
+    assert any("radius" in o for s in a for o in s["objects"]) and any("radius" not in s["objects"][0] for s in a)
 
 
 def test_iou_counts_pixels():
@@ -221,7 +222,7 @@ def test_the_shipped_controlnet_follows_unseen_outlines(pipe):
         pytest.skip("no shipped ControlNet")
     steered = ControlNetPipeline(pipe.unet, pipe.vae, pipe.clip, pipe.scale_factor, pretrained.load("controlnet", "cpu"))
     judge = pretrained.load("shapes_classifier", "cpu")
-    items = eval_set(8, "outline")
+    items = eval_set(8, "outline", "none")  # the caption names no position: only the outline says where
     with_control = follow(steered, items, judge, num_inference_steps=10)
     without = follow(steered, items, judge, control=False, num_inference_steps=10)
-    assert with_control["iou"] > without["iou"] + 0.05 and with_control["iou"] > 0.7
+    assert with_control["iou"] > without["iou"] + 0.3 and with_control["iou"] > 0.7

@@ -34,7 +34,7 @@ def client(pipe, tmp_path_factory):
     torch.manual_seed(0)
     moved = ControlNet.from_unet(pipe.unet).eval()
     with torch.no_grad():
-        for conv in [*moved.zero_convs, moved.mid_out, moved.hint_out]:
+        for conv in [*moved.zero_convs, moved.mid_out, moved.cond_embedding.conv_out]:
             conv.weight.normal_(0, 0.05)
     state = WebUIState(ModelRegistry(pipe, pretrained.verify("ldm_unet"), tmp_path_factory.mktemp("models")),
                        controlnets={"fresh": fresh, "moved": moved})
@@ -113,3 +113,28 @@ def test_panel_values_make_a_unit():
     assert (unit.model, unit.weight, unit.guidance_start, unit.guidance_end) == ("moved", 0.8, 0.1, 0.9)
     with pytest.raises(ValueError, match="no condition image"):
         unit_from_panel(True, None, None, "moved", 1, 0, 1)
+
+
+def test_the_shipped_controlnet_places_an_unplaced_caption_at_the_outline(pipe, tmp_path):
+    """The extension's API shape (alwayson_scripts.controlnet.args, module "none"), a caption that names no
+    position: the drawn object lands where the outline is, and without the unit it does not."""
+    from diffusion_notes.practice.controlnet.conditions import drawn_region, iou
+    from diffusion_notes.practice.controlnet.evaluate import eval_set
+
+    if "controlnet" not in pretrained.available():
+        pytest.skip("no shipped ControlNet")
+    state = WebUIState(ModelRegistry(pipe, pretrained.verify("ldm_unet"), tmp_path),
+                       controlnets={"controlnet": pretrained.load("controlnet", "cpu")})
+    items = eval_set(4, "outline", "none", "offgrid")  # anywhere on the canvas, not only in the nine cells
+    scores = {True: [], False: []}
+    with TestClient(create_app(state)) as c:
+        for k, (caption, condition) in enumerate(zip(items["captions"], items["condition"])):
+            for with_unit in (True, False):
+                body = {"prompt": caption, "steps": 10, "cfg_scale": 4, "seed": k}
+                if with_unit:
+                    unit = {"image": png64(to_pil(condition[None])[0]), "model": "controlnet", "module": "none"}
+                    body["alwayson_scripts"] = {"controlnet": {"args": [unit]}}
+                picture = torch.from_numpy(pixels(c.post("/sdapi/v1/txt2img", json=body)).copy()).permute(2, 0, 1)
+                scores[with_unit].append(float(iou(drawn_region(picture[None] / 255.0), items["region"][k:k + 1])))
+    mean = {k: sum(v) / len(v) for k, v in scores.items()}  # without the unit the place is chance's
+    assert min(scores[True]) > 0.5 and mean[True] > 0.65 and mean[False] < 0.3, scores

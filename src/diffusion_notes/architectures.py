@@ -59,6 +59,7 @@ ARCHITECTURES: dict[str, Architecture] = {
     # Part IV
     "concept_classifier": Architecture(ShapesClassifier, ClassifierConfig),
     "textual_inversion": _FINE_TUNED,
+    "textual_inversion_look": _FINE_TUNED,  # a look the model can draw, one word for it
     "lora": _FINE_TUNED,
     "dreambooth": _FINE_TUNED,
     "dreambooth_prior": _FINE_TUNED,

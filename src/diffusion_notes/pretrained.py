@@ -33,7 +33,7 @@ WEIGHTS_ENV_VAR = "DIFFUSION_NOTES_WEIGHTS"
 MANIFEST_NAME = "manifest.json"
 # Fine-tuning results that ship as what they add, not as a whole model: load(name) returns
 # a LoRANetwork (apply it with practice.finetune.lora_files.applied), a TokenEmbedding, or (DreamBooth) a UNet.
-ADAPTERS = ("lora", "textual_inversion", "dreambooth", "dreambooth_prior", "dreambooth_lora_prior")
+ADAPTERS = ("lora", "textual_inversion", "textual_inversion_look", "dreambooth", "dreambooth_prior", "dreambooth_lora_prior")
 
 
 class WeightsError(ValueError):

@@ -41,7 +41,8 @@ class ControlNetConfig:
     scale_shift_norm: bool = False
     norm_groups: int = 32
     mid_attention: bool = True
-    # The condition image and its encoder E: conv 3x3 + SiLU at each width, stride 2 between widths.
+    # The condition image and its encoder E, in diffusers' ControlNetConditioningEmbedding layout: conv_in, then
+    # per step of widths a 3x3 conv and a stride-2 3x3 conv to the next width, each followed by SiLU, then conv_out.
     condition_channels: int = 3  # RGB condition images, values in [0, 1]
     condition_size: int = 32  # H = W of the condition image: sample_size times 2 ** (len(hint_channels) - 1)
     hint_channels: tuple[int, ...] = (16, 32, 64)
@@ -68,6 +69,28 @@ def zero_module(module: nn.Module) -> nn.Module:
     return module
 
 
+class ConditionEmbedding(nn.Module):
+    """E followed by its zero convolution: (B, 3, H, W) -> (B, C_0, h, w), diffusers' ControlNetConditioningEmbedding.
+
+    conv_in (3 -> w_0), then for each pair of widths (w_i, w_{i+1}) a 3x3 conv at w_i and a stride-2 3x3 conv to
+    w_{i+1}, every conv followed by SiLU, and conv_out (w_last -> C_0), a 3x3 conv that starts at zero.
+    """
+
+    def __init__(self, in_channels: int, widths: tuple[int, ...], out_channels: int):
+        super().__init__()
+        self.conv_in = nn.Conv2d(in_channels, widths[0], 3, padding=1)
+        self.blocks = nn.ModuleList()
+        for a, b in zip(widths[:-1], widths[1:]):
+            self.blocks += [nn.Conv2d(a, a, 3, padding=1), nn.Conv2d(a, b, 3, padding=1, stride=2)]
+        self.conv_out = zero_module(nn.Conv2d(widths[-1], out_channels, 3, padding=1))  # Z(.; Theta_z1)
+
+    def forward(self, condition: torch.Tensor) -> torch.Tensor:
+        h = nn.functional.silu(self.conv_in(condition))  # (B, w_0, H, W)
+        for conv in self.blocks:
+            h = nn.functional.silu(conv(h))  # halves H, W at each stride-2 conv
+        return self.conv_out(h)  # (B, C_0, h, w)
+
+
 class ControlNet(nn.Module):
     """The trainable copy: (z_t, t, c_text, c_f) -> K skip residuals and one middle residual.
 
@@ -82,12 +105,7 @@ class ControlNet(nn.Module):
                              f"{c.sample_size * 2 ** (len(c.hint_channels) - 1)}, got {c.condition_size}")
         base = UNet(c.unet_config())  # built only to copy its encoder's layers
         self.time_embed, self.conv_in, self.down, self.mid = base.time_embed, base.conv_in, base.down, base.mid
-        hint, prev = [], c.condition_channels
-        for i, width in enumerate(c.hint_channels):
-            hint += [nn.Conv2d(prev, width, 3, padding=1, stride=1 if i == 0 else 2), nn.SiLU()]
-            prev = width
-        self.hint = nn.Sequential(*hint)  # E: (B, 3, H, W) -> (B, hint_channels[-1], h, w)
-        self.hint_out = zero_module(nn.Conv2d(prev, c.channels[0], 3, padding=1))  # Z(c; Theta_z1)
+        self.cond_embedding = ConditionEmbedding(c.condition_channels, c.hint_channels, c.channels[0])  # Z(E(c_f))
         widths = [c.channels[0]] + [self._width(layers) for layers in self.down]
         self.zero_convs = nn.ModuleList([zero_module(nn.Conv2d(w, w, 1)) for w in widths])  # Z(.; Theta_z2), K of them
         self.mid_out = zero_module(nn.Conv2d(c.channels[-1], c.channels[-1], 1))
@@ -140,7 +158,7 @@ class ControlNet(nn.Module):
         self.check_condition(condition, x.shape[0])
         condition = condition.expand(x.shape[0], -1, -1, -1).to(x)  # (B, 3, H, W)
         temb = time_features(self.time_embed, t, x, self.config.channels[0])  # (B, 4 C_0)
-        h = self.conv_in(x) + self.hint_out(self.hint(condition))  # (B, C_0, h, w): x + Z(E(c_f))
+        h = self.conv_in(x) + self.cond_embedding(condition)  # (B, C_0, h, w): x + Z(E(c_f))
         skips, h = run_encoder(self.down, self.mid, h, temb, context)  # K skips, (B, C_last, h', w')
         return [z(s) for z, s in zip(self.zero_convs, skips)], self.mid_out(h)
 

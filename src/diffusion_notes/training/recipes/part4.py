@@ -16,6 +16,7 @@ from diffusion_notes.evaluation.classifier import (
 from diffusion_notes.practice.controlnet.conditions import controlnet_batch, controlnet_loss
 from diffusion_notes.practice.controlnet.evaluate import evaluate_controlnet
 from diffusion_notes.practice.controlnet.pipeline import ControlNetPipeline
+from diffusion_notes.practice.finetune import look
 from diffusion_notes.practice.finetune.concept import concept_scores
 from diffusion_notes.practice.finetune.learner import (
     ConceptLearner,
@@ -44,8 +45,11 @@ def _concept_classifier(device: str) -> Recipe:
     )
 
 
-def _finetune(device: str, *, name: str, config: FineTuneConfig, steps: int, lr: float) -> Recipe:
-    """Teach the shipped Stable Diffusion the heart from six pictures (see practice/finetune)."""
+def _finetune(device: str, *, name: str, config: FineTuneConfig, steps: int, lr: float, batch_of=instance_batch,
+              scores=concept_scores, pictures: str = "six pictures of a heart (practice/finetune/concept.py)",
+              taught: str = "the heart") -> Recipe:
+    """Teach the shipped Stable Diffusion a concept from six pictures (see practice/finetune): the heart, or
+    with `batch_of` and `scores` from practice/finetune/look.py, a look."""
 
     def build(cfg):
         if (cfg.prior_preservation, cfg.method, cfg.token) != (config.prior_preservation, config.method, config.token):
@@ -58,8 +62,8 @@ def _finetune(device: str, *, name: str, config: FineTuneConfig, steps: int, lr:
 
     def make_batch(step, batch_size, seed):
         parts = frozen.stable_diffusion(device)
-        batch = instance_batch(parts["vae"], parts["scale_factor"], batch_size, step_generator(seed, step, stream=2),
-                               config.token)
+        batch = batch_of(parts["vae"], parts["scale_factor"], batch_size, step_generator(seed, step, stream=2),
+                         config.token)
         if config.prior_preservation:
             z, ids = frozen.class_latents(seed)
             rows = (step * batch_size + torch.arange(batch_size)) % len(z)  # (B,) a window that walks the bank
@@ -68,8 +72,7 @@ def _finetune(device: str, *, name: str, config: FineTuneConfig, steps: int, lr:
 
     def evaluate(learner):
         where = device_of(learner)
-        return concept_scores(learner_pipeline(learner, frozen.clip(where)), frozen.concept_judge(where),
-                              word=config.token)
+        return scores(learner_pipeline(learner, frozen.clip(where)), frozen.concept_judge(where), word=config.token)
 
     what = {"textual_inversion": f"one new embedding row for the word {config.token!r} (textual inversion)",
             "lora": f"rank-{config.rank} LoRA on the UNet's attention projections",
@@ -87,10 +90,10 @@ def _finetune(device: str, *, name: str, config: FineTuneConfig, steps: int, lr:
         evaluate=evaluate,
         trainable_state=lambda learner: learner.trainable_state(),
         after_step=lambda learner: learner.restore_rows(),
-        dataset="six pictures of a heart (practice/finetune/concept.py), as latents of the shipped vae"
+        dataset=f"{pictures}, as latents of the shipped vae"
                 + (", and 48 class pictures the shipped pipeline drew for training captions"
                    if config.prior_preservation else ""),
-        description=f"the shipped Stable Diffusion taught the heart: {what}"
+        description=f"the shipped Stable Diffusion taught {taught}: {what}"
                     + (", with prior preservation" if config.prior_preservation else ""),
     )
 
@@ -116,13 +119,15 @@ def _controlnet(device: str) -> Recipe:
         prepare=lambda model, seed: model.copy_encoder_from(frozen.ldm_unet(device_of(model))),  # Theta_c = Theta
         make_batch=make_batch,
         loss=loss,
-        steps=1000,
+        steps=2000,
         batch_size=32,
         lr=5e-4,
         warmup_steps=50,
         evaluate=evaluate,
-        dataset="Shapes train split, seed 0, half of the images with two objects, each with an outline or a mask "
-                "condition made on the fly, as latents of the shipped vae and token states of the shipped clip",
+        dataset="Shapes train split, seed 0, half of the scenes with two objects, half moved anywhere at radii 2-6 px "
+                "(scenes.move); captions naming no position, the objects' cells or other cells (a third each); an "
+                "outline, a mask or the Canny edges of the picture as the condition (a third each), made on the fly; "
+                "as latents of the shipped vae and token states of the shipped clip",
         description="ControlNet: a trainable copy of the shipped ldm_unet's encoder, joined by zero convolutions; "
                     "the ldm_unet frozen, captions dropped 50%",
     )
@@ -132,6 +137,12 @@ RECIPES = {  # name -> (device -> Recipe)
     "concept_classifier": _concept_classifier,
     "textual_inversion": partial(_finetune, name="textual_inversion",
                                  config=FineTuneConfig("textual_inversion", token="valentine"), steps=400, lr=5e-3),
+    "textual_inversion_look": partial(
+        _finetune, name="textual_inversion_look",
+        config=FineTuneConfig("textual_inversion", token=look.WORD, init_token="yellow"),
+        steps=400, lr=5e-3, batch_of=look.instance_batch, scores=look.look_scores,
+        pictures="six pictures of the look 'sunny' (large, yellow, top right) on four shapes (finetune/look.py)",
+        taught="a look it can already draw, large yellow in the top right"),
     "lora": partial(_finetune, name="lora", config=FineTuneConfig("lora", rank=4, alpha=4.0), steps=300, lr=2e-3),
     "dreambooth": partial(_finetune, name="dreambooth", config=FineTuneConfig("dreambooth"), steps=300, lr=2e-4),
     "dreambooth_prior": partial(_finetune, name="dreambooth_prior",

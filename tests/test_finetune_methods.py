@@ -100,7 +100,7 @@ def test_the_shipped_lora_and_embedding_load_through_pretrained(one_thread):
     assert pretrained.shipped_adapters("lora") == ["heart_lora"]
     embedding = pretrained.load("heart_embedding", device="cpu")
     assert embedding.word == "valentine" and embedding.vector.shape == (128,)
-    assert [e.word for e in launch.embeddings()] == ["valentine"]
+    assert [e.word for e in launch.embeddings()] == ["valentine", "sunny"]  # a concept and a look, both on
     library = launch.lora_library(frozen.ldm_unet())
     assert library.names() == ["heart_lora"] and library.get("heart_lora") is not None
 

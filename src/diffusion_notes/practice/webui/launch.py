@@ -33,8 +33,9 @@ def lora_library(unet, folder=None, weights_dir=None) -> LoRALibrary:
 
 
 def embeddings(weights_dir=None) -> list[TokenEmbedding]:
-    """Every shipped textual-inversion embedding (the web UI keeps them on)."""
-    names = pretrained.shipped_adapters("textual_inversion", weights_dir)
+    """Every shipped textual-inversion embedding, of a concept or of a look (the web UI keeps them on)."""
+    names = [name for kind in ("textual_inversion", "textual_inversion_look")
+             for name in pretrained.shipped_adapters(kind, weights_dir)]
     return [pretrained.load(name, "cpu", weights_dir) for name in names]
 
 

@@ -35,8 +35,10 @@ from diffusion_notes.practice.webui.app_parts import (
     shown,
 )
 from diffusion_notes.practice.webui.controlnet_panel import ControlNetPanel, controlnet_panel
-from diffusion_notes.practice.webui.generate import LIMITS, SAMPLER_ALIASES, Result, Settings
+from diffusion_notes.practice.webui.generate import LIMITS, SAMPLER_ALIASES, SIZE, SIZES, Result, Settings
+from diffusion_notes.practice.webui.schedulers import SCHEDULERS
 from diffusion_notes.practice.webui.state import WebUIState
+from diffusion_notes.practice.webui.upscalers import UPSCALER_NAMES
 
 THEME = gr.themes.Default(font=["system-ui", "Segoe UI", "Helvetica", "Arial", "sans-serif"],
                           font_mono=["ui-monospace", "Menlo", "Consolas", "monospace"])
@@ -75,6 +77,9 @@ class Common:
     strength: gr.Slider
     batch_count: gr.Slider
     batch_size: gr.Slider
+    scheduler: gr.Dropdown
+    width: gr.Slider
+    height: gr.Slider
     reuse: dict | None = None  # the seed's and the variation seed's reuse buttons, by infotext key
 
     def components(self) -> set:
@@ -84,7 +89,8 @@ class Common:
         """The controls an infotext fills: {control: (API field, the value when the infotext lacks it)}."""
         return {self.prompt: ("prompt", ""), self.negative: ("negative_prompt", ""),
                 self.sampler: ("sampler_name", "DPM++ 2M"), self.steps: ("steps", 20), self.cfg: ("cfg_scale", 4.0),
-                self.seed: ("seed", -1), self.subseed: ("subseed", -1), self.strength: ("subseed_strength", 0.0)}
+                self.seed: ("seed", -1), self.subseed: ("subseed", -1), self.strength: ("subseed_strength", 0.0),
+                self.scheduler: ("scheduler", "Automatic"), self.width: ("width", SIZE), self.height: ("height", SIZE)}
 
     def paste(self, text: str) -> list:
         """The values `pasted()`'s controls get from an infotext."""
@@ -96,7 +102,8 @@ class Common:
         return Settings(prompt=v[self.prompt] or "", negative_prompt=v[self.negative] or "",
                         sampler_name=v[self.sampler], steps=int(v[self.steps]), cfg_scale=float(v[self.cfg]),
                         seed=int(v[self.seed]), subseed=int(v[self.subseed]), subseed_strength=float(v[self.strength]),
-                        n_iter=int(v[self.batch_count]), batch_size=int(v[self.batch_size]), **extra)
+                        n_iter=int(v[self.batch_count]), batch_size=int(v[self.batch_size]),
+                        scheduler=v[self.scheduler], width=int(v[self.width]), height=int(v[self.height]), **extra)
 
 
 def _common(prefix: str) -> Common:
@@ -105,7 +112,11 @@ def _common(prefix: str) -> Common:
     negative = gr.Textbox(label="Negative prompt", lines=2, elem_id=f"{prefix}_neg_prompt")
     with gr.Row():
         sampler = gr.Dropdown(list(SAMPLER_ALIASES), value="DPM++ 2M", label=_label("Sampling method"))
+        scheduler = gr.Dropdown([s.label for s in SCHEDULERS], value="Automatic", label="Schedule type")
         steps = gr.Slider(*LIMITS["steps"], value=20, step=1, label=_label("Sampling steps"))
+    with gr.Row():  # the model was trained at 32 x 32; larger sizes repeat what it knows (hires fix, ch. 14)
+        width = gr.Slider(SIZES[0], SIZES[1], value=SIZE, step=SIZES[2], label="Width")
+        height = gr.Slider(SIZES[0], SIZES[1], value=SIZE, step=SIZES[2], label="Height")
     with gr.Row():
         batch_count = gr.Slider(*LIMITS["n_iter"], value=1, step=1, label="Batch count")
         batch_size = gr.Slider(*LIMITS["batch_size"], value=1, step=1, label="Batch size")
@@ -118,11 +129,11 @@ def _common(prefix: str) -> Common:
         random_subseed = gr.Button("\U0001f3b2\ufe0f", scale=0, min_width=40)
         reuse_subseed = gr.Button("\u267b\ufe0f", scale=0, min_width=40)
         strength = gr.Slider(0, 1, value=0, step=0.01, label="Variation strength")
-    gr.Markdown("Width and height: 32 × 32, the only size this model draws.")
     for button in (random_seed, random_subseed):  # -1: a new random seed for each job
         button.click(lambda: -1, [], [seed if button is random_seed else subseed], queue=False)
     reuse = {"Seed": reuse_seed, "Variation seed": reuse_subseed}  # wired to the info box in `_output`
-    return Common(prompt, negative, sampler, steps, cfg, seed, subseed, strength, batch_count, batch_size, reuse)
+    return Common(prompt, negative, sampler, steps, cfg, seed, subseed, strength, batch_count, batch_size, scheduler,
+                  width, height, reuse)
 
 
 @dataclass
@@ -149,6 +160,19 @@ def _xyz_script() -> XYZScript:
     return XYZScript(axes, gr.Checkbox(False, label="Use the X/Y/Z plot"))
 
 
+def _hires_controls() -> dict:
+    """Hires fix's controls, by the Settings field each sets: draw small, upscale, redraw as img2img."""
+    with gr.Row():
+        enable = gr.Checkbox(False, label="Enable", elem_id="txt2img_enable_hr")
+        upscaler = gr.Dropdown(UPSCALER_NAMES, value="Latent", label="Upscaler")
+    with gr.Row():
+        scale = gr.Slider(1, 16, value=2, step=0.05, label="Upscale by")
+        steps = gr.Slider(0, LIMITS["steps"][1], value=0, step=1, label="Hires steps (0: the same)")
+        strength = gr.Slider(0.01, 1, value=0.7, step=0.01, label="Denoising strength")
+    return {"enable_hr": enable, "hr_upscaler": upscaler, "hr_scale": scale, "hr_second_pass_steps": steps,
+            "denoising_strength": strength}
+
+
 @dataclass
 class Txt2ImgTab:
     common: Common
@@ -164,6 +188,8 @@ def _txt2img_tab(state: WebUIState) -> Txt2ImgTab:
         with gr.Row():
             with gr.Column():
                 common = _common("txt2img")
+                with gr.Accordion("Hires. fix (ch. 14)", open=False):
+                    hires = _hires_controls()
                 with gr.Accordion("Script: X/Y/Z plot", open=False):
                     script = _xyz_script()
                 with gr.Accordion("ControlNet (ch. 17)", open=False, elem_id="txt2img_controlnet"):
@@ -175,14 +201,14 @@ def _txt2img_tab(state: WebUIState) -> Txt2ImgTab:
 
     def txt2img(v: dict, callback):
         unit = panel.unit(v)
-        settings = common.settings(v, controlnet=[unit] if unit else [])
+        settings = common.settings(v, controlnet=[unit] if unit else [], **{name: v[c] for name, c in hires.items()})
         if v[script.use]:
             return *script.run(state, settings, v), ""
         result = state.run(settings, callback=callback)
         return _gallery(result), _info(result), note(result)
 
-    output.button.click(job(state, txt2img), common.components() | script.components() | panel.components(),
-                        output.outputs())
+    output.button.click(job(state, txt2img), common.components() | script.components() | panel.components()
+                        | set(hires.values()), output.outputs())
     return tab
 
 

@@ -280,3 +280,23 @@ def test_a_word_the_model_never_saw_is_named_in_the_warnings(server):
     assert '"pink"' in warnings[0] and "the prompt" in warnings[0] and '"dog"' in warnings[1]
     plain = post(server, {"prompt": "a (small:1.2) red circle on the left AND a blue square", "steps": 1})
     assert json.loads(plain.json()["info"])["warnings"] == []
+
+
+def test_a_script_polls_progress_and_interrupts_through_the_webuiapi_client(state, server, gated):
+    """What a script written for A1111 does with `webuiapi`: start a job, poll `get_progress()` while it runs,
+    `interrupt()` it; the job comes back with the batch it stopped, and the client sees the state change."""
+    webuiapi = pytest.importorskip("webuiapi")
+    api = webuiapi.WebUIApi(baseurl=f"{server.url}/sdapi/v1")
+    job, out = in_thread(lambda: api.txt2img(prompt=PROMPT, steps=4, n_iter=2, seed=5, width=32, height=32))
+    wait_for(lambda: gated and gated[0].reached.is_set(), "the job to reach its first step")
+    polled = api.get_progress()
+    assert polled["state"]["job_count"] == 2 and polled["state"]["sampling_step"] == 1 and polled["progress"] > 0.01
+    assert polled["current_image"] is not None and polled["eta_relative"] > 0
+    assert api.interrupt() == {}
+    assert api.get_progress()["state"]["interrupted"] is True
+    gated[0].release.set()
+    job.join(WAIT)
+    result = out["value"]
+    assert len(result.images) == 1 and result.info["all_seeds"] == [5]
+    gated.at = None
+    assert api.get_progress()["state"]["job_count"] == 0  # the queue is free again

@@ -70,8 +70,8 @@ lock:
 
 vendor: _vendor/.installed
 _vendor/.installed: package.json package-lock.json
-	@echo "== installing MathJax, require.js and the widget renderer from npm (package-lock.json)"
-	npm ci --no-audit --no-fund --loglevel=error
+	@echo "== installing MathJax, require.js, the widget renderer, onnxruntime-web and Swagger UI from npm (package-lock.json)"
+	npm ci --ignore-scripts --no-audit --no-fund --loglevel=error  # no install scripts: these packages are files only
 	rm -rf _vendor && mkdir -p _vendor/widgets
 	cp -r node_modules/mathjax/es5 _vendor/mathjax
 	cp node_modules/requirejs/require.js _vendor/require.js
@@ -80,6 +80,9 @@ _vendor/.installed: package.json package-lock.json
 	mkdir -p _vendor/ort  # onnxruntime-web, its WebAssembly build only (Chapter 13 runs the model in the page)
 	cp node_modules/onnxruntime-web/dist/ort.wasm.min.js node_modules/onnxruntime-web/dist/ort-wasm-simd-threaded.mjs \
 	    node_modules/onnxruntime-web/dist/ort-wasm-simd-threaded.wasm _vendor/ort/
+	mkdir -p _vendor/swagger-ui  # the web UI's /docs page (webui/api_docs.py), served by the app, not the book
+	cp node_modules/swagger-ui-dist/swagger-ui-bundle.js node_modules/swagger-ui-dist/swagger-ui.css \
+	    node_modules/swagger-ui-dist/favicon-32x32.png _vendor/swagger-ui/
 	@touch $@
 
 state:

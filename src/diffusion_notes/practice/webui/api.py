@@ -30,6 +30,7 @@ from fastapi import FastAPI, Request
 from diffusion_notes.practice.controlnet.units import ControlUnit
 from diffusion_notes.practice.webui import infotext, xyz
 from diffusion_notes.practice.webui.api_controlnet import add_controlnet_routes, read_units
+from diffusion_notes.practice.webui.api_docs import add_docs, with_request_bodies
 from diffusion_notes.practice.webui.api_io import MAX_BODY, answer, decode_image, error, png64  # noqa: F401
 from diffusion_notes.practice.webui.api_jobs import add_job_routes
 from diffusion_notes.practice.webui.api_models import (
@@ -149,7 +150,9 @@ def png_info(request: PngInfoRequest, state: WebUIState) -> PngInfoResponse:
 
 def create_api(state: WebUIState) -> FastAPI:
     """The API alone, without the pages (and without importing Gradio): for scripts and tests."""
-    app = add_routes(FastAPI(title="diffusion_notes web UI", docs_url="/docs", redoc_url=None), state)
+    app = add_routes(FastAPI(title="diffusion_notes web UI", docs_url=None, redoc_url=None), state)
+    add_docs(with_request_bodies(app, {"/sdapi/v1/txt2img": Txt2ImgRequest, "/sdapi/v1/img2img": Img2ImgRequest,
+                                       "/sdapi/v1/png-info": PngInfoRequest}))  # Swagger UI, offline
     add_sdapi_routes(app, state)
     add_controlnet_routes(app, state)
     return add_job_routes(app, state)  # progress, interrupt, skip; a JSON answer for any error

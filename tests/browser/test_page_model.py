@@ -203,14 +203,18 @@ def test_an_unknown_word_is_named_in_the_panel(pipe, page):
     assert 'unknown word "pink"' in message
 
 
-def _click_and_read_canvas(page, o: dict) -> np.ndarray:
+def _click_and_read_canvas(page, o: dict, press=None) -> np.ndarray:
+    """Fill the panel with `o`, generate (a click on Generate, or `press` a key in the caption), read the picture."""
     page.fill(".dn-sd-prompt", o["prompt"])
     page.select_option(".dn-sd-sampler", o["sampler"])
     page.select_option(".dn-sd-steps", str(o["steps"]))
     for name in ("guidance", "seed"):
         page.fill(f".dn-sd-{name}", str(o[name]))
     page.evaluate("() => { delete document.querySelector('.dn-sd-status').dataset.ms; }")
-    page.click(".dn-sd-generate")
+    if press:
+        page.press(".dn-sd-prompt", press)
+    else:
+        page.click(".dn-sd-generate")
     page.wait_for_selector(".dn-sd-status[data-ms]", timeout=TIMEOUT_MS)
     rgba = page.evaluate("() => Array.from(document.querySelector('.dn-sd-canvas').getContext('2d')"
                          ".getImageData(0, 0, 32, 32).data)")
@@ -243,17 +247,7 @@ def test_an_error_clears_the_old_picture(pipe, page):
 
 def test_enter_in_the_caption_generates_a_sentence_as_its_caption(pipe, page):
     o = {**SETTINGS[2], "prompt": SETTINGS[2]["prompt"].capitalize() + "."}
-    page.fill(".dn-sd-prompt", o["prompt"])
-    page.select_option(".dn-sd-sampler", o["sampler"])
-    page.select_option(".dn-sd-steps", str(o["steps"]))
-    for name in ("guidance", "seed"):
-        page.fill(f".dn-sd-{name}", str(o[name]))
-    page.evaluate("() => { delete document.querySelector('.dn-sd-status').dataset.ms; }")
-    page.press(".dn-sd-prompt", "Enter")
-    page.wait_for_selector(".dn-sd-status[data-ms]", timeout=TIMEOUT_MS)
-    rgba = page.evaluate("() => Array.from(document.querySelector('.dn-sd-canvas').getContext('2d')"
-                         ".getImageData(0, 0, 32, 32).data)")
-    drawn = np.array(rgba, dtype=np.uint8).reshape(32, 32, 4)[..., :3]
+    drawn = _click_and_read_canvas(page, o, press="Enter")
     diff = np.abs(drawn.astype(int) - python_pixels(pipe, SETTINGS[2]).astype(int)).max()
     assert diff <= MAX_PIXEL_DIFF, "Enter with a final full stop did not draw the caption's picture"
 

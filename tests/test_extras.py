@@ -23,6 +23,7 @@ IMPORT_NAME = {"scikit-image": "skimage"}  # distribution -> the name it is impo
 # Every module that imports one of those packages when it is imported. Only Part IV (practice/) may.
 IMPORTS_AN_EXTRA = {
     "diffusion_notes.practice.webui.app": "gradio",
+    "diffusion_notes.practice.webui.app_parts": "gradio",
     "diffusion_notes.practice.finetune.peft_interop": "peft",
 }
 

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from skimage.feature import canny
 
 from diffusion_notes.data.shapes import IMAGE_SIZE, ShapesDataset
 from diffusion_notes.data.tokenizer import tokenize
@@ -58,6 +57,8 @@ def canny_edges(pictures: torch.Tensor, sigma: float = CANNY_SIGMA) -> torch.Ten
     if not torch.is_tensor(pictures) or pictures.ndim != 4 or pictures.shape[1] != 3:
         raise ValueError(f"canny_edges takes pictures (B, 3, H, W) in [0, 1], got {getattr(pictures, 'shape', pictures)}")
     grey = pictures.amax(dim=1).double().numpy()  # (B, H, W)
+    from skimage.feature import canny  # scikit-image: the webui extra; imported here so training loads without it
+
     edges = np.stack([canny(g, sigma=sigma) for g in grey]).astype(np.float32)  # (B, H, W) 0 or 1
     return torch.from_numpy(edges)[:, None].expand(-1, 3, -1, -1).contiguous()
 

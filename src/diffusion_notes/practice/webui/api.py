@@ -155,7 +155,9 @@ def create_api(state: WebUIState) -> FastAPI:
                                        "/sdapi/v1/png-info": PngInfoRequest}))  # Swagger UI, offline
     add_sdapi_routes(app, state)
     add_controlnet_routes(app, state)
-    return add_job_routes(app, state)  # progress, interrupt, skip; a JSON answer for any error
+    # progress, interrupt, skip on the state's queue (an API with no state, as a test of the samplers list
+    # builds, has none); and a JSON answer for any error
+    return add_job_routes(app, state) if state is not None else app
 
 
 def add_routes(app: FastAPI, state: WebUIState) -> FastAPI:

@@ -15,6 +15,7 @@ import torch
 from IPython.display import HTML
 from matplotlib import animation
 from matplotlib import pyplot as plt
+from PIL import Image
 
 
 def to_image(x: torch.Tensor) -> np.ndarray:
@@ -68,6 +69,27 @@ def figure_png(fig, dpi: int = 80) -> bytes:
     fig.savefig(buffer, format="png", dpi=dpi, bbox_inches="tight")
     plt.close(fig)
     return buffer.getvalue()
+
+
+def pil_row(images, scale: int = 3):
+    """PIL images of one size side by side, enlarged `scale` times with sharp pixels: one PIL image."""
+    images = list(images)
+    if not images:
+        raise ValueError("pil_row needs at least one image")
+    w, h = images[0].size
+    out = Image.new("RGB", (w * len(images), h))
+    for i, image in enumerate(images):
+        out.paste(image.convert("RGB"), (w * i, 0))
+    return out.resize((out.width * scale, out.height * scale), Image.NEAREST)
+
+
+def show_row(images, title: str, scale: int = 3):
+    """Show PIL images side by side (`pil_row`) under `title`, as one figure."""
+    plt.figure(figsize=(len(images) * 0.32 * scale, 0.4 * scale))
+    plt.imshow(pil_row(images, scale))
+    plt.axis("off")
+    plt.title(title, fontsize=8)
+    plt.show()
 
 
 def show_jpeg(fig, quality: int = 85, dpi: int = 100):

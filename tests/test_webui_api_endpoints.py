@@ -1,7 +1,6 @@
 """The web UI's routes that scripts call besides txt2img and img2img, its ControlNet extension's, and LoRA tags."""
 
 import base64
-import copy
 import hashlib
 import io
 import json
@@ -18,8 +17,7 @@ from diffusion_notes.data.images import to_pil
 from diffusion_notes.data.shapes import ShapesDataset, render
 from diffusion_notes.practice.controlnet import preprocessors
 from diffusion_notes.practice.controlnet.units import ControlledUNet, ControlUnit, soft_injection_scales
-from diffusion_notes.practice.finetune.lora import inject_lora
-from diffusion_notes.practice.finetune.lora_files import network_from_model, save_lora
+from diffusion_notes.practice.finetune.lora_files import save_lora
 from diffusion_notes.practice.webui import infotext, interrogate, styles
 from diffusion_notes.practice.webui.api import create_api
 from diffusion_notes.practice.webui.api_scripts import axis_labels
@@ -31,14 +29,8 @@ PROMPT = "a large orange heart on the left"
 
 
 @pytest.fixture(scope="module")
-def library(pipe, tmp_path_factory):
-    unet = copy.deepcopy(pipe.unet)
-    layers = inject_lora(unet, rank=2, alpha=2.0)
-    g = torch.Generator().manual_seed(3)
-    with torch.no_grad():
-        for layer in layers.values():
-            layer.lora_B.weight.copy_(0.5 * torch.randn(layer.lora_B.weight.shape, generator=g))
-    network = network_from_model(unet, {"trigger": "heart"})
+def library(pipe, random_lora, tmp_path_factory):
+    network = random_lora
     folder = tmp_path_factory.mktemp("Lora")
     save_lora(network, pipe.unet, folder / "copy.safetensors", "kohya")
     return LoRALibrary(pipe.unet, {"random": network}, folder)

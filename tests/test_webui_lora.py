@@ -1,7 +1,6 @@
 """<lora:name:weight> in the web UI's prompts and its HTTP API, and embeddings that are always on."""
 
 import base64
-import copy
 import io
 import json
 
@@ -13,8 +12,7 @@ from PIL import Image
 
 from diffusion_notes import pretrained
 from diffusion_notes.practice.finetune.learner import TokenEmbedding, with_embeddings
-from diffusion_notes.practice.finetune.lora import inject_lora
-from diffusion_notes.practice.finetune.lora_files import applied, network_from_model, save_lora
+from diffusion_notes.practice.finetune.lora_files import applied, save_lora
 from diffusion_notes.practice.webui.app import create_app
 from diffusion_notes.practice.webui.extra_networks import LoRALibrary, parse_extra_networks
 from diffusion_notes.practice.webui.generate import Settings, generate
@@ -25,15 +23,9 @@ PROMPT = "a large orange heart on the left"
 
 
 @pytest.fixture(scope="module")
-def network(pipe):
-    """A LoRA of the shipped UNet with random (non-zero) up matrices: it visibly changes the picture."""
-    unet = copy.deepcopy(pipe.unet)
-    layers = inject_lora(unet, rank=2, alpha=2.0)
-    g = torch.Generator().manual_seed(3)
-    with torch.no_grad():
-        for layer in layers.values():
-            layer.lora_B.weight.copy_(0.5 * torch.randn(layer.lora_B.weight.shape, generator=g))
-    return network_from_model(unet, {"trigger": "heart"})
+def network(random_lora):
+    """The shared random LoRA (conftest's `random_lora`)."""
+    return random_lora
 
 
 @pytest.fixture(scope="module")

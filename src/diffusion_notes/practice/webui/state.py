@@ -19,7 +19,7 @@ from diffusion_notes.practice.webui.generate import Result, Settings, check, gen
 from diffusion_notes.practice.webui.inputs import check_job_size, check_prompt_lengths
 from diffusion_notes.practice.webui.jobs import Interrupted, Jobs
 from diffusion_notes.practice.webui.models import ModelRegistry
-from diffusion_notes.practice.webui.seeds import MAX_SEED, resolve_seed
+from diffusion_notes.practice.webui.seeds import MAX_SEED, job_seeds, resolve_seed
 from diffusion_notes.practice.webui.vocabulary import word_warnings
 from diffusion_notes.stable_diffusion.pipeline import LatentDiffusionPipeline
 
@@ -102,6 +102,7 @@ class WebUIState:
     def _batches(self, pipe, settings: Settings, seeds: tuple[int, int], model, callback) -> Result:
         """The job's n_iter batches, one generate call each; a stopped batch keeps its last x0 prediction."""
         progress, B = self.jobs.progress, settings.batch_size
+        all_seeds, all_subseeds = job_seeds(*seeds, settings.subseed_strength, B * settings.n_iter)  # processing.py's
         progress.begin("img2img" if settings.init_image is not None else "txt2img", settings.n_iter,
                        settings.steps, pipe.decode_latents)
         parts = []
@@ -109,8 +110,7 @@ class WebUIState:
             for j in range(settings.n_iter):
                 if progress.interrupted:
                     break
-                step = 0 if settings.subseed_strength else j * B  # with a variation strength every image keeps the seed
-                one = replace(settings, seed=seeds[0] + step, subseed=seeds[1] + j * B, n_iter=1)
+                one = replace(settings, seed=all_seeds[j * B], subseed=all_subseeds[j * B], n_iter=1)
                 try:
                     parts.append(generate(pipe, one, model, callback=progress.watch(callback), loras=self.loras,
                                           controlnets=self.controlnets))
@@ -158,7 +158,6 @@ def _first_seed(seed, name: str, total: int) -> int:
 
 def _stopped(settings: Settings, images: list, model) -> Result:
     """A batch stopped by skip or interrupt: its last x0 predictions as pictures, with their infotexts."""
-    seeds = [settings.seed + (0 if settings.subseed_strength else i) for i in range(len(images))]
-    subseeds = [settings.subseed + i for i in range(len(images))]
+    seeds, subseeds = job_seeds(settings.seed, settings.subseed, settings.subseed_strength, len(images))
     texts = [infotext.create(settings, s, u, model, i) for i, (s, u) in enumerate(zip(seeds, subseeds))]
     return Result(images, seeds, subseeds, texts, settings, model_name=model[0], model_hash=model[1])

@@ -17,10 +17,13 @@ SAMPLERS = ("ddim", "euler_a", "dpmpp_2m")
 
 @torch.no_grad()
 def diffusers_images(d_pipe, prompt, sampler: str, schedule, *, steps: int, guidance_scale: float, seed: int,
-                     negative_prompt=None, **scheduler_options) -> torch.Tensor:
-    """diffusers' images (N, 3, H, W) in [0, 1] with its scheduler set to our `sampler` (the pipeline's own is restored)."""
+                     negative_prompt=None, scheduler=None, **scheduler_options) -> torch.Tensor:
+    """diffusers' images (N, 3, H, W) in [0, 1] with its scheduler set to our `sampler` (the pipeline's own is restored).
+
+    `scheduler`, if given, is used as it is instead (e.g. one a user built with `from_config`).
+    """
     own = d_pipe.scheduler
-    d_pipe.scheduler = diffusers_scheduler(sampler, schedule, **scheduler_options)
+    d_pipe.scheduler = scheduler if scheduler is not None else diffusers_scheduler(sampler, schedule, **scheduler_options)
     d_pipe.set_progress_bar_config(disable=True)
     try:
         out = d_pipe(prompt, negative_prompt=negative_prompt, num_inference_steps=steps, guidance_scale=guidance_scale,
@@ -45,3 +48,16 @@ def max_difference(pipe, d_pipe, prompts, samplers=SAMPLERS, *, steps: int = 10,
             worst = max(worst, float((ours - theirs).abs().max()))
         out[sampler] = worst
     return out
+
+
+def swap_difference(pipe, d_pipe, scheduler, sampler: str, prompt: str, *, steps: int, guidance_scale: float = 4.0,
+                    seed: int = 0) -> float:
+    """Largest |ours - diffusers'| over [0, 1] pixels when diffusers steps with `scheduler` as given and we with `sampler`.
+
+    This is the check for diffusers' documented swap, `Cls.from_config(d_pipe.scheduler.config)`.
+    """
+    ours = pipe(prompt, num_inference_steps=steps, guidance_scale=guidance_scale, sampler=sampler,
+                generator=torch.Generator().manual_seed(seed)).images.float().cpu()
+    theirs = diffusers_images(d_pipe, prompt, sampler, pipe.schedule, steps=steps, guidance_scale=guidance_scale,
+                              seed=seed, scheduler=scheduler)
+    return float((ours - theirs).abs().max())

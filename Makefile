@@ -22,10 +22,11 @@ export MPLCONFIGDIR        := $(STATE)/matplotlib
 export PYDEVD_DISABLE_FILE_VALIDATION := 1
 export PYTHONHASHSEED      := 0
 
-.PHONY: help setup web serve state stamp check-home venv vendor lock lint quick book test checks unit nbval build-strict browser lab bench execute clean distclean
+.PHONY: help setup web serve state stamp check-home venv vendor lock lint quick book book-zh configs translations test checks unit nbval build-strict browser lab bench execute clean distclean
 
 help:
-	@echo "make book    set up, execute every chapter, render HTML into _build/html"
+	@echo "make book    set up, execute every chapter, render HTML into _build/html (Chinese: _build/html/zh)"
+	@echo "make translations  after editing prose: update the Chinese catalogs in locales/"
 	@echo "make test    set up, lint, unit tests and chapters against stored outputs (nbval) side by side, strict build, browser check"
 	@echo "make quick   lint, then the unit tests not marked slow, stopping at the first failure (a minute or two)"
 	@echo "make lint    ruff check src tests benchmarks (the rules are in pyproject.toml)"
@@ -88,9 +89,38 @@ _vendor/.installed: package.json package-lock.json
 state:
 	@mkdir -p $(JUPYTER_DATA_DIR) $(JUPYTER_CONFIG_DIR) $(JUPYTER_RUNTIME_DIR) $(IPYTHONDIR) $(MPLCONFIGDIR)
 
-# Execute every chapter and render HTML into _build/html.
+# Execute every chapter and render HTML into _build/html, then the Chinese edition into _build/html/zh.
 book: setup state web
 	$(JB) build . --builder html
+	$(MAKE) --no-print-directory book-zh
+
+# Two configs written from _config.yml: the stored outputs as they are (nbval checks them against a
+# fresh run), and the same in Chinese (language zh_CN: Sphinx reads locales/zh_CN/LC_MESSAGES).
+STORED_CONFIG := _build/config-stored-outputs.yml
+ZH_CONFIG     := _build/config-zh.yml
+configs:
+	@mkdir -p _build
+	sed 's/^\(  execute_notebooks:\).*/\1 "off"/' _config.yml > $(STORED_CONFIG)
+	grep -q 'execute_notebooks: "off"' $(STORED_CONFIG)
+	sed -e 's/^title: .*/title: 扩散模型笔记/' -e 's/^  config:$$/  config:\n    language: zh_CN/' $(STORED_CONFIG) > $(ZH_CONFIG)
+	grep -q '^    language: zh_CN' $(ZH_CONFIG)
+
+# The Chinese edition: the chapters' stored outputs, executed once for both editions, with the
+# prose from locales/. Its own build folder (Sphinx keeps one environment per language), then
+# copied under the English site, whose pages link to it (_ext/book_language.py). ZH_ARGS: the
+# strict build's flags.
+ZH_OUT := _build/zh
+book-zh: setup state web configs
+	$(JB) build . --builder html --config $(ZH_CONFIG) --path-output $(ZH_OUT) $(ZH_ARGS)
+	rm -rf _build/html/zh && cp -r $(ZH_OUT)/_build/html _build/html/zh
+
+# After editing a chapter's prose: extract every page's messages (Sphinx's gettext builder) and
+# merge them into locales/zh_CN/LC_MESSAGES/book/*.po (sphinx-intl). A changed paragraph comes back
+# fuzzy with its old translation, a new one empty; translate them, and tests/test_translations.py passes.
+translations: setup state configs
+	rm -rf _build/i18n
+	$(JB) build . --builder custom --custom-builder gettext --config $(STORED_CONFIG) --path-output _build/i18n
+	$(VENV)/bin/sphinx-intl update -p _build/i18n/_build/gettext -l zh_CN -d locales -w 0 --no-obsolete
 	@echo "== open _build/html/index.html"
 
 # Unit tests, then every chapter re-executed against its stored outputs (nbval),
@@ -124,11 +154,9 @@ nbval: setup state
 
 # The strict build renders the stored outputs: in `make test` nbval has just re-executed every
 # chapter and compared it with them (`make book` executes the chapters for the pages it builds).
-STORED_CONFIG := _build/config-stored-outputs.yml
-build-strict: setup state web
-	sed 's/^\(  execute_notebooks:\).*/\1 "off"/' _config.yml > $(STORED_CONFIG)
-	grep -q 'execute_notebooks: "off"' $(STORED_CONFIG)
+build-strict: setup state web configs
 	$(JB) build . --builder html --all -W -n --keep-going --config $(STORED_CONFIG)
+	$(MAKE) --no-print-directory book-zh ZH_ARGS="--all -W -n --keep-going"
 
 browser: setup
 	$(PY) -m pytest tests/browser -q -rs

@@ -107,11 +107,12 @@ configs:
 
 # The Chinese edition: the chapters' stored outputs, executed once for both editions, with the
 # prose from locales/. Its own build folder (Sphinx keeps one environment per language), then
-# copied under the English site, whose pages link to it (_ext/book_language.py). ZH_ARGS: the
+# copied under the English site, whose pages link to it (_ext/book_language.py); its table of
+# contents names the parts in Chinese (locales/zh_CN/_toc.yml). ZH_ARGS: the
 # strict build's flags.
 ZH_OUT := _build/zh
 book-zh: setup state web configs
-	$(JB) build . --builder html --config $(ZH_CONFIG) --path-output $(ZH_OUT) $(ZH_ARGS)
+	$(JB) build . --builder html --config $(ZH_CONFIG) --toc locales/zh_CN/_toc.yml --path-output $(ZH_OUT) $(ZH_ARGS)
 	rm -rf _build/html/zh && cp -r $(ZH_OUT)/_build/html _build/html/zh
 
 # After editing a chapter's prose: extract every page's messages (Sphinx's gettext builder) and

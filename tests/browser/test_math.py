@@ -23,8 +23,8 @@ NOT_PAGES = {"genindex.html", "search.html"}
 
 def _pages() -> list:
     """The site's pages: not Sphinx's index and search pages, not _static/, not a bare redirect."""
-    return sorted(p.relative_to(HTML).as_posix() for p in HTML.rglob("*.html")
-                  if not p.relative_to(HTML).parts[0].startswith("_") and p.name not in NOT_PAGES
+    return sorted(p.relative_to(HTML).as_posix() for p in HTML.rglob("*.html")  # both editions (zh/)
+                  if not any(part.startswith("_") for part in p.relative_to(HTML).parts) and p.name not in NOT_PAGES
                   and not p.read_text(errors="replace").lstrip().lower().startswith('<meta http-equiv="refresh"'))
 
 

@@ -260,14 +260,15 @@ def test_the_panel_counts_its_steps(page):
     assert "5, 10, 15, 25, 50" in page.get_attribute(".dn-sd-steps", "title")
 
 
-def test_the_chapter_page_runs_the_model(pipe, browser):
+@pytest.mark.parametrize("edition", ["", "zh/"], ids=["en", "zh"])
+def test_the_chapter_page_runs_the_model(pipe, browser, edition):
     if not CHAPTER.exists() or "dn-sd-panel" not in CHAPTER.read_text():
         pytest.skip(f"{CHAPTER} does not hold the in-page model's panel yet (make book builds it)")
     if not (CHAPTER.parents[1] / "_static" / "stable_diffusion" / "unet.onnx").exists():
         pytest.skip("the built site has no _static/stable_diffusion/: run make book")
     url, stop = serve(CHAPTER.parents[1])
     try:
-        page, outside, errors = open_offline(browser, url + "book/13_text_to_image.html")
+        page, outside, errors = open_offline(browser, url + edition + "book/13_text_to_image.html")
         page.wait_for_selector(".dn-sd-generate", timeout=TIMEOUT_MS)
         o = SETTINGS[1]
         diff = np.abs(_click_and_read_canvas(page, o).astype(int) - python_pixels(pipe, o).astype(int)).max()

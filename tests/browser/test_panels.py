@@ -60,9 +60,11 @@ def _check_frame(state: dict, data: dict, names: list) -> None:
         assert spoken is None or spoken == output == shown[name], f"{name} is announced as {spoken!r}"
 
 
+@pytest.mark.parametrize("edition", ["", "zh/"], ids=["en", "zh"])
 @pytest.mark.parametrize("chapter", CHAPTERS_WITH_PANELS)
-def test_every_control_shows_its_values_frame(chapter, offline_page):
-    page_file = HTML / "book" / f"{chapter}.html"
+def test_every_control_shows_its_values_frame(chapter, edition, offline_page):
+    """In both editions: the Chinese pages carry the same stored panels."""
+    page_file = HTML / edition / "book" / f"{chapter}.html"
     if not page_file.exists():
         pytest.fail(f"{page_file} is missing: build the book first with `make book`", pytrace=False)
     page = offline_page

@@ -22,14 +22,15 @@ export MPLCONFIGDIR        := $(STATE)/matplotlib
 export PYDEVD_DISABLE_FILE_VALIDATION := 1
 export PYTHONHASHSEED      := 0
 
-.PHONY: help setup web serve state stamp check-home venv vendor lock lint quick book book-zh configs translations test checks unit nbval build-strict browser lab bench execute clean distclean
+.PHONY: help setup web serve state stamp check-home venv vendor lock lint format quick book book-zh configs translations test checks unit nbval build-strict browser lab bench execute clean distclean
 
 help:
 	@echo "make book    set up, execute every chapter, render HTML into _build/html (Chinese: _build/html/zh)"
 	@echo "make translations  after editing prose: update the Chinese catalogs in locales/"
 	@echo "make test    set up, lint, unit tests and chapters against stored outputs (nbval) side by side, strict build, browser check"
 	@echo "make quick   lint, then the unit tests not marked slow, stopping at the first failure (a minute or two)"
-	@echo "make lint    ruff check src tests benchmarks (the rules are in pyproject.toml)"
+	@echo "make lint    ruff check src tests benchmarks (rules in pyproject.toml); chapters' code formatted at 79 columns"
+	@echo "make format  format the chapters' code cells (ruff format, 79 columns)"
 	@echo "make serve   serve _build/html on http://127.0.0.1:8000 (PORT=...)"
 	@echo "make lab     JupyterLab on book/"
 	@echo "make bench   run the benchmarks in benchmarks/"
@@ -139,8 +140,15 @@ unit: setup state
 
 # The loop to run while editing: lint, then the unit tests that neither load a shipped pipeline nor
 # train (`slow`, registered in pyproject.toml), stopping at the first failure. `make unit` runs them all.
+# The chapters' code cells are formatted at 79 columns, to fit the page's column (ruff's formatter,
+# `make format` applies it); they are checked by running them (nbval), not linted.
+BOOK_RUFF := --isolated --line-length 79
 lint: venv
 	$(VENV)/bin/ruff check src tests benchmarks
+	$(VENV)/bin/ruff format --check $(BOOK_RUFF) book
+
+format: venv
+	$(VENV)/bin/ruff format $(BOOK_RUFF) book
 
 quick: venv state lint
 	$(PY) -m pytest tests --ignore=tests/browser -m "not slow" -x -q

@@ -71,7 +71,7 @@ def test_check_prints_every_claim_and_fails_on_a_false_one(capsys):
     from diffusion_book.report import check
 
     check({"DDIM beats DDPM at 10 steps": True, "loss falls": True})
-    assert capsys.readouterr().out == "holds: DDIM beats DDPM at 10 steps\nholds: loss falls\n"
+    assert capsys.readouterr().out == "✓ DDIM beats DDPM at 10 steps\n✓ loss falls\n"
     with pytest.raises(AssertionError, match="loss falls"):
         check({"DDIM beats DDPM at 10 steps": True, "loss falls": False})
     assert "FAILS: loss falls" in capsys.readouterr().out

@@ -53,7 +53,7 @@ def check(claims: dict[str, bool]) -> None:
     table whose cell is not compared.
     """
     for claim, holds in claims.items():
-        print(f"{'holds' if holds else 'FAILS'}: {claim}")
+        print(f"{'✓' if holds else '✗ FAILS:'} {claim}")
     failed = [claim for claim, holds in claims.items() if not holds]
     if failed:
         raise AssertionError("claims that do not hold on this run: " + "; ".join(failed))

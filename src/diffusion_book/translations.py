@@ -8,7 +8,8 @@ uses the edition's terms (locales/zh_CN/terms.csv, the glossary's Chinese forms)
   a translation is parsed as MyST again and code identifiers and printed values stay as they are;
 - a numbered heading ("1. Denoising diffusion") keeps its number escaped ("1\\. ..."), or MyST
   would read the translation as a list and Sphinx would keep the English title;
-- each term of terms.csv whose English pattern the message uses appears in one of its Chinese forms.
+- each term of terms.csv whose English pattern the message uses appears in one of its Chinese forms
+  (a message kept as it is, such as a display formula, has nothing to translate).
 
     python -m diffusion_book.translations [PO ...]   # problems, per catalog; exit status 1 if any
 """
@@ -85,6 +86,8 @@ def problems(msgid: str, msgstr: str, fuzzy: bool, terms: list[Term]) -> list[st
     for block in ("- ", "* ", "#", "> ", "|"):
         if msgstr.startswith(block) and not msgid.startswith(block):
             out.append(f"the translation starts with {block!r}, which MyST reads as another kind of block")
+    if msgstr == msgid:  # kept as it is (a formula, a name, a number): nothing in it to translate
+        return out
     english = prose(msgid)
     chinese = prose(msgstr).lower()
     for term in terms:

@@ -1,0 +1,77 @@
+"""Every figure of the built chapters is described and can be opened at full size.
+
+- Each picture a chapter's code outputs sits in a numbered `<figure>` ("Fig. N") with a caption, and
+  its alt text says what it shows: not empty, not the hashed file name myst-nb gives by default.
+  Both editions are read.
+- In headless Chromium, pressing a figure opens it at its own pixel size in a dialog, and Escape
+  closes it (_ext/book_figures.py).
+"""
+
+import re
+from pathlib import Path
+
+import pytest
+from bs4 import BeautifulSoup
+
+from conftest import block_outside_requests, fail_on_outside
+
+ROOT = Path(__file__).resolve().parents[2]
+HTML = ROOT / "_build" / "html"
+PAGES = [f"{edition}book/{p.stem}.html" for edition in ("", "zh/") for p in sorted((ROOT / "book").glob("*.ipynb"))]
+HASHED = re.compile(r"^[0-9a-f]{16,}(\.\w+)?$|\.(png|jpe?g|svg)$", re.I)
+WAIT_MS = 20_000
+
+
+def _pictures(page: str) -> list:
+    path = HTML / page
+    if not path.exists():
+        pytest.fail(f"{path} is missing: build the book first with `make book`", pytrace=False)
+    soup = BeautifulSoup(path.read_text(encoding="utf-8"), "html.parser")
+    return [img for img in soup.select(".cell_output img")
+            if not img.find_parent(class_=re.compile(r"\bdn-(panel|sd-panel)\b"))]
+
+
+@pytest.mark.parametrize("page", PAGES)
+def test_every_figure_has_a_numbered_caption_and_alt_text(page):
+    problems = []
+    for img in _pictures(page):
+        alt = (img.get("alt") or "").strip()
+        figure = img.find_parent("figure")
+        caption = figure.find("figcaption") if figure else None
+        number = caption.find(class_="caption-number") if caption else None
+        where = img.get("src", "")[-40:]
+        if not alt or HASHED.search(alt) or len(alt.split()) < 4:
+            problems.append(f"{where}: alt text {alt!r} does not describe the picture")
+        if number is None or not re.search(r"\d", number.get_text()):
+            problems.append(f"{where}: no numbered caption")
+        elif len(caption.get_text(" ", strip=True)) < len(number.get_text()) + 10:
+            problems.append(f"{where}: the caption is only its number")
+    assert not problems, "\n".join(problems)
+
+
+def test_a_figure_opens_at_full_size_and_closes(browser, site_url):
+    context = browser.new_context(viewport={"width": 390, "height": 844}, is_mobile=True, has_touch=True)
+    outside = block_outside_requests(context)
+    try:
+        page = context.new_page()
+        page.goto(site_url + "book/14_web_ui.html", wait_until="load")
+        figure = page.locator("figure img.book-zoomable").first
+        figure.scroll_into_view_if_needed()
+        figure.wait_for(state="visible", timeout=WAIT_MS)
+        page.wait_for_function("img => img.complete && img.naturalWidth > 0", arg=figure.element_handle(),
+                               timeout=WAIT_MS)
+        shown = figure.evaluate("img => [img.getBoundingClientRect().width, img.naturalWidth]")
+        assert shown[0] < shown[1], "the figure already fits the phone's column at full size; pick a wider one"
+        figure.click()
+        view = page.locator("dialog.book-figure-view[open] img")
+        view.wait_for(state="visible", timeout=WAIT_MS)
+        page.wait_for_function("() => { const i = document.querySelector('dialog.book-figure-view img');"
+                               " return i.complete && i.naturalWidth > 0; }", timeout=WAIT_MS)
+        big = view.evaluate("img => [img.getBoundingClientRect().width, img.naturalWidth, img.alt]")
+        assert abs(big[0] - big[1]) < 1 and big[1] == shown[1], f"shown at {big[0]} px of {big[1]}"
+        assert big[2] == figure.get_attribute("alt")
+        page.keyboard.press("Escape")
+        page.locator("dialog.book-figure-view").wait_for(state="hidden", timeout=WAIT_MS)
+    finally:
+        context.close()
+    fail_on_outside(outside)

@@ -2,11 +2,50 @@
 
 A figure in the page's column is scaled down to the column's width, which can make a wide figure's
 labels small. Each figure of a code cell's output (`figure img` and `img` in `.cell_output`; not a
-slider panel's frame) becomes a control: `role="button"`, in the Tab order, with a zoom-in cursor.
-Pressing it opens a `<dialog>` holding the same picture at its natural size, scrollable where it is
+slider panel's frame) becomes a control with a zoom-in cursor: the link to its file that Sphinx puts
+around a figure's picture, or the picture itself (`role="button"`, in the Tab order) where there is
+none. Pressing it opens a `<dialog>` holding the same picture at its natural size, scrollable where it is
 larger than the window; a press, Escape or the close button closes it. tests/browser/test_figures.py
 checks this and the figures' captions and alt text.
+
+myst-nb wraps every display output of a cell that has figure options in a figure of its own: a
+table printed before the picture gets the caption too, and a cell drawing two pictures gets two
+numbered figures with one caption. `OneFigurePerCell` keeps one figure per cell: outputs without a
+picture are taken out of their figure, and the pictures of one cell go into its first figure.
+Such a cell's figure has no `name` in its metadata (it would be defined twice while parsing); it is
+numbered all the same.
 """
+
+from docutils import nodes
+from sphinx.transforms import SphinxTransform
+
+
+def _has_picture(figure) -> bool:
+    return any(str(c.get("mime_type", "")).startswith("image/") for c in figure.findall(nodes.container))
+
+
+class OneFigurePerCell(SphinxTransform):
+    default_priority = 200  # after the notebook is parsed, before Sphinx numbers the figures (999)
+
+    def apply(self, **kwargs):
+        for cell in list(self.document.findall(nodes.container)):
+            if cell.get("nb_element") != "cell_code_output":
+                continue
+            figures = [f for f in cell.children if isinstance(f, nodes.figure)]
+            if len(figures) < 2:
+                continue
+            first = None
+            for figure in figures:
+                content = [c for c in figure.children if not isinstance(c, (nodes.caption, nodes.legend))]
+                if not _has_picture(figure):
+                    figure.replace_self(content)  # a table or text: no caption of its own
+                elif first is None:
+                    first = figure
+                else:
+                    caption = next(c for c in first.children if isinstance(c, nodes.caption))
+                    for node in content:
+                        first.insert(first.index(caption), node)
+                    figure.parent.remove(figure)
 
 SCRIPT = r"""
 document.addEventListener("DOMContentLoaded", () => {
@@ -23,18 +62,20 @@ document.addEventListener("DOMContentLoaded", () => {
   view.addEventListener("click", close);
   view.addEventListener("close", () => { big.removeAttribute("src"); if (view.opener) view.opener.focus(); });
   pictures.forEach(img => {
-    img.setAttribute("role", "button");
-    img.setAttribute("tabindex", "0");
+    // Sphinx links a figure's picture to its file; the link stays (a new tab, no script), the press opens the view
+    const control = img.closest("a.image-reference") || img;
+    if (control === img) { img.setAttribute("role", "button"); img.setAttribute("tabindex", "0"); }
     img.classList.add("book-zoomable");
-    img.title = "Open at full size";
-    const open = () => {
+    control.title = "Open at full size";
+    const open = e => {
+      if (e) e.preventDefault();
       big.src = img.currentSrc || img.src;
       big.alt = img.alt;
-      view.opener = img;
+      view.opener = control;
       view.showModal();
     };
-    img.addEventListener("click", open);
-    img.addEventListener("keydown", e => { if (e.key === "Enter" || e.key === " ") { e.preventDefault(); open(); } });
+    control.addEventListener("click", open);
+    if (control === img) img.addEventListener("keydown", e => { if (e.key === "Enter" || e.key === " ") open(e); });
   });
 });
 """
@@ -56,5 +97,6 @@ def _add(app, pagename, templatename, context, doctree):
 
 
 def setup(app):
+    app.add_transform(OneFigurePerCell)
     app.connect("html-page-context", _add)
     return {"parallel_read_safe": True, "parallel_write_safe": True}

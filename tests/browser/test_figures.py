@@ -28,7 +28,7 @@ def _pictures(page: str) -> list:
         pytest.fail(f"{path} is missing: build the book first with `make book`", pytrace=False)
     soup = BeautifulSoup(path.read_text(encoding="utf-8"), "html.parser")
     return [img for img in soup.select(".cell_output img")
-            if not img.find_parent(class_=re.compile(r"\bdn-(panel|sd-panel)\b"))]
+            if not img.find_parent(class_=re.compile(r"^(dn-panel|dn-sd-panel|animation)$"))]
 
 
 @pytest.mark.parametrize("page", PAGES)

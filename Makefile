@@ -103,7 +103,8 @@ configs:
 	@mkdir -p _build
 	sed 's/^\(  execute_notebooks:\).*/\1 "off"/' _config.yml > $(STORED_CONFIG)
 	grep -q 'execute_notebooks: "off"' $(STORED_CONFIG)
-	sed -e 's/^title: .*/title: 扩散模型笔记/' -e 's/^  config:$$/  config:\n    language: zh_CN/' $(STORED_CONFIG) > $(ZH_CONFIG)
+	sed -e 's/^title: .*/title: 扩散模型笔记/' -e 's/^  config:$$/  config:\n    language: zh_CN\n    nb_code_prompt_show: 显示代码\n    nb_code_prompt_hide: 隐藏代码/' \
+	    $(STORED_CONFIG) > $(ZH_CONFIG)
 	grep -q '^    language: zh_CN' $(ZH_CONFIG)
 
 # The Chinese edition: the chapters' stored outputs, executed once for both editions, with the

@@ -1,4 +1,9 @@
-"""A chapter's figures open at full size: press (or Enter on) a figure to see it at its own pixel size.
+"""A chapter's figures open at full size, and pictures that change say what they show.
+
+A slider panel's picture (`img.dn-frame`) gets alt text naming the values its controls show, and an
+animation's frame its number; both follow every change of the picture (`bookDescribeFrames`).
+
+Press (or Enter on) a figure to see it at its own pixel size.
 
 A figure in the page's column is scaled down to the column's width, which can make a wide figure's
 labels small. Each figure of a code cell's output (`figure img` and `img` in `.cell_output`; not a
@@ -48,14 +53,53 @@ class OneFigurePerCell(SphinxTransform):
                     figure.parent.remove(figure)
 
 SCRIPT = r"""
+// A slider panel's picture and an animation's frame say what they show now: the panel's picture
+// names the values its controls show, an animation's frame its place in the sequence. Each is
+// rewritten whenever the picture changes.
+const BOOK_WORDS = (document.documentElement.lang || "").startsWith("zh")
+  ? {picture: shown => `当前取值（${shown.join("，")}）对应的图片`, frame: (k, n) => `动画第 ${k} 帧，共 ${n} 帧`,
+     view: "原尺寸图片", close: "关闭", open: "查看原尺寸图片"}
+  : {picture: shown => `The picture for ${shown.join(", ")}`, frame: (k, n) => `Animation frame ${k} of ${n}`,
+     view: "Figure at full size", close: "Close", open: "Open at full size"};
+
+function bookDescribeFrames() {
+  document.querySelectorAll("div.dn-panel").forEach(panel => {
+    const img = panel.querySelector("img.dn-frame");
+    if (!img) return;
+    const describe = () => {
+      const shown = Array.from(panel.querySelectorAll("[data-control]")).map(field => {
+        const label = field.closest("label");
+        const name = label && label.querySelector("span") ? label.querySelector("span").textContent : "";
+        const value = field.tagName === "SELECT" ? field.options[field.selectedIndex].text
+          : (field.getAttribute("aria-valuetext") || field.value);
+        return `${name} ${value}`.trim();
+      });
+      img.alt = BOOK_WORDS.picture(shown);
+    };
+    describe();
+    new MutationObserver(describe).observe(img, {attributes: true, attributeFilter: ["src"]});
+  });
+  document.querySelectorAll("div.animation").forEach(player => {
+    const img = player.querySelector("img"), slider = player.querySelector("input.anim-slider");
+    if (!img || !slider) return;
+    const describe = () => {
+      img.alt = BOOK_WORDS.frame(Number(slider.value) + 1, Number(slider.max) + 1);
+    };
+    describe();
+    new MutationObserver(describe).observe(img, {attributes: true, attributeFilter: ["src"]});
+  });
+}
+window.addEventListener("load", bookDescribeFrames);
+
 document.addEventListener("DOMContentLoaded", () => {
   const pictures = Array.from(document.querySelectorAll(".cell_output img, figure img"))
     .filter(img => !img.closest(".dn-panel, .dn-sd-panel, .book-figure-view"));
   if (!pictures.length) return;
   const view = document.createElement("dialog");
   view.className = "book-figure-view";
-  view.setAttribute("aria-label", "Figure at full size");
-  view.innerHTML = '<button type="button" class="book-figure-close" aria-label="Close">×</button><img alt="">';
+  view.setAttribute("aria-label", BOOK_WORDS.view);
+  view.innerHTML = '<button type="button" class="book-figure-close">×</button><img alt="">';
+  view.querySelector("button").setAttribute("aria-label", BOOK_WORDS.close);
   document.body.appendChild(view);
   const big = view.querySelector("img");
   const close = () => view.close();
@@ -66,7 +110,7 @@ document.addEventListener("DOMContentLoaded", () => {
     const control = img.closest("a.image-reference") || img;
     if (control === img) { img.setAttribute("role", "button"); img.setAttribute("tabindex", "0"); }
     img.classList.add("book-zoomable");
-    control.title = "Open at full size";
+    control.title = BOOK_WORDS.open;
     const open = e => {
       if (e) e.preventDefault();
       big.src = img.currentSrc || img.src;

@@ -4,7 +4,8 @@
   its alt text says what it shows: not empty, not the hashed file name myst-nb gives by default.
   Both editions are read.
 - In headless Chromium, pressing a figure opens it at its own pixel size in a dialog, and Escape
-  closes it (_ext/book_figures.py).
+  closes it; a slider panel's picture and an animation's frame carry alt text that follows what
+  they show (_ext/book_figures.py).
 """
 
 import re
@@ -14,6 +15,8 @@ import pytest
 from bs4 import BeautifulSoup
 
 from conftest import block_outside_requests, fail_on_outside
+
+expect = pytest.importorskip("playwright.sync_api", reason="Playwright is not installed").expect
 
 ROOT = Path(__file__).resolve().parents[2]
 HTML = ROOT / "_build" / "html"
@@ -72,6 +75,41 @@ def test_a_figure_opens_at_full_size_and_closes(browser, site_url):
         assert big[2] == figure.get_attribute("alt")
         page.keyboard.press("Escape")
         page.locator("dialog.book-figure-view").wait_for(state="hidden", timeout=WAIT_MS)
+    finally:
+        context.close()
+    fail_on_outside(outside)
+
+
+@pytest.mark.parametrize("edition, frame_words", [("", "Animation frame {k} of {n}"), ("zh/", "动画第 {k} 帧，共 {n} 帧")],
+                         ids=["en", "zh"])
+def test_panel_and_animation_frames_say_what_they_show(browser, site_url, edition, frame_words):
+    """Chapter 1 has both: the panel's picture names its controls' values, the animation's frame its number."""
+    context = browser.new_context(viewport={"width": 1280, "height": 900})
+    outside = block_outside_requests(context)
+    try:
+        page = context.new_page()
+        page.goto(site_url + edition + "book/01_ddpm.html", wait_until="load")
+        panel = page.locator("div.dn-panel").first
+        frame = panel.locator("img.dn-frame")
+        field = panel.locator("[data-control]").first
+        name = field.evaluate("f => f.closest('label').querySelector('span').textContent")
+        shown = field.evaluate("f => f.parentNode.querySelector('output').textContent")
+        expect(frame).to_have_attribute("alt", re.compile(re.escape(f"{name} {shown}")), timeout=WAIT_MS)
+        last = field.evaluate("f => f.tagName === 'SELECT' ? f.options.length - 1 : Number(f.max)")
+        field.evaluate("(f, v) => { f.value = String(v); f.dispatchEvent(new Event('input', {bubbles: true})); }",
+                       last)
+        now = field.evaluate("f => f.parentNode.querySelector('output').textContent")
+        assert now != shown
+        expect(frame).to_have_attribute("alt", re.compile(re.escape(f"{name} {now}")), timeout=WAIT_MS)
+
+        player = page.locator("div.animation").first
+        player.scroll_into_view_if_needed()
+        img = player.locator("img")
+        total = int(player.locator("input.anim-slider").get_attribute("max")) + 1
+        player.locator("button[title='First frame']").click()
+        expect(img).to_have_attribute("alt", frame_words.format(k=1, n=total), timeout=WAIT_MS)
+        player.locator("button[title='Next frame']").click()
+        expect(img).to_have_attribute("alt", frame_words.format(k=2, n=total), timeout=WAIT_MS)
     finally:
         context.close()
     fail_on_outside(outside)

@@ -28,6 +28,8 @@ def _add_train(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-seconds", type=float, help="stop (with a checkpoint) after this long; resume later")
     p.add_argument("--device", help="cpu, cuda or mps (default: CUDA, then MPS, then CPU; cpu reproduces shipped runs)")
     p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's)")
+    p.add_argument("--localization", metavar="NAME",
+                   help="label the pages' controls in a language, as the web UI's localization files do (zh_CN)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
@@ -297,7 +299,12 @@ def _webui_options(args) -> dict:
         "gradio_auth": parse_credentials(args.gradio_auth, "--gradio-auth") if args.gradio_auth else None,
         "cors_allow_origins": [o.strip() for o in args.cors_allow_origins.split(",") if o.strip()]
         if args.cors_allow_origins else None,
+        "localization": args.localization,
     }
+    if args.localization:
+        from diffusion_notes.practice.webui.localization import load
+
+        load(args.localization)  # an unknown name fails here, before the models load
     check_address(host, port)
     for option in ("--models-dir", "--lora-dir", "--outputs-dir"):
         writable_folder(getattr(args, option[2:].replace("-", "_")), option)
@@ -320,7 +327,7 @@ def _run_webui(args) -> int:
         torch.set_num_threads(args.threads)
     state = build_state(pretrained.load("stable_diffusion"), args.models_dir, args.outputs_dir, args.lora_dir)
     app = create_app(state, api_auth=options["api_auth"], gradio_auth=options["gradio_auth"],
-                     cors_allow_origins=options["cors_allow_origins"])
+                     cors_allow_origins=options["cors_allow_origins"], localization=options["localization"])
     serve(app, options["host"], options["port"])
     return 0
 

@@ -140,3 +140,24 @@ def test_a_progress_bar_and_interrupt(offline_page, webui_url):
     page.wait_for_selector("#txt2img_gallery img", timeout=120_000)
     page.wait_for_timeout(500)
     assert len(page.query_selector_all("#txt2img_gallery img")) == 8  # the first batch, stopped; no other batch
+
+
+def test_the_localization_labels_the_controls_in_chinese(offline_page, tmp_path_factory):
+    """`webui --localization zh_CN`: the page's labels and buttons are Chinese, a chapter note kept."""
+    from diffusion_notes import pretrained
+    from diffusion_notes.practice.webui.app import BackgroundServer, create_app
+    from diffusion_notes.practice.webui.models import ModelRegistry
+    from diffusion_notes.practice.webui.state import WebUIState
+
+    registry = ModelRegistry(pretrained.load("stable_diffusion", device="cpu"), pretrained.verify("ldm_unet"),
+                             tmp_path_factory.mktemp("models-zh"))
+    server = BackgroundServer(create_app(WebUIState(registry, None), localization="zh_CN"), port=find_free_port())
+    try:
+        page = offline_page
+        page.goto(server.url + "/")
+        page.wait_for_selector("#txt2img_generate >> text=生成", timeout=60_000)
+        page.wait_for_selector("text=采样方法（第 2 章）", timeout=30_000)
+        page.wait_for_selector("button[role=tab] >> text=图生图", timeout=30_000)
+        assert page.locator("text=Sampling method").count() == 0
+    finally:
+        server.close()

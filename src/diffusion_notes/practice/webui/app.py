@@ -36,6 +36,7 @@ from diffusion_notes.practice.webui.app_parts import (
 )
 from diffusion_notes.practice.webui.controlnet_panel import ControlNetPanel, controlnet_panel
 from diffusion_notes.practice.webui.generate import LIMITS, SAMPLER_ALIASES, SIZE, SIZES, Result, Settings
+from diffusion_notes.practice.webui.localization import head as localization_head
 from diffusion_notes.practice.webui.schedulers import SCHEDULERS
 from diffusion_notes.practice.webui.state import WebUIState
 from diffusion_notes.practice.webui.upscalers import UPSCALER_NAMES
@@ -333,17 +334,19 @@ def build_blocks(state: WebUIState) -> gr.Blocks:
 
 
 def create_app(state: WebUIState, api_auth: dict | None = None, gradio_auth: dict | None = None,
-               cors_allow_origins=None) -> FastAPI:
+               cors_allow_origins=None, localization: str | None = None) -> FastAPI:
     """One FastAPI app: the API under /sdapi/v1 and the Gradio pages at /.
 
     `api_auth` and `gradio_auth` ({user: password}) ask for a password on the API (HTTP basic auth)
-    and on the pages (a login page); `cors_allow_origins` lets pages of those origins call the API.
+    and on the pages (a login page); `cors_allow_origins` lets pages of those origins call the API;
+    `localization` ("zh_CN") labels the pages' controls in that language (webui/localization.py).
     """
+    head = localization_head(localization) if localization else None
     app = add_access(create_api(state), api_auth, cors_allow_origins)
     allowed = [str(state.outputs_dir.resolve())] if state.outputs_dir is not None else None
     return gr.mount_gradio_app(app, build_blocks(state), path="/", footer_links=[], run_history=False,
                                ssr_mode=False, mcp_server=False, pwa=False, theme=THEME, css=CSS,
-                               allowed_paths=allowed, show_error=True,
+                               allowed_paths=allowed, show_error=True, head=head,
                                auth=list(gradio_auth.items()) if gradio_auth else None)
 
 

@@ -1,6 +1,6 @@
 """Each page of the built book (`make book` first): what a reader's browser fetches, raw and gzipped.
 
-    python benchmarks/page_weight.py [--html _build/html]
+    python benchmarks/page_weight.py [--html _build/html] [--edition zh]
 
 Prints one line per page: what opening it fetches (MB raw, MB gzipped, files), the budget it is held to
 by tests/browser/test_page_weight.py (1.5 MB gzipped for a chapter with slider panels, 1 MB otherwise),
@@ -25,8 +25,10 @@ from diffusion_book.screenshot import ARGS, find_chromium
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--html", default="_build/html", type=Path)
+    parser.add_argument("--edition", default="", help="zh: the Chinese edition's pages (under zh/)")
     args = parser.parse_args()
-    pages = [args.html / "index.html", *sorted((args.html / "book").glob("*.html"))]
+    root = args.html / args.edition
+    pages = [root / "index.html", *sorted((root / "book").glob("*.html"))]
 
     class Quiet(http.server.SimpleHTTPRequestHandler):
         def log_message(self, *_):

@@ -21,3 +21,12 @@ def test_pictures_load_lazily_and_the_icon_script_goes():
     page = ('<script defer src="../_static/scripts/fontawesome.js?digest=5"></script>\n'
             '<script src="../_static/scripts/bootstrap.js"></script>')
     assert without_icon_script(page) == '<script src="../_static/scripts/bootstrap.js"></script>'
+
+
+def test_search_scripts_go_from_pages_without_search_as_you_type():
+    from book_weight import without_search_scripts
+
+    page = ('<script src="../_static/searchtools.js"></script>\n    '
+            '<script src="../_static/language_data.js"></script>\n    <script src="../searchindex.js"></script>\n'
+            '<script src="../_static/sphinx_highlight.js"></script>')
+    assert without_search_scripts(page) == '<script src="../_static/sphinx_highlight.js"></script>'

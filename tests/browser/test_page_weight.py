@@ -1,4 +1,5 @@
-"""Light pages: every chapter's page, with all it fetches, within its gzipped budget, and no failed request.
+"""Light pages: every chapter's page (both editions), with all it fetches, within its gzipped budget, and no
+failed request.
 
 The budget is the one benchmarks/page_weight.py prints the table against: 1.5 MB gzipped for a
 chapter with slider panels (their frames are stored in the page), 1 MB for any other page.
@@ -11,7 +12,9 @@ from diffusion_book.page_weight import budget, page_weight
 
 pytest.importorskip("playwright.sync_api", reason="Playwright is not installed")
 
-PAGES = ["index.html", *sorted(f"book/{p.stem}.html" for p in (HTML.parents[1] / "book").glob("*.ipynb"))]
+# both editions: the Chinese pages carry the same outputs and their own prose
+PAGES = [f"{edition}{page}" for edition in ("", "zh/") for page in
+         ["index.html", *sorted(f"book/{p.stem}.html" for p in (HTML.parents[1] / "book").glob("*.ipynb"))]]
 
 
 @pytest.mark.parametrize("page_path", PAGES)

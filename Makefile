@@ -147,6 +147,7 @@ BOOK_RUFF := --isolated --line-length 79
 lint: venv
 	$(VENV)/bin/ruff check src tests benchmarks
 	$(VENV)/bin/ruff format --check $(BOOK_RUFF) book
+	$(VENV)/bin/ruff check $(BOOK_RUFF) --select E501 book
 
 format: venv
 	$(VENV)/bin/ruff format $(BOOK_RUFF) book

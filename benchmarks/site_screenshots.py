@@ -47,9 +47,16 @@ def main() -> None:
                 phone = width < 500
                 context = browser.new_context(viewport={"width": width, "height": HEIGHTS.get(width, 900)},
                                               is_mobile=phone, has_touch=phone, device_scale_factor=1)
-                refused = []
-                context.route("**/*", lambda r: r.continue_() if _local(r.request.url)
-                              else (refused.append(r.request.url), r.abort())[1])
+                refused: list[str] = []
+
+                def route(r, refused=refused):
+                    if _local(r.request.url):
+                        r.continue_()
+                    else:
+                        refused.append(r.request.url)
+                        r.abort()
+
+                context.route("**/*", route)
                 page = context.new_page()
                 page.goto(base + page_name, wait_until="networkidle")
                 stem = f"{Path(page_name).stem}-{width}"

@@ -21,8 +21,11 @@ def _local(url: str) -> bool:
     return parts.scheme in ("data", "blob", "about") or parts.hostname in ("127.0.0.1", "localhost", "::1")
 
 
-def screenshot(url: str, prompt: str, chromium: str, seed: int = 0, size=(1280, 900)) -> tuple[bytes, list[str]]:
+def screenshot(url: str, prompt: str, chromium: str, seed: int = 0, size=(1100, 1400)) -> tuple[bytes, list[str]]:
     """(PNG bytes of the txt2img tab after Generate, the outside URLs the page tried and was refused).
+
+    The window is `size`; the picture is cropped to the tab's content, down to the generation info
+    and the seed, the controls the chapter discusses, so that it fits a page's column legibly.
 
     Runs in a thread of its own: Playwright's sync API refuses a thread with a running event loop
     (a Jupyter kernel's)."""
@@ -58,7 +61,17 @@ def _screenshot(url, prompt, chromium, seed, size):
             image = page.wait_for_selector("#txt2img_gallery img", timeout=60_000)
             page.wait_for_function("el => el.complete && el.naturalWidth > 0", arg=image, timeout=30_000)
             page.wait_for_timeout(300)
-            png = page.screenshot()
+            # the tab's content: from the checkpoint row's left to its Refresh button's right, down to
+            # the lower of the generation info and the seed
+            box = page.evaluate("""() => {
+                const r = s => document.querySelector(s).getBoundingClientRect();
+                return {left: r('#sd_model_checkpoint').left, right: r('#refresh_sd_model_checkpoint').right,
+                        bottom: Math.max(r('#txt2img_info').bottom, r('#txt2img_seed').bottom) + window.scrollY};
+            }""")
+            left = max(0, int(box["left"]) - 16)
+            png = page.screenshot(full_page=True, clip={
+                "x": left, "y": 0, "width": min(int(box["right"]) + 16, size[0]) - left,
+                "height": min(int(box["bottom"]) + 16, size[1])})
         finally:
             browser.close()
     return png, outside

@@ -80,8 +80,10 @@ def test_a_figure_opens_at_full_size_and_closes(browser, site_url):
     fail_on_outside(outside)
 
 
-@pytest.mark.parametrize("edition, frame_words", [("", "Animation frame {k} of {n}"), ("zh/", "动画第 {k} 帧，共 {n} 帧")],
-                         ids=["en", "zh"])
+FRAME_WORDS = [("", "Animation frame {k} of {n}"), ("zh/", "动画第 {k} 帧，共 {n} 帧")]
+
+
+@pytest.mark.parametrize("edition, frame_words", FRAME_WORDS, ids=["en", "zh"])
 def test_panel_and_animation_frames_say_what_they_show(browser, site_url, edition, frame_words):
     """Chapter 1 has both: the panel's picture names its controls' values, the animation's frame its number."""
     context = browser.new_context(viewport={"width": 1280, "height": 900})

@@ -10,16 +10,13 @@ what reading it to the end fetches (lazy pictures too), and the requests that fa
 from __future__ import annotations
 
 import argparse
-import functools
-import http.server
 import shutil
-import threading
 from pathlib import Path
 
 from playwright.sync_api import sync_playwright
 
 from diffusion_book.page_weight import budget, page_weight
-from diffusion_book.screenshot import ARGS, find_chromium
+from diffusion_book.screenshot import ARGS, find_chromium, serve_folder
 
 
 def main() -> None:
@@ -30,24 +27,21 @@ def main() -> None:
     root = args.html / args.edition
     pages = [root / "index.html", *sorted((root / "book").glob("*.html"))]
 
-    class Quiet(http.server.SimpleHTTPRequestHandler):
-        def log_message(self, *_):
-            pass
+    with serve_folder(args.html) as base:
+        run(args.html, pages, base)
 
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(Quiet, directory=str(args.html)))
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    base = f"http://127.0.0.1:{server.server_address[1]}/"
+
+def run(html: Path, pages: list, base: str) -> None:
     print(f"{'page':34s}{'MB':>7}{'MB gz':>8}{'budget':>8}{'files':>7}{'read all, MB gz':>17}  failed")
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=find_chromium() or shutil.which("chromium"), args=ARGS)
         for page_file in pages:
-            name = page_file.relative_to(args.html).as_posix()
+            name = page_file.relative_to(html).as_posix()
             w = page_weight(browser, base + name)
             whole = page_weight(browser, base + name, scroll=True)
             print(f"{name:34s}{w.raw / 1e6:7.2f}{w.gzipped / 1e6:8.2f}{budget(page_file) / 1e6:8.1f}"
                   f"{len(w.files):7d}{whole.gzipped / 1e6:17.2f}  {len(w.failed)}")
         browser.close()
-    server.shutdown()
 
 
 if __name__ == "__main__":

@@ -11,15 +11,12 @@ Prints each file with the page's count of refused requests.
 from __future__ import annotations
 
 import argparse
-import functools
-import http.server
 import shutil
-import threading
 from pathlib import Path
 
 from playwright.sync_api import sync_playwright
 
-from diffusion_book.screenshot import ARGS, _local, find_chromium
+from diffusion_book.screenshot import ARGS, _local, find_chromium, serve_folder
 
 HEIGHTS = {390: 844, 1280: 900}
 
@@ -33,13 +30,11 @@ def main() -> None:
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
 
-    class Quiet(http.server.SimpleHTTPRequestHandler):
-        def log_message(self, *_):
-            pass
+    with serve_folder(args.html) as base:
+        run(args, base)
 
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(Quiet, directory=str(args.html)))
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    base = f"http://127.0.0.1:{server.server_address[1]}/"
+
+def run(args, base: str) -> None:
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=find_chromium() or shutil.which("chromium"), args=ARGS)
         for page_name in args.pages:
@@ -69,7 +64,6 @@ def main() -> None:
                 print(f"{stem}: top{' and panel' if panel.count() else ''}, {len(refused)} refused requests")
                 context.close()
         browser.close()
-    server.shutdown()
 
 
 if __name__ == "__main__":

@@ -4,6 +4,7 @@ prompt, presses Generate and takes a screenshot, with every request that would l
 from __future__ import annotations
 
 import shutil
+from contextlib import contextmanager
 from urllib.parse import urlsplit
 
 CHROMIUM_NAMES = ("chromium", "chromium-browser", "google-chrome")
@@ -75,3 +76,23 @@ def _screenshot(url, prompt, chromium, seed, size):
         finally:
             browser.close()
     return png, outside
+
+
+@contextmanager
+def serve_folder(folder):
+    """`folder` served over http on 127.0.0.1 (a free port) by a thread; yields the base URL, ending in /."""
+    import functools
+    import http.server
+    import threading
+
+    class Quiet(http.server.SimpleHTTPRequestHandler):
+        def log_message(self, *_):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(Quiet, directory=str(folder)))
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}/"
+    finally:
+        server.shutdown()
+        server.server_close()

@@ -110,15 +110,18 @@ def test_the_options_reach_the_app_and_listen_is_opt_in_with_a_warning(tmp_path,
     port = str(free_port())
     assert main(["webui", "--port", port, *folders(tmp_path)]) == 0
     assert (started["host"], started["port"]) == ("127.0.0.1", int(port)) and capsys.readouterr().err == ""
-    assert started["access"] == {"api_auth": None, "gradio_auth": None, "cors_allow_origins": None}
+    assert started["access"] == {"api_auth": None, "gradio_auth": None, "cors_allow_origins": None,
+                                 "localization": None}
     assert all((tmp_path / name).is_dir() for name in ("models", "Lora", "outputs"))
     assert main(["webui", "--listen", "--port", port, "--api-auth", "a:b:c,d:e", "--gradio-auth", "me:pw",
-                 "--cors-allow-origins", "http://a.example, http://b.example", *folders(tmp_path)]) == 0
+                 "--cors-allow-origins", "http://a.example, http://b.example", "--localization", "zh_CN",
+                 *folders(tmp_path)]) == 0
     assert started["host"] == "0.0.0.0"
     err = capsys.readouterr().err
     assert err.startswith("warning: listening on 0.0.0.0") and "anyone who can reach this machine" in err
     assert started["access"] == {"api_auth": {"a": "b:c", "d": "e"}, "gradio_auth": {"me": "pw"},
-                                 "cors_allow_origins": ["http://a.example", "http://b.example"]}
+                                 "cors_allow_origins": ["http://a.example", "http://b.example"],
+                                 "localization": "zh_CN"}
     assert main(["webui", "--listen", "--host", "127.0.0.1", "--port", port, *folders(tmp_path)]) == 2
 
 

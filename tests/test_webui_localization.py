@@ -42,9 +42,13 @@ def test_the_head_carries_the_words_and_the_chapter_form():
     assert '"Generate": "生成"' in head and "（第 %s 章）" in head and "MutationObserver" in head
 
 
-def test_the_command_refuses_an_unknown_localization_before_loading(capsys):
+def test_the_command_refuses_an_unknown_localization_before_loading(capsys, monkeypatch):
+    from diffusion_notes import pretrained
     from diffusion_notes.__main__ import main
 
-    with pytest.raises(SystemExit) as stop:
-        main(["webui", "--localization", "xx_YY"])
-    assert stop.value.code != 0
+    def no_models(*args, **kwargs):
+        raise AssertionError("the models were loaded before the options were checked")
+
+    monkeypatch.setattr(pretrained, "load", no_models)
+    assert main(["webui", "--localization", "xx_YY"]) == 2
+    assert "no localization 'xx_YY'; available: zh_CN" in capsys.readouterr().err

@@ -28,8 +28,6 @@ def _add_train(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-seconds", type=float, help="stop (with a checkpoint) after this long; resume later")
     p.add_argument("--device", help="cpu, cuda or mps (default: CUDA, then MPS, then CPU; cpu reproduces shipped runs)")
     p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's)")
-    p.add_argument("--localization", metavar="NAME",
-                   help="label the pages' controls in a language, as the web UI's localization files do (zh_CN)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
@@ -283,6 +281,8 @@ def _add_webui(p: argparse.ArgumentParser) -> None:
     p.add_argument("--cors-allow-origins", metavar="ORIGIN[,ORIGIN2]",
                    help="web pages of these origins may call the API from a browser (default: none)")
     p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's)")
+    p.add_argument("--localization", metavar="NAME",
+                   help="label the pages' controls in a language, as the web UI's localization files do (zh_CN)")
 
 
 def _webui_options(args) -> dict:

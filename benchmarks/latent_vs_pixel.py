@@ -2,7 +2,7 @@
 
 Measures, in one run on one CPU thread, with diffusion_notes.cost.latent_vs_pixel_cost: a training
 step (forward + backward + AdamW) and a sampling step (one guided call at batch 2B, plus the
-decoder's cost spread over a 25-step run for the latent model), and prints medians and ratios.
+decoder's cost spread over a 25-step run for the latent model), and prints the fastest of its runs and ratios.
 
 Target (the issue): the latent step at least 8x cheaper than the pixel step.
 
@@ -34,7 +34,7 @@ def main(repeats: int = 3, big_batch: bool = True) -> None:
     flops = unet_flops(config)["total"], unet_flops(pixel_config(config))["total"]
     print(f"one forward pass of one example: latent {flops[0] / 1e6:.1f} MFLOP, pixel {flops[1] / 1e6:.1f} MFLOP "
           f"({flops[1] / flops[0]:.1f}x)")
-    print(f"batch 16, median of {repeats} runs, torch threads {torch.get_num_threads()}")
+    print(f"batch 16, fastest of {repeats} runs, torch threads {torch.get_num_threads()}")
     print(f"{'':34s} {'latent (ms)':>12s} {'pixel (ms)':>11s}   pixel / latent")
     print(f"{'training step':34s} {1e3 * r['latent_train_s']:12.1f} {1e3 * r['pixel_train_s']:11.1f}   "
           f"{verdict(r['train_ratio'])}")

@@ -19,13 +19,13 @@ Timed, with random weights and inputs (the cost does not depend on the values):
 - the encoder: AutoencoderKL.encode of B images, which a latent training step
   pays when latents are not precomputed (ldm.ldm_batch encodes on the fly).
 
-Each time is the median of `repeats` runs after `warmup` runs; latent and pixel
-runs alternate, so a busy moment of a shared machine hits both.
+Each time is the fastest of `repeats` runs after `warmup` runs: another process on a shared
+machine only ever adds time, so the fastest run is the one it disturbed least. Latent and pixel
+runs alternate, so a busy moment hits both.
 """
 
 from __future__ import annotations
 
-import statistics
 import time
 from dataclasses import replace
 
@@ -94,7 +94,7 @@ def _sample_step(model: UNet, x, t, context):
     return step
 
 
-def _median_times(fns: dict, repeats: int, warmup: int) -> dict:
+def _fastest_times(fns: dict, repeats: int, warmup: int) -> dict:
     for fn in fns.values():
         for _ in range(warmup):
             fn()
@@ -104,7 +104,7 @@ def _median_times(fns: dict, repeats: int, warmup: int) -> dict:
             start = time.perf_counter()
             fn()
             times[name].append(time.perf_counter() - start)
-    return {name: statistics.median(values) for name, values in times.items()}
+    return {name: min(values) for name, values in times.items()}
 
 
 def latent_vs_pixel_cost(config: UNetConfig | None = None, batch_size: int = 16, repeats: int = 3,
@@ -141,7 +141,7 @@ def latent_vs_pixel_cost(config: UNetConfig | None = None, batch_size: int = 16,
         train[f"{name}_train_s"] = _train_step(model, optimizer, *inputs[name])
     images = torch.rand(batch_size, 3, 32, 32, generator=generator) * 2 - 1  # (B, 3, 32, 32)
     train["encode_s"] = torch.no_grad()(lambda: vae.encode(images).sample(generator))
-    out.update(_median_times(train, repeats, warmup))
+    out.update(_fastest_times(train, repeats, warmup))
     out["train_ratio"] = out["pixel_train_s"] / out["latent_train_s"]
     out["train_ratio_with_encode"] = out["pixel_train_s"] / (out["latent_train_s"] + out["encode_s"])
     if not sampling:
@@ -152,7 +152,7 @@ def latent_vs_pixel_cost(config: UNetConfig | None = None, batch_size: int = 16,
     sample = {f"{name}_sample_s": _sample_step(model, *inputs[name]) for name, model in models.items()}
     z = inputs["latent"][0]  # (B, 4, 8, 8)
     sample["decode_s"] = torch.no_grad()(lambda: vae.decode(z))
-    out.update(_median_times(sample, repeats, warmup))
+    out.update(_fastest_times(sample, repeats, warmup))
     out["decode_per_step_s"] = out["decode_s"] / sampling_steps
     out["latent_sample_with_decode_s"] = out["latent_sample_s"] + out["decode_per_step_s"]
     out["sample_ratio"] = out["pixel_sample_s"] / out["latent_sample_s"]

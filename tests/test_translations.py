@@ -41,6 +41,7 @@ def test_markup_collects_code_math_roles_and_addresses():
     ("The prompt is read by the text encoder.", "文字由文本编码器读取。", "term 'prompt'"),
     ("Use classifier-free guidance.", "使用无条件引导。", "term 'classifier-free guidance'"),
     ("A step.", "- 一步。", "another kind of block"),
+    ("**Maps show places.** A map...", "**注意力图反映的是位置。**一张图……", "bold or italic"),
 ])
 def test_each_rule_catches_its_mistake(msgid, msgstr, expected):
     found = tr.problems(msgid, msgstr, False, TERMS)
@@ -53,6 +54,7 @@ def test_each_rule_catches_its_mistake(msgid, msgstr, expected):
     ("The prompt is read by the text encoder.", "提示词由文本编码器读取。"),
     ("The variable `noise_pred` holds it.", "变量 `noise_pred` 保存它。"),  # a term inside code is not prose
     ("Read {ref}`the table <tab-x>`.", "见{ref}`表 <tab-x>`。"),
+    ("**Maps show places.** A map...", "**注意力图反映的是位置**。一张图……"),
 ])
 def test_a_faithful_translation_passes(msgid, msgstr):
     assert tr.problems(msgid, msgstr, False, TERMS) == []

@@ -8,6 +8,9 @@ uses the edition's terms (locales/zh_CN/terms.csv, the glossary's Chinese forms)
   a translation is parsed as MyST again and code identifiers and printed values stay as they are;
 - a numbered heading ("1. Denoising diffusion") keeps its number escaped ("1\\. ..."), or MyST
   would read the translation as a list and Sphinx would keep the English title;
+- its bold and italic parse as they do in the English: CommonMark closes `**` only where the
+  character before it is not punctuation or the one after it is, so "**要点。**其后" shows its
+  asterisks, and "**要点**。其后" is bold;
 - each term of terms.csv whose English pattern the message uses appears in one of its Chinese forms
   (a message kept as it is, such as a display formula, has nothing to translate).
 
@@ -71,6 +74,14 @@ def prose(text: str) -> str:
     return text
 
 
+def emphasis(text: str) -> tuple[int, int]:
+    """(bold spans, italic spans) that CommonMark finds in `text`."""
+    from markdown_it import MarkdownIt
+
+    tokens = [c for t in MarkdownIt("commonmark").parseInline(text) for c in (t.children or [])]
+    return sum(t.type == "strong_open" for t in tokens), sum(t.type == "em_open" for t in tokens)
+
+
 def problems(msgid: str, msgstr: str, fuzzy: bool, terms: list[Term]) -> list[str]:
     """What is wrong with one message's translation (empty: nothing)."""
     if not msgstr:
@@ -81,6 +92,8 @@ def problems(msgid: str, msgstr: str, fuzzy: bool, terms: list[Term]) -> list[st
         lost = [x for x in theirs if x not in ours]
         added = [x for x in ours if x not in theirs]
         out.append(f"markup differs: missing {lost}, extra {added}")
+    if emphasis(msgstr) != emphasis(msgid):
+        out.append("bold or italic that does not parse: put punctuation outside the markers ('**要点**。')")
     if _NUMBERED.match(msgstr):
         out.append("a numbered heading's number must be escaped, as in '1\\. ...'")
     for block in ("- ", "* ", "#", "> ", "|"):

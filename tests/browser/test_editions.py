@@ -55,3 +55,19 @@ def test_the_language_link_lands_on_the_same_page(browser, site_url, chapter):
     finally:
         context.close()
     fail_on_outside(outside)
+
+
+@pytest.mark.parametrize("page", [f"{edition}{page}" for edition in ("", "zh/") for page in PAGES])
+def test_no_markdown_is_left_as_text(page):
+    """Bold that did not parse shows its asterisks (in Chinese, "**要点。**其后" does: CommonMark will not
+    close `**` after punctuation when a letter follows); so do a role or a link Sphinx could not read."""
+    from bs4 import BeautifulSoup
+
+    _need(HTML / page)
+    soup = BeautifulSoup((HTML / page).read_text(encoding="utf-8"), "html.parser")
+    for skip in soup.select("pre, code, .math, script, style, .highlight"):
+        skip.extract()
+    left = [block.get_text(" ", strip=True)[:100] for block in soup.select("article p, article li, article td, "
+                                                                           "figcaption, article h1, article h2")
+            if re.search(r"\*\*|\{(eq|ref|numref|doc)\}|\]\(", block.get_text())]
+    assert not left, "markup shown as text:\n  " + "\n  ".join(left)

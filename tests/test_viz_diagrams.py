@@ -25,8 +25,11 @@ def test_a_box_is_a_patch_with_its_text_in_the_middle_and_an_arrow_has_its_label
 def test_a_row_puts_pictures_side_by_side_with_sharp_pixels():
     a = Image.fromarray(np.full((2, 2, 3), 10, np.uint8))
     b = Image.fromarray(np.full((2, 2, 3), 200, np.uint8))
-    row = np.asarray(viz.pil_row([a, b], scale=3))
+    row = np.asarray(viz.pil_row([a, b], scale=3, gap=0))
     assert row.shape == (6, 12, 3)
     assert (row[:, :6] == 10).all() and (row[:, 6:] == 200).all()  # nearest: no blend at the seam
+    row = np.asarray(viz.pil_row([a, b], scale=3))  # a white gutter of 4 pixels between them
+    assert row.shape == (6, 16, 3)
+    assert (row[:, :6] == 10).all() and (row[:, 6:10] == 255).all() and (row[:, 10:] == 200).all()
     with pytest.raises(ValueError, match="at least one image"):
         viz.pil_row([])

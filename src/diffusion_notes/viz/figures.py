@@ -71,16 +71,22 @@ def figure_png(fig, dpi: int = 80) -> bytes:
     return buffer.getvalue()
 
 
-def pil_row(images, scale: int = 3):
-    """PIL images of one size side by side, enlarged `scale` times with sharp pixels: one PIL image."""
+def pil_row(images, scale: int = 3, gap: int = 4):
+    """PIL images of one size side by side, enlarged `scale` times with sharp pixels: one PIL image.
+
+    A white gutter of `gap` pixels separates neighbours, so that dark pictures do not run together.
+    """
     images = list(images)
     if not images:
         raise ValueError("pil_row needs at least one image")
+    if gap < 0:
+        raise ValueError(f"gap must be >= 0, got {gap}")
     w, h = images[0].size
-    out = Image.new("RGB", (w * len(images), h))
+    W, H = w * scale, h * scale
+    out = Image.new("RGB", (W * len(images) + gap * (len(images) - 1), H), "white")
     for i, image in enumerate(images):
-        out.paste(image.convert("RGB"), (w * i, 0))
-    return out.resize((out.width * scale, out.height * scale), Image.NEAREST)
+        out.paste(image.convert("RGB").resize((W, H), Image.NEAREST), ((W + gap) * i, 0))
+    return out
 
 
 def show_row(images, title: str, scale: int = 3):

@@ -115,3 +115,30 @@ def test_panel_and_animation_frames_say_what_they_show(browser, site_url, editio
     finally:
         context.close()
     fail_on_outside(outside)
+
+
+# matplotlib's default text (tick labels, legends) is 10 pt; the chapters' figures are drawn at 100 dpi,
+# so 10 pt is 13.9 px of the picture, and it reads at about 9 px or more where the picture is shown at
+# 0.65 of its size or more. A figure wider than the column is shown across the margin too (the cell
+# tag "full-width"), which keeps the widest (1390 px) above that on a desktop.
+MIN_SCALE = 9 / (10 * 100 / 72)
+
+
+@pytest.mark.parametrize("chapter", sorted(p.stem for p in (ROOT / "book").glob("*.ipynb")))
+def test_figures_are_shown_large_enough_to_read_on_a_desktop(browser, site_url, chapter):
+    context = browser.new_context(viewport={"width": 1280, "height": 900})
+    outside = block_outside_requests(context)
+    try:
+        page = context.new_page()
+        page.goto(site_url + f"book/{chapter}.html", wait_until="load")
+        page.evaluate("() => document.querySelectorAll('figure img').forEach(i => { i.loading = 'eager'; })")
+        page.wait_for_function("() => Array.from(document.querySelectorAll('figure img'))"
+                               ".every(i => i.complete && i.naturalWidth > 0)", timeout=WAIT_MS)
+        shown = page.evaluate("() => Array.from(document.querySelectorAll('figure img')).map(i => "
+                              "[i.getAttribute('src').slice(-20), i.getBoundingClientRect().width, i.naturalWidth])")
+    finally:
+        context.close()
+    fail_on_outside(outside)
+    small = [f"{src}: {width:.0f} of {natural} px ({width / natural:.2f})" for src, width, natural in shown
+             if width < MIN_SCALE * natural]
+    assert not small, f"figures shown below {MIN_SCALE:.2f} of their size:\n  " + "\n  ".join(small)

@@ -201,7 +201,12 @@ bench: setup state
 
 # Re-execute chapters in place, keeping widget state, after a change to a chapter or a shipped model.
 NB ?= $(BOOK_NBS)
+# The kernels that execute a chapter record in each figure's PNG its smallest text (diffusion_book.figure_text,
+# from an IPython startup file), which tests/browser/test_figures.py holds to a legible size on the page.
+STARTUP := $(IPYTHONDIR)/profile_default/startup/50-figure-text.py
 execute: setup state
+	@mkdir -p $(dir $(STARTUP))
+	@echo "from diffusion_book.figure_text import install; install()" > $(STARTUP)
 	cd book && for nb in $(notdir $(NB)); do echo "== $$nb"; \
 	    ../$(VENV)/bin/jupyter nbconvert --to notebook --execute --inplace \
 	        --ExecutePreprocessor.timeout=600 --ExecutePreprocessor.store_widget_state=False $$nb || exit 1; done

@@ -52,7 +52,7 @@ def image_grid(images, nrow: int | None = None, titles=None, scale: float = 1.2,
         if i < B:
             ax.imshow(to_image(images[i]), interpolation="nearest", cmap="gray")
             if titles is not None:
-                ax.set_title(titles[i], fontsize=7)
+                ax.set_title(titles[i], fontsize=9.5)
     if suptitle:
         fig.suptitle(suptitle)
     fig.tight_layout()

@@ -25,11 +25,11 @@ def image_grid(rows, row_titles=None, col_titles=None, scale=1.2, suptitle=None)
             else:
                 ax.axis("off")
             if col_titles and i == 0:
-                ax.set_title(col_titles[j], fontsize=7)
+                ax.set_title(col_titles[j], fontsize=9.5)
         if row_titles:
-            axes[i, 0].set_ylabel(row_titles[i], fontsize=7, rotation=0, ha="right", va="center")
+            axes[i, 0].set_ylabel(row_titles[i], fontsize=9.5, rotation=0, ha="right", va="center")
     if suptitle:
-        fig.suptitle(suptitle, fontsize=9)
+        fig.suptitle(suptitle, fontsize=10)
     fig.tight_layout()
     plt.show()
 
@@ -49,10 +49,10 @@ def metric_curves(sweep: dict, scales, titles: dict, intervals: dict, labels=(("
             ax.plot(scales, values, marker="o", ms=4, label=label)
             ax.fill_between(scales, lo, hi, alpha=0.2)
         ax.set_xlabel("decoder guidance scale")
-        ax.set_title(title, fontsize=9)
+        ax.set_title(title, fontsize=10)
         if key in unit_range:
             ax.set_ylim(0, 1.02)
-    axes[0].legend(fontsize=8)
-    fig.suptitle(suptitle, fontsize=9)
+    axes[0].legend(fontsize=10)
+    fig.suptitle(suptitle, fontsize=10)
     fig.tight_layout()
     plt.show()

@@ -169,15 +169,22 @@ def parse(text: str) -> dict:
     return result
 
 
-def to_settings(parsed: dict) -> dict:
-    """Parsed infotext -> the API's fields (prompt, negative_prompt, steps, sampler_name, ..., width, height)."""
-    out = {"prompt": parsed.get("Prompt", ""), "negative_prompt": parsed.get("Negative prompt", "")}
-    for key, (name, kind) in FIELDS.items():
+def _typed(parsed: dict, fields: dict) -> dict:
+    """The API's fields of `fields` ({infotext key: (field, type)}) that the infotext gives, converted."""
+    out = {}
+    for key, (name, kind) in fields.items():
         if key in parsed:
             try:
                 out[name] = kind(parsed[key])
             except ValueError:
                 raise ValueError(f"the infotext's {key!r} is {parsed[key]!r}, not a {kind.__name__}") from None
+    return out
+
+
+def to_settings(parsed: dict) -> dict:
+    """Parsed infotext -> the API's fields (prompt, negative_prompt, steps, sampler_name, ..., width, height)."""
+    out = {"prompt": parsed.get("Prompt", ""), "negative_prompt": parsed.get("Negative prompt", "")}
+    out.update(_typed(parsed, FIELDS))
     if "Masked content" in parsed:
         out["inpainting_fill"] = {name: fill for fill, name in FILLS.items()}.get(parsed["Masked content"], 1)
     if "Mask mode" in parsed:
@@ -186,12 +193,7 @@ def to_settings(parsed: dict) -> dict:
         out["inpaint_full_res"] = parsed["Inpaint area"] == "Only masked"
     if "Size-1" in parsed:
         out["width"], out["height"] = parsed["Size-1"], parsed["Size-2"]
-    for key, (name, kind) in HIRES_FIELDS.items():
-        if key in parsed:
-            try:
-                out[name] = kind(parsed[key])
-            except ValueError:
-                raise ValueError(f"the infotext's {key!r} is {parsed[key]!r}, not a {kind.__name__}") from None
+    out.update(_typed(parsed, HIRES_FIELDS))
     if "Denoising strength" in parsed and any(k in parsed for k in ("Hires upscale", "Hires upscaler",
                                                                       "Hires resize-1")):
         out["enable_hr"] = True  # as the web UI reads a pasted infotext

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import torch
 
 from diffusion_notes.evaluation.classifier import ClassifierConfig, ShapesClassifier
+from diffusion_notes.fewer_steps.students import LCMLoRA, LCMLoRAConfig, lcm_lora_network
 from diffusion_notes.foundations.toy2d import ToyDenoiser, ToyDenoiserConfig
 from diffusion_notes.nn.unet import UNet, UNetConfig
 from diffusion_notes.practice.controlnet.model import ControlNet, ControlNetConfig
@@ -65,6 +66,10 @@ ARCHITECTURES: dict[str, Architecture] = {
     "dreambooth_prior": _FINE_TUNED,
     "dreambooth_lora_prior": _FINE_TUNED,
     "controlnet": Architecture(ControlNet, ControlNetConfig),
+    # Part V
+    "lcm_unet": Architecture(UNet, UNetConfig),  # a UNet read through LCM's boundary condition (samplers.lcm)
+    "lcm_lora": Architecture(LCMLoRA, LCMLoRAConfig, load=lcm_lora_network),
+    "flow_unet": Architecture(UNet, UNetConfig),  # a UNet that predicts the flow's velocity (fewer_steps.flow)
 }
 
 

@@ -108,15 +108,20 @@ def guidance_sweep(pipe, classifier, scales, n_prompts: int = 32, per_prompt: in
 
 @torch.no_grad()
 def evaluate_ldm(unet, vae, clip, scale_factor: float, classifier, n: int = 200,
-                 guidance_scale: float = DEFAULT_GUIDANCE_SCALE, steps: int = 25) -> dict:
-    """Prompt fidelity of 25-step DPM++ 2M samples on n seen and n held-out combinations (written to the manifest)."""
-    pipe = LatentDiffusionPipeline(unet.eval(), vae, clip, scale_factor)
+                 guidance_scale: float = DEFAULT_GUIDANCE_SCALE, steps: int = 25, sampler: str = "dpmpp_2m",
+                 pipeline=None) -> dict:
+    """Prompt fidelity of 25-step DPM++ 2M samples on n seen and n held-out combinations (written to the manifest).
+
+    `pipeline` is the pipeline class (default `LatentDiffusionPipeline`, which takes `sampler`).
+    """
+    pipe = (pipeline or LatentDiffusionPipeline)(unet.eval(), vae, clip, scale_factor)
+    options = {} if pipeline is not None else {"sampler": sampler}
     out = {}
     for split, name in (("train", "seen"), ("heldout", "heldout")):
         prompts, attributes = eval_prompts(split, n)
         images = pipe(prompts, num_inference_steps=steps, guidance_scale=guidance_scale,
-                      generator=torch.Generator().manual_seed(0)).images  # (n, 3, 32, 32) in [0, 1]
+                      generator=torch.Generator().manual_seed(0), **options).images  # (n, 3, 32, 32) in [0, 1]
         fidelity = prompt_fidelity(images * 2 - 1, attributes, classifier)
         out.update({f"{name}/{k}": round(v, 4) for k, v in fidelity.items() if k in ("colour", "shape", "colour_shape", "all")})
-    out["guidance_scale"] = guidance_scale
+    out.update(guidance_scale=guidance_scale, steps=steps, sampler=sampler if pipeline is None else "flow euler")
     return out

@@ -38,7 +38,7 @@ from diffusion_notes.foundations.grids import DEFAULT_SPACING, Grid, RegistryVie
 from diffusion_notes.foundations.guidance import CFGDenoiser, check_guidance_scale
 
 # The samplers, one module each: importing one registers it, in this order (the web UI's list's).
-from . import ddpm, ddim, euler, euler_a, dpmpp_2m, lms, heun, dpm2, dpmpp_2m_sde, unipc  # noqa: F401
+from . import ddpm, ddim, euler, euler_a, dpmpp_2m, lms, heun, dpm2, dpmpp_2m_sde, unipc, lcm  # noqa: F401
 
 from diffusion_notes.foundations.samplers.base import SAMPLERS, Sampler, get, register  # noqa: F401
 from diffusion_notes.foundations.samplers.common import StepOutput  # noqa: F401

@@ -12,17 +12,18 @@ the model trains.
     part2   clip, shapes_classifier, the unCLIP priors, decoders (pixel and latent) and upsampler
     part3   vae, ldm_unet (and the ldm_unet_mix30 ablation)
     part4   concept_classifier, textual inversion, LoRA, DreamBooth, ControlNet
+    part5   lcm_unet, lcm_lora (consistency distillation), flow_unet (flow matching)
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 
-from diffusion_notes.training.recipes import part1, part2, part3, part4
+from diffusion_notes.training.recipes import part1, part2, part3, part4, part5
 from diffusion_notes.training.recipes.base import Recipe
 
 _FACTORIES: dict[str, Callable[[str], Recipe]] = {**part1.RECIPES, **part2.RECIPES, **part3.RECIPES,
-                                                   **part4.RECIPES}
+                                                   **part4.RECIPES, **part5.RECIPES}
 
 __all__ = ["Recipe", "get_recipe", "recipe_names"]
 

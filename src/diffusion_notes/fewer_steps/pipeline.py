@@ -3,7 +3,8 @@
 `FlowPipeline` takes the same call as `LatentDiffusionPipeline` (prompt, negative_prompt,
 num_inference_steps, guidance_scale, generator, num_images_per_prompt, output_type) and draws the
 same starting noise for the same seed, so a flow model and a noise-prediction model can be
-compared picture by picture. `shift` is SD3's timestep shift (1: none).
+compared picture by picture. `shift` is SD3's timestep shift (1: none); `grid` is diffusers'
+("diffusers", whose last step only goes from 1/T to 0) or "uniform" (`flow.uniform_flow_sigmas`).
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ class FlowPipeline(LatentDiffusionPipeline):
     def __call__(self, prompt, negative_prompt=None, num_inference_steps: int = 25,
                  guidance_scale: float = DEFAULT_GUIDANCE_SCALE, generator: torch.Generator | None = None,
                  num_images_per_prompt: int = 1, output_type: str = "pt", shift: float = 1.0,
-                 callback=None, **unused) -> PipelineOutput:
+                 grid: str = "diffusers", callback=None, **unused) -> PipelineOutput:
         self._check(num_inference_steps, guidance_scale, num_images_per_prompt, output_type, 1.0)
         if unused:
             raise ValueError(f"the flow pipeline samples with Euler only; it takes no {', '.join(sorted(unused))}")
@@ -38,7 +39,7 @@ class FlowPipeline(LatentDiffusionPipeline):
         c = self.unet.config
         x1 = randn((len(cond), c.in_channels, c.sample_size, c.sample_size), generator, device=self.device)
         z = flow_sample(self.unet, x1, num_inference_steps, cond=cond, uncond=uncond,
-                        guidance_scale=float(guidance_scale), shift=shift, callback=callback)
+                        guidance_scale=float(guidance_scale), shift=shift, grid=grid, callback=callback)
         if output_type == "latent":
             return PipelineOutput(z, z)
         images = self.decode_latents(z).cpu()

@@ -71,16 +71,29 @@ def flow_loss(model, batch: dict, generator: torch.Generator | None = None, *, n
     return flow_matching_loss(model, batch["z0"].to(device), generator, context, x1=batch.get("x1"))
 
 
+def shift_sigma(sigma, shift: float = 1.0):
+    r"""SD3's timestep shift, sigma -> s sigma / (1 + (s - 1) sigma): s > 1 spends more steps at high noise.
+
+    $$\sigma' = \frac{s\,\sigma}{1 + (s - 1)\,\sigma}$$
+
+    Paper: Esser et al. 2024 (SD3), section 5.3.2 (resolution-dependent shifting), with s = sqrt(m / n)
+    """
+    return shift * sigma / (1 + (shift - 1) * sigma)
+
+
 def flow_sigmas(n: int, shift: float = 1.0, T: int = 1000) -> torch.Tensor:
     r"""The n + 1 noise levels Euler visits, from 1 down to 0: diffusers' `FlowMatchEulerDiscreteScheduler`.
 
-    n levels evenly spaced from 1 to 1/T, each shifted by sigma -> s sigma / (1 + (s - 1) sigma)
-    (SD3 samples with s = 3, which spends more steps at high noise), then a final 0.
+    n levels evenly spaced from 1 down to the scheduler's smallest training level, each shifted
+    (`shift_sigma`; SD3 samples with s = 3), then a final 0. As diffusers' scheduler does it, that
+    smallest level is itself already shifted, shift_sigma(1 / T) (float32), so the last of the n
+    levels is shifted twice: 0.001 for s = 1, but 0.00893 rather than 0.00299 for s = 3.
     """
     if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= T:
         raise ValueError(f"the number of steps must be an int between 1 and {T}, got {n!r}")
-    sigmas = np.linspace(1.0, 1.0 / T, n).astype(np.float32)  # (n,) as diffusers: timesteps / T
-    sigmas = shift * sigmas / (1 + (shift - 1) * sigmas)
+    sigma_min = float(shift_sigma(torch.tensor(1.0 / T, dtype=torch.float32), shift))  # the training grid's lowest
+    sigmas = np.linspace(1.0, sigma_min, n)  # (n,) float64, as diffusers: timesteps / T
+    sigmas = shift_sigma(sigmas, shift).astype(np.float32)
     return torch.cat([torch.from_numpy(sigmas), torch.zeros(1)])  # (n + 1,)
 
 
@@ -95,12 +108,31 @@ def flow_euler_step(x: torch.Tensor, v: torch.Tensor, sigma: float, sigma_next: 
     return x + (sigma_next - sigma) * v
 
 
+def uniform_flow_sigmas(n: int, shift: float = 1.0) -> torch.Tensor:
+    """n + 1 levels 1, 1 - 1/n, ..., 1/n, 0, each shifted (`shift_sigma`): every one of the n steps moves.
+
+    diffusers' grid (`flow_sigmas`) puts its n-th level at the smallest training level, 1/T, so its
+    last step only goes from 1/T to 0: n steps do the work of n - 1, and 2 steps that of 1.
+    """
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise ValueError(f"the number of steps must be a positive int, got {n!r}")
+    return shift_sigma(torch.linspace(1.0, 0.0, n + 1, dtype=torch.float64), shift).to(torch.float32)  # (n + 1,)
+
+
+FLOW_GRIDS = {"diffusers": flow_sigmas, "uniform": uniform_flow_sigmas}
+
+
 @torch.no_grad()
 def flow_sample(model, x1: torch.Tensor, n: int, *, cond=None, uncond=None, guidance_scale: float = 1.0,
-                shift: float = 1.0, callback=None) -> torch.Tensor:
-    """x_0 from noise x1 (B, ...) in n Euler steps of the (guided) velocity field; `callback(i, sigma, x)`."""
+                shift: float = 1.0, grid: str = "diffusers", callback=None) -> torch.Tensor:
+    """x_0 from noise x1 (B, ...) in n Euler steps of the (guided) velocity field; `callback(i, sigma, x)`.
+
+    `grid` is "diffusers" (`flow_sigmas`, FlowMatchEulerDiscreteScheduler's) or "uniform" (`uniform_flow_sigmas`).
+    """
+    if grid not in FLOW_GRIDS:
+        raise ValueError(f"grid must be one of {', '.join(FLOW_GRIDS)}, got {grid!r}")
     model = CFGDenoiser(model, cond, uncond, guidance_scale)  # model(x, t) -> guided v
-    sigmas = flow_sigmas(n, shift).tolist()
+    sigmas = FLOW_GRIDS[grid](n, shift).tolist()
     x = x1
     for i in range(n):
         t = torch.full((x.shape[0],), sigmas[i] * T_SCALE, device=x.device)  # (B,) float

@@ -51,7 +51,7 @@ def sd(folder):
     return from_diffusers(folder, device="cpu")
 
 
-@pytest.mark.parametrize("sampler", SAMPLERS)
+@pytest.mark.parametrize("sampler", [*SAMPLERS, "lcm"])
 def test_our_samplers_give_diffusers_pixels(sd, sampler):
     ours = sd(PROMPT, negative_prompt=NEGATIVE, num_inference_steps=6, guidance_scale=7.5, sampler=sampler,
               generator=torch.Generator().manual_seed(3)).images
@@ -59,6 +59,17 @@ def test_our_samplers_give_diffusers_pixels(sd, sampler):
                               seed=3, negative_prompt=NEGATIVE)
     assert ours.shape == theirs.shape == (1, 3, 16, 16)
     assert (ours - theirs).abs().max() <= 1e-4
+
+
+def test_lcm_maps_to_lcm_scheduler_and_the_web_uis_lcm_to_none(sd):
+    """Our "lcm" is diffusers' LCMScheduler on our betas; the web UI's "LCM" (k-diffusion's grid) has no equal."""
+    from diffusion_notes.practice.checkpoints.schedulers import diffusers_scheduler
+
+    scheduler = diffusers_scheduler("lcm", sd.schedule)
+    assert type(scheduler).__name__ == "LCMScheduler" and scheduler.config.clip_sample is False
+    torch.testing.assert_close(scheduler.alphas_cumprod.double(), sd.schedule.alphas_cumprod, rtol=1e-6, atol=0)
+    with pytest.raises(ValueError, match="no diffusers scheduler that steps as it does"):
+        diffusers_scheduler("LCM", sd.schedule)
 
 
 def test_the_prompt_is_encoded_with_the_pipelines_own_tokenizer(sd):

@@ -142,7 +142,8 @@ def test_webui_builds_its_state_from_the_shelf_and_the_user_s_folders(tmp_path, 
     assert (served["host"], served["port"]) == ("127.0.0.1", port) and models_dir.is_dir()
     assert state.registry.models_dir == models_dir and state.outputs_dir == outputs_dir
     assert state.registry.current.path == pretrained.verify("ldm_unet")
-    assert state.loras.names() == [*pretrained.shipped_adapters("lora"), "mine"]
+    shipped_loras = [*pretrained.shipped_adapters("lora"), *pretrained.shipped_adapters("lcm_lora")]
+    assert state.loras.names() == [*shipped_loras, "mine"]
     assert [e.word for e in state.embeddings] == ["valentine", "sunny"]  # the shipped concept and look embeddings
     shipped = [n for n in pretrained.available() if pretrained.info(n)["recipe"] == "controlnet"]
     assert shipped and sorted(state.controlnets) == shipped

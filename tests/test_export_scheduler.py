@@ -51,7 +51,8 @@ def test_the_exported_config_holds_our_options(exported):
 
 @pytest.mark.parametrize("cls, sampler", [("EulerAncestralDiscreteScheduler", "euler_a"),
                                           ("DPMSolverMultistepScheduler", "dpmpp_2m"),
-                                          ("EulerDiscreteScheduler", "euler")])
+                                          ("EulerDiscreteScheduler", "euler"),
+                                          ("LCMScheduler", "lcm")])
 def test_from_config_draws_our_sampler(pipe, exported, cls, sampler):
     """`Cls.from_config(pipe.scheduler.config)` (diffusers' documented swap) draws our sampler's default picture."""
     import diffusers
@@ -79,3 +80,15 @@ def test_a_config_without_our_options_draws_another_ddim(pipe, exported):
     scheduler = diffusers.DDIMScheduler.from_config(bare.config, timestep_spacing="leading", steps_offset=0)
     assert scheduler.config.clip_sample is True
     assert float((_theirs(exported, scheduler) - _ours(pipe, "ddim")).abs().max()) > 1e-3
+
+
+def test_an_lcm_export_carries_lcm_scheduler(pipe):
+    """`diffusers_pipeline(pipe, "lcm")` (how an LCM student is exported) samples as our "lcm" at guidance 1."""
+    d_pipe = export.diffusers_pipeline(pipe, "lcm")
+    d_pipe.set_progress_bar_config(disable=True)
+    assert type(d_pipe.scheduler).__name__ == "LCMScheduler"
+    theirs = d_pipe(PROMPT, num_inference_steps=STEPS, guidance_scale=1.0, generator=torch.Generator().manual_seed(3),
+                    output_type="pt").images.float()
+    ours = pipe(PROMPT, num_inference_steps=STEPS, guidance_scale=1.0, sampler="lcm",
+                generator=torch.Generator().manual_seed(3)).images.float()
+    assert float((theirs - ours).abs().max()) <= 1e-4

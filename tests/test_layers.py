@@ -37,7 +37,7 @@ MAY_IMPORT = {
     "architectures": {"run_files", "device", "rng", "data", "nn", "evaluation", "foundations", "unclip",
                       "stable_diffusion", "practice", "fewer_steps"},
     "pretrained": {"run_files", "device", "data", "nn", "evaluation", "foundations", "unclip", "stable_diffusion",
-                   "practice", "fewer_steps", "architectures"},  # Part IV's models too (LoRAs, ControlNets); webui.launch asks it
+                   "practice", "fewer_steps", "architectures"},  # Parts IV-V's models too; webui.launch asks it
     "training": BASE | {"evaluation", "foundations", "unclip", "stable_diffusion", "practice", "fewer_steps",
                         "architectures", "pretrained"},
     "__main__": BASE | {"evaluation", "foundations", "unclip", "stable_diffusion", "practice", "fewer_steps",

@@ -183,7 +183,7 @@ def test_which_samplers_use_ensd(sampler, eta, uses):
 
 def test_every_web_ui_sampler_is_in_the_table():
     names = {schedulers.resolve(ui, "Automatic")[0] for ui in SAMPLER_ALIASES}
-    assert names <= set(schedulers.K_SAMPLERS) | {"ddim", "unipc", "ddpm"}
+    assert names <= set(schedulers.K_SAMPLERS) | {"ddim", "unipc", "ddpm", "lcm_webui"}  # LCM: its own grid only
 
 
 @pytest.mark.parametrize("sampler, scheduler, message", [

@@ -33,7 +33,10 @@ WEIGHTS_ENV_VAR = "DIFFUSION_NOTES_WEIGHTS"
 MANIFEST_NAME = "manifest.json"
 # Fine-tuning results that ship as what they add, not as a whole model: load(name) returns
 # a LoRANetwork (apply it with practice.finetune.lora_files.applied), a TokenEmbedding, or (DreamBooth) a UNet.
-ADAPTERS = ("lora", "textual_inversion", "textual_inversion_look", "dreambooth", "dreambooth_prior", "dreambooth_lora_prior")
+# "lcm_lora" is the LCM-LoRA (Chapter 18): a LoRANetwork too, named "lcm" (<lora:lcm:1> in the web UI).
+ADAPTERS = ("lora", "textual_inversion", "textual_inversion_look", "dreambooth", "dreambooth_prior", "dreambooth_lora_prior",
+            "lcm_lora")
+LORA_RECIPES = ("lora", "lcm_lora")  # the adapters that load as a LoRANetwork: what a prompt's <lora:name:w> may name
 
 
 class WeightsError(ValueError):

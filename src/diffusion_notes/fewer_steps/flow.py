@@ -111,8 +111,9 @@ def flow_euler_step(x: torch.Tensor, v: torch.Tensor, sigma: float, sigma_next: 
 def uniform_flow_sigmas(n: int, shift: float = 1.0) -> torch.Tensor:
     """n + 1 levels 1, 1 - 1/n, ..., 1/n, 0, each shifted (`shift_sigma`): every one of the n steps moves.
 
-    diffusers' grid (`flow_sigmas`) puts its n-th level at the smallest training level, 1/T, so its
-    last step only goes from 1/T to 0: n steps do the work of n - 1, and 2 steps that of 1.
+    diffusers' grid (`flow_sigmas`) puts its n-th level at its smallest training level (1/T without a
+    shift), so its last step only goes from there to 0: n steps do the work of about n - 1, and 2
+    steps that of 1.
     """
     if isinstance(n, bool) or not isinstance(n, int) or n < 1:
         raise ValueError(f"the number of steps must be a positive int, got {n!r}")

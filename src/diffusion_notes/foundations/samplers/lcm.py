@@ -12,6 +12,11 @@ back to the next, lower grid point and asking again (Song et al. 2023, Algorithm
 The grid is LCM's own: the distillation only ever saw the `original_steps` = 50 timesteps
 19, 39, ..., 999 of the DDIM skip k = T // 50, and n steps take n evenly spaced indices of them,
 from the top (999, 759, 499, 259 for n = 4), as diffusers' `LCMScheduler.set_timesteps` does.
+
+The Stable Diffusion web UI's "LCM" (`lcm_webui`) runs the same update on another grid: n times
+spaced evenly from 999 down to 19 (999, 672.3, 345.7, 19 for n = 4), each noise level read off the
+50 distillation levels by interpolating log sigma, and the model called at the nearest of the 50
+timesteps (999, 679, 339, 19). Its last call is at t = 19, where diffusers' is at 259 for n = 4.
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ from diffusion_notes.foundations.grids import Grid
 from diffusion_notes.foundations.samplers.base import Sampler, register
 from diffusion_notes.foundations.samplers.common import StepOutput, check_inputs, fresh_noise, x0_from_eps
 from diffusion_notes.foundations.schedules import Schedule, expand_like
+from diffusion_notes.foundations.sigmas import vp_scale
 
 ORIGINAL_STEPS = 50  # the DDIM grid the consistency model was distilled on (LCM's `original_inference_steps`)
 TIMESTEP_SCALING = 10.0  # LCM's: t is scaled by 10 before the boundary scalings
@@ -125,6 +131,64 @@ SAMPLER = register(Sampler(
     diffusers_class="LCMScheduler",
     draws_noise=lambda grid, **options: [True] * (len(grid.timesteps) - 1) + [False],
     diffusers_config={"clip_sample": False},
+    step=lcm_step,  # no web-UI name: the web UI's "LCM" is `lcm_webui`, on another grid
+))
+
+
+# --- the Stable Diffusion web UI's "LCM": the same update on k-diffusion's kind of grid ---------------------
+
+
+def lcm_webui_sigmas(schedule: Schedule, original_steps: int = ORIGINAL_STEPS) -> torch.Tensor:
+    """sigma at the distillation's timesteps, (original_steps,) float32 ascending, as the web UI's LCM holds them."""
+    origin = torch.from_numpy(lcm_origin_timesteps(schedule.num_train_timesteps, original_steps))  # (50,)
+    alpha_bar = schedule.alphas_cumprod.to(torch.float32)[origin]  # (50,)
+    return ((1 - alpha_bar) / alpha_bar).sqrt()
+
+
+def make_lcm_webui_grid(n: int, schedule: Schedule, *, original_steps: int = ORIGINAL_STEPS, **options) -> Grid:
+    r"""The web UI's LCM grid: n times evenly spaced from the top distillation timestep to the lowest.
+
+    With k = T // original_steps, the times t_i run from T - 1 down to k - 1 (999 to 19), each read
+    as a fractional index u_i = (t_i - (k - 1)) / k into the distillation's 50 noise levels, and
+
+    $$\log\sigma_i = (1 - w)\log\sigma_{\lfloor u_i\rfloor} + w\log\sigma_{\lceil u_i\rceil},\quad
+      w = u_i - \lfloor u_i\rfloor$$
+
+    then a final 0. The model is called at the distillation timestep whose log sigma is nearest,
+    k j + k - 1. In float32, as the web UI's `LCMCompVisDenoiser.get_sigmas` and k-diffusion's
+    `DiscreteSchedule.t_to_sigma` compute it. Any n >= 1 works; past 50 the timesteps repeat.
+    """
+    k = schedule.num_train_timesteps // original_steps
+    log_sigmas = lcm_webui_sigmas(schedule, original_steps).log()  # (50,) ascending
+    t = torch.linspace(float(original_steps * k - 1), float(k - 1), n)  # (n,) float32, from the top
+    u = ((t - (k - 1)) / k).clamp(0, original_steps - 1)  # (n,) fractional index
+    w = u.frac()
+    log_sigma = (1 - w) * log_sigmas[u.floor().long()] + w * log_sigmas[u.ceil().long()]  # (n,)
+    nearest = (log_sigma[None, :] - log_sigmas[:, None]).abs().argmin(dim=0)  # (n,) index of the nearest level
+    sigmas = torch.cat([log_sigma.exp().double(), torch.zeros(1, dtype=torch.float64)])  # (n + 1,)
+    return Grid(nearest * k + (k - 1), sigmas)
+
+
+def lcm_webui_coefficients(grid: Grid, schedule: Schedule, **options) -> LCMCoefficients:
+    """Each grid point's `LCMCoefficients` in the DDPM scale, (n,) float64 each, on the grid's own noise levels.
+
+    The web UI carries x_sigma = x_t / sqrt(alpha_bar) and adds c_skip x_sigma; in the DDPM scale that
+    is c_skip / sqrt(alpha_bar) times x_t. sqrt(alpha_bar) = 1 / sqrt(1 + sigma^2), at sigma = 0 one.
+    """
+    sigma, sigma_prev = grid.sigmas[:-1], grid.sigmas[1:]  # (n,) each
+    scale, scale_prev = vp_scale(sigma), vp_scale(sigma_prev)
+    c_skip, c_out = lcm_boundary(grid.timesteps)
+    return LCMCoefficients(scale, sigma * scale, c_skip / scale, c_out, scale_prev, sigma_prev * scale_prev)
+
+
+WEBUI = register(Sampler(
+    name="lcm_webui",
+    make_grid=make_lcm_webui_grid,
+    coefficients=lcm_webui_coefficients,
+    update=lcm_update,
+    default_spacing="linspace",  # unused: the grid is its own
+    diffusers_class="LCMScheduler",  # the nearest: the same update, on diffusers' own grid
+    draws_noise=lambda grid, **options: [True] * (len(grid.timesteps) - 1) + [False],
+    init_noise_scale=lambda grid, spacing: float(grid.sigmas[0] * vp_scale(grid.sigmas[0])),  # x = sigma_max z
     webui_names={"LCM": False},
-    step=lcm_step,
 ))

@@ -30,16 +30,26 @@ def beta_config(schedule: Schedule) -> dict:
     return config
 
 
+# Our samplers that no diffusers scheduler equals, and why: the web UI's LCM runs on k-diffusion's kind of grid.
+NO_DIFFUSERS_EQUAL = {"lcm_webui": "the web UI's LCM visits times spaced evenly from 999 to 19 at interpolated "
+                                   "noise levels; diffusers' LCMScheduler (our 'lcm') takes n of 999, 979, ..., 19"}
+
+
 def diffusers_scheduler(sampler: str, schedule: Schedule, use_karras_sigmas: bool | None = None, **options):
     """The diffusers scheduler that steps as our `sampler` does with our pipeline's defaults.
 
     Defaults follow ours: each sampler's `diffusers_config` (e.g. no clipping of x0_hat and
     set_alpha_to_one for DDIM), steps_offset 0, each scheduler's own timestep spacing.
-    `options` (e.g. timestep_spacing="trailing") go to the scheduler, over those defaults.
+    `options` (e.g. timestep_spacing="trailing") go to the scheduler, over those defaults. "lcm" is
+    `LCMScheduler` (its timestep_spacing and steps_offset are read by nobody); the web UI's "LCM"
+    (`lcm_webui`) has no equal there (`NO_DIFFUSERS_EQUAL`): a ValueError.
     """
     import diffusers
 
     name, karras = resolve_sampler(sampler, use_karras_sigmas)
+    if name in NO_DIFFUSERS_EQUAL:
+        raise ValueError(f"sampler {sampler!r} ({name}) has no diffusers scheduler that steps as it does: "
+                         f"{NO_DIFFUSERS_EQUAL[name]}")
     cls = getattr(diffusers, SAMPLERS[name].diffusers_class)
     config = {**beta_config(schedule), "prediction_type": "epsilon", **SAMPLERS[name].diffusers_config, **options}
     if karras:

@@ -11,7 +11,8 @@ On disk the layer is named by its path in diffusers' UNet2DConditionModel
   (alpha / r) B A; a file without alpha means alpha = r.
 * **diffusers** (peft's names): ``unet.<path>.lora_A.weight`` = A, ``unet.<path>.lora_B.weight`` = B.
   No alpha is stored with the tensors; peft's LoraConfig says lora_alpha, kept here in the
-  file's metadata ("lora_adapter_metadata", as diffusers writes it). Converting from kohya
+  file's metadata ("lora_adapter_metadata", as diffusers writes it: JSON keyed per component,
+  "unet.r", "unet.lora_alpha", "unet.target_modules"; `load_lora_weights` builds its LoraConfig from it). Converting from kohya
   folds alpha / r into B and writes lora_alpha = r, so any reader that assumes scale 1 agrees.
 
 The three alpha conventions, side by side (r the rank, w the prompt's weight):
@@ -215,7 +216,7 @@ def save_lora(network: LoRANetwork, unet, path, format: str = "kohya") -> Path:
         meta.setdefault("ss_network_dim", str(network.rank))
     elif format == "diffusers":
         tensors, config = to_diffusers(network, unet)
-        meta["lora_adapter_metadata"] = json.dumps(config)
+        meta["lora_adapter_metadata"] = json.dumps({DIFFUSERS_PREFIX + k: v for k, v in config.items()})
     else:
         raise ValueError(f"format must be 'kohya' or 'diffusers', got {format!r}")
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -234,7 +235,8 @@ def read_lora(path, unet) -> LoRANetwork:
     if not tensors:
         raise LoRAFileError(f"{path} holds no tensors")
     if any(k.startswith(DIFFUSERS_PREFIX) for k in tensors):
-        config = json.loads(meta.pop("lora_adapter_metadata", "{}"))
+        config = json.loads(meta.pop("lora_adapter_metadata", "{}"))  # per component: "unet.lora_alpha", ...
+        config = {k.removeprefix(DIFFUSERS_PREFIX): v for k, v in config.items()}
         return from_diffusers(tensors, unet, config, meta)
     return from_kohya(tensors, unet, meta)
 

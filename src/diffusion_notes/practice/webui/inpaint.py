@@ -32,6 +32,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageFilter, ImageOps
 
+from diffusion_notes.foundations.samplers.base import get
 from diffusion_notes.foundations.sigmas import sigma_at
 from diffusion_notes.practice.webui.seeds import ImageRNG
 from diffusion_notes.stable_diffusion.denoise import denoise
@@ -249,7 +250,9 @@ class MaskBlend:
     After the call (k-diffusion's samplers): x0-hat is blended with the clean latent z0, and the
     eps that gives it is returned (`blended_eps`). Before it (`before=True`, the web UI's DDIM, PLMS
     and UniPC): the model sees blend(x, z0, m) and its eps is returned as it is.
-    Each call's sigma is the grid's at the timestep t it is called with.
+    Each call's sigma is the grid's at the timestep t it is called with. A consistency sampler (LCM)
+    returns c_skip x + c_out x0-hat (its coefficients hold c_skip and c_out), and the web UI blends
+    that: z0 is then read as the x0-hat that gives it, (z0 - c_skip x) / c_out, so the sampler sees z0.
     """
 
     def __init__(self, model, z0: torch.Tensor, m: torch.Tensor, plan, before: bool = False):
@@ -261,12 +264,20 @@ class MaskBlend:
             sigmas = sigma_at(grid.timesteps, plan.schedule)
         as_called = grid.timesteps.to(torch.float32 if grid.timesteps.is_floating_point() else torch.long)
         self.sigma = dict(zip(as_called.tolist(), sigmas.tolist()))  # t as the loop passes it -> sigma
+        c = get(plan.sampler).coefficients(grid, plan.schedule)
+        self.boundary = None  # t -> (c_skip, c_out) of a consistency sampler (`samplers.lcm`), in the DDPM scale
+        if hasattr(c, "c_skip"):
+            self.boundary = dict(zip(as_called.tolist(), zip(c.c_skip.tolist(), c.c_out.tolist())))
 
     def __call__(self, x: torch.Tensor, t: torch.Tensor, step: int | None = None) -> torch.Tensor:
         inner = (lambda x_in: self.model(x_in, t, step=step)) if self.takes_step else (lambda x_in: self.model(x_in, t))
         if self.before:
             return inner(blend(x, self.z0, self.m))
-        return blended_eps(x, inner(x), self.z0, self.m, self.sigma[t[0].item()])
+        sigma, z0 = self.sigma[t[0].item()], self.z0
+        if self.boundary is not None:
+            c_skip, c_out = self.boundary[t[0].item()]
+            z0 = (z0 - c_skip * x) / c_out  # (B, C, h, w)
+        return blended_eps(x, inner(x), z0, self.m, sigma)
 
 
 def denoise_masked(model, plan, first: torch.Tensor, z0: torch.Tensor, job: Inpainting, settings, seeds,

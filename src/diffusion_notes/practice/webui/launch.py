@@ -27,8 +27,9 @@ from diffusion_notes.stable_diffusion.pipeline import LatentDiffusionPipeline
 
 
 def lora_library(unet, folder=None, weights_dir=None) -> LoRALibrary:
-    """What `<lora:name:w>` may name: every shipped LoRA by name, and the .safetensors files in `folder`."""
-    names = pretrained.shipped_adapters("lora", weights_dir)
+    """What `<lora:name:w>` may name: every shipped LoRA by name (the LCM-LoRA "lcm" too), and the
+    .safetensors files in `folder`."""
+    names = [name for kind in pretrained.LORA_RECIPES for name in pretrained.shipped_adapters(kind, weights_dir)]
     return LoRALibrary(unet, {name: pretrained.load(name, "cpu", weights_dir) for name in names}, folder)
 
 

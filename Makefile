@@ -91,9 +91,14 @@ state:
 	@mkdir -p $(JUPYTER_DATA_DIR) $(JUPYTER_CONFIG_DIR) $(JUPYTER_RUNTIME_DIR) $(IPYTHONDIR) $(MPLCONFIGDIR)
 
 # Execute every chapter and render HTML into _build/html, then the Chinese edition into _build/html/zh.
+# The in-page model's service worker sits at each edition's root, where it covers every page (a static
+# host such as Pages gets the cross-origin isolation headers from it; make serve sends them itself).
+COPY_SW = for d in _build/html _build/html/zh; do cp $(WEB)/stable_diffusion/dn_coi_sw.js $$d/; done
+
 book: setup state web
 	$(JB) build . --builder html
 	$(MAKE) --no-print-directory book-zh
+	$(COPY_SW)
 
 # Two configs written from _config.yml: the stored outputs as they are (nbval checks them against a
 # fresh run), and the same in Chinese (language zh_CN: Sphinx reads locales/zh_CN/LC_MESSAGES).
@@ -168,6 +173,7 @@ nbval: setup state
 build-strict: setup state web configs
 	$(JB) build . --builder html --all -W -n --keep-going --config $(STORED_CONFIG)
 	$(MAKE) --no-print-directory book-zh ZH_ARGS="--all -W -n --keep-going"
+	$(COPY_SW)
 
 browser: setup
 	$(PY) -m pytest tests/browser -q -rs
@@ -182,11 +188,12 @@ check-home:
 	if [ -n "$$found" ]; then echo "written under ~ during the tests: $$found"; exit 1; \
 	else echo "== nothing of Jupyter, IPython or matplotlib was written under ~"; fi
 
-# The built site on localhost (the in-page model needs http://, not file://).
+# The built site on localhost (the in-page model needs http://, not file://), with the cross-origin
+# isolation headers that let it run on several threads (stable_diffusion/serve.py: no package import).
 PORT ?= 8000
 serve:
 	@test -f _build/html/index.html || { echo "no _build/html: run make book first"; exit 1; }
-	$(PYTHON) -m http.server $(PORT) --bind 127.0.0.1 --directory _build/html
+	$(PYTHON) src/diffusion_notes/stable_diffusion/serve.py $(PORT) --directory _build/html
 
 # JupyterLab with no requests outside this machine: jupyter_config/ (put on JUPYTER_CONFIG_PATH)
 # disables the news prompt and update check (the announcements plugin) and turns the server's

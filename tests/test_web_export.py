@@ -6,6 +6,7 @@ against open_clip's tokenizer on the caption generator's captions, the sampling 
 torch's generator, and the command's errors. The page itself runs in tests/browser/test_page_model.py.
 """
 
+import dataclasses
 import json
 import math
 import re
@@ -31,7 +32,7 @@ from web_noise import TorchCPUGenerator
 pytestmark = pytest.mark.skipif("ldm_unet" not in pretrained.available(),
                                 reason="the ldm_unet weights are not shipped in this checkout")
 FILES = {"text_encoder.onnx", "unet.onnx", "vae_decoder.onnx", "vocab.json", "config.json", "sd_page.js",
-         "index.html"}
+         "dn_coi_sw.js", "index.html"}
 
 
 @pytest.fixture(scope="module")
@@ -54,11 +55,112 @@ def _session(path):
     return onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 
+@pytest.fixture(scope="module")
+def student():
+    """The LCM student; until it is shipped, the base UNet stands in (a UNet of the same config)."""
+    return pretrained.load("lcm_unet" if "lcm_unet" in pretrained.available() else "ldm_unet", device="cpu")
+
+
+@pytest.fixture(scope="module")
+def exported_lcm(pipe, student, tmp_path_factory):
+    """The folder written with the LCM student too."""
+    out = tmp_path_factory.mktemp("web_lcm") / "stable_diffusion"
+    web_export.export_onnx(pipe, out, lcm_unet=student)
+    return out
+
+
 def test_the_folder_holds_the_three_graphs_the_table_the_config_and_the_page(exported):
-    assert {p.name for p in exported.iterdir()} == FILES
-    assert (exported / "sd_page.js").read_bytes() == (web_export.WEB_DIR / "sd_page.js").read_bytes()
+    assert {p.name for p in exported.iterdir()} - {"lcm_unet.onnx"} == FILES  # the student's where it is given
+    for name in web_export.PAGE_FILES:
+        assert (exported / name).read_bytes() == (web_export.WEB_DIR / name).read_bytes()
     index = (exported / "index.html").read_text()
     assert 'data-model="./"' in index and 'src="../ort/ort.wasm.min.js"' in index and 'src="./sd_page.js"' in index
+    assert 'data-coi=""' in index  # no service worker: one in this folder could not serve ../ort/
+
+
+def test_without_a_student_the_page_offers_the_base_model_only(pipe, tmp_path):
+    sizes = web_export.export_onnx(pipe, tmp_path)
+    config = json.loads((tmp_path / "config.json").read_text())
+    assert "lcm" not in config and config["unets"] == {} and "lcm" not in config["sampling"]["tables"]
+    assert set(sizes) == FILES and "lcm_unet" not in config["files"]
+
+
+def test_every_graphs_batch_axis_is_named_for_the_pages_overrides(exported):
+    """The page fixes the batch at session creation (freeDimensionOverrides) by the axis's name."""
+    onnx = pytest.importorskip("onnx")
+    assert json.loads((exported / "config.json").read_text())["batch_axis"] == web_export.BATCH_AXIS
+    for name in ("text_encoder", "unet", "vae_decoder"):
+        graph = onnx.load(str(exported / f"{name}.onnx"), load_external_data=False).graph
+        for value in (*graph.input, *graph.output):
+            assert value.type.tensor_type.shape.dim[0].dim_param == web_export.BATCH_AXIS, (name, value.name)
+        for value in graph.input:  # every other input axis is fixed already
+            assert all(d.dim_value > 0 for d in value.type.tensor_type.shape.dim[1:]), (name, value.name)
+
+
+def _optimised_nodes(path: Path, tmp_path: Path, B=None) -> list[str]:
+    onnxruntime = pytest.importorskip("onnxruntime")
+    onnx = pytest.importorskip("onnx")
+    options = onnxruntime.SessionOptions()
+    options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_ENABLE_EXTENDED  # portable fusions
+    options.optimized_model_filepath = str(tmp_path / "optimised.onnx")
+    if B is not None:
+        options.add_free_dimension_override_by_name(web_export.BATCH_AXIS, B)
+    onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    return [node.op_type for node in onnx.load(str(tmp_path / "optimised.onnx")).graph.node]
+
+
+@pytest.mark.parametrize("B", [1, 2])
+def test_with_the_batch_fixed_onnxruntime_folds_every_shape_computation(exported, tmp_path, B):
+    """What the page's session options buy: no Shape node is left to run in the UNet on each call."""
+    assert "Shape" in _optimised_nodes(exported / "unet.onnx", tmp_path)  # dynamic: shapes computed per call
+    fixed = _optimised_nodes(exported / "unet.onnx", tmp_path, B)
+    assert "Shape" not in fixed and "Gather" not in fixed, sorted(set(fixed))
+
+
+def test_the_lcm_student_is_exported_like_the_base_unet(pipe, student, exported_lcm):
+    assert {p.name for p in exported_lcm.iterdir()} == FILES | {"lcm_unet.onnx"}
+    diffs = web_export.check_onnx(pipe, exported_lcm, lcm_unet=student)
+    assert set(diffs) == {"text_encoder", "unet", "vae_decoder", "lcm_unet"}
+    assert diffs["lcm_unet"] < web_export.TOLERANCE, diffs
+
+
+@torch.no_grad()
+@pytest.mark.parametrize("B", [1, 2])
+def test_the_lcm_students_graph_is_the_student(pipe, student, exported_lcm, B):
+    g = torch.Generator().manual_seed(B)
+    states = pipe.clip.encode_text(tokenize(["a red circle", ""][:B], allow_empty=True)).token_states
+    x, t = torch.randn(B, 4, 8, 8, generator=g), torch.tensor([999.0, 259.0][:B])  # LCM's grid points
+    eps = _session(exported_lcm / "lcm_unet.onnx").run(None, {"x": x.numpy(), "t": t.numpy(),
+                                                              "context": states.numpy()})[0]
+    assert np.abs(eps - student(x, t, states).numpy()).max() < 1e-4
+
+
+def test_the_config_holds_the_students_choice_and_lcms_tables(pipe, exported_lcm):
+    config = json.loads((exported_lcm / "config.json").read_text())
+    assert config["lcm"] == web_export.LCM and config["lcm"]["label"] == "LCM, 4 steps"
+    assert config["lcm"]["steps"] in web_export.LCM_STEPS and config["lcm"]["guidance"] == 1.0
+    assert config["unets"] == {"lcm": "lcm_unet"} and config["files"]["lcm_unet"] == "lcm_unet.onnx"
+    assert config["samplers"] == web_export.WEB_SAMPLERS  # the base model's menu is unchanged
+    sampling = config["sampling"]
+    assert sampling["fields"]["lcm"] == ["sqrt_alpha_bar", "sqrt_one_minus_alpha_bar", "c_skip", "c_out",
+                                         "sqrt_alpha_bar_prev", "sqrt_one_minus_alpha_bar_prev"]
+    assert set(sampling["tables"]["lcm"]) == {str(n) for n in web_export.LCM_STEPS}
+    for n in web_export.LCM_STEPS:
+        grid = make_grid("lcm", n, pipe.schedule)
+        step = prepare_step("lcm", grid, pipe.schedule, dtype=torch.float32)
+        table = sampling["tables"]["lcm"][str(n)]
+        assert table["timesteps"] == grid.timesteps.tolist() and table["sigmas"] is None
+        assert table["coefficients"] == [_json_row(c) for c in step.coefficients]
+        assert table["draws_noise"] == [True] * (n - 1) + [False] and table["init_noise_scale"] == 1.0
+    assert sampling["tables"]["lcm"]["4"]["timesteps"] == [999, 759, 499, 259]  # LCMScheduler's, n = 4
+
+
+def test_a_student_of_another_config_is_refused(pipe, tmp_path):
+    other = pretrained.load("ldm_unet", device="cpu")
+    other.config = dataclasses.replace(other.config, heads=other.config.heads * 2)
+    with pytest.raises(ValueError, match="lcm_unet must have the base UNet's config"):
+        web_export.export_onnx(pipe, tmp_path / "x", lcm_unet=other)
+    assert not (tmp_path / "x" / "unet.onnx").exists()
 
 
 def test_onnx_matches_torch_within_1e_4(pipe, exported):
@@ -128,7 +230,7 @@ def test_the_page_computes_no_grid_and_reads_coefficients_by_their_names(pipe):
     assert "config.sampling" in js
     for name in web_export.WEB_SAMPLERS:  # the sampler menu and its check read the names config.json holds
         assert f'"{name}"' not in js, f"sd_page.js names the sampler {name!r} itself"
-    fields = {name for sampler in web_export.WEB_SAMPLERS.values()
+    fields = {name for sampler in [*web_export.WEB_SAMPLERS.values(), web_export.LCM["sampler"]]
               for name in web_export.sampling_fields(sampler, pipe.schedule)}
     read = set(re.findall(r"\bc\.(\w+)", js))  # the updates' coefficient rows are `c`
     assert read and read <= fields, read - fields
@@ -181,7 +283,8 @@ def test_the_noise_twin_refuses_what_torch_draws_another_way():
 
 def test_panel_html_loads_only_files_of_the_site():
     html = web_export.page_panel_html("../_static/")
-    assert '<div class="dn-sd-panel" data-model="../_static/stable_diffusion/" data-ort="../_static/ort/">' in html
+    assert ('<div class="dn-sd-panel" data-model="../_static/stable_diffusion/" data-ort="../_static/ort/" '
+            'data-coi="../_static/../dn_coi_sw.js">') in html  # the service worker: at the site's root
     assert '<script src="../_static/ort/ort.wasm.min.js"></script>' in html
     assert '<script src="../_static/stable_diffusion/sd_page.js"></script>' in html
     assert "served over" in html and "http://" not in html and "https://" not in html

@@ -225,12 +225,13 @@ def _export_stable_diffusion_onnx(args) -> int:
     from diffusion_notes.stable_diffusion import web_export
 
     pipe = pretrained.load("stable_diffusion", device="cpu")
-    sizes = web_export.export_onnx(pipe, args.out)
+    student = pretrained.load("lcm_unet", device="cpu") if "lcm_unet" in pretrained.available() else None
+    sizes = web_export.export_onnx(pipe, args.out, lcm_unet=student)  # the LCM student: the page's "LCM, 4 steps"
     print(f"wrote {args.out}: " + ", ".join(f"{name} ({size / 1e6:.2f} MB)" for name, size in sizes.items()))
     if args.no_check:
         return 0
     try:
-        diffs = web_export.check_onnx(pipe, args.out)
+        diffs = web_export.check_onnx(pipe, args.out, lcm_unet=student)
     except ImportError:
         print("onnxruntime is not installed: the ONNX files were not checked against torch")
         return 0

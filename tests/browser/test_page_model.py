@@ -1,12 +1,15 @@
 """The exported Stable Diffusion runs in headless Chromium and draws the Python pipeline's picture.
 
-The folder `export stable_diffusion --format onnx` writes, with onnxruntime-web from `_vendor/ort`
-beside it (as the site's _static/ holds them), is served on 127.0.0.1; every other request is
-aborted. For one setting per sampler (guidance > 1) the page's image must be the Python
-pipeline's, with the same seed, within 2/255 per pixel; the page's noise must be torch's, the
-tables it steps through `make_grid`'s and `prepare_step`'s, its Steps menu the exported step
-counts, and an unknown word must be named. If the built book's Chapter 13 holds the panel, one
-setting runs through that page too.
+The folder `export stable_diffusion --format onnx` writes (with the LCM student; until it is shipped
+the base UNet stands in), with onnxruntime-web from `_vendor/ort` beside it (as the site's _static/
+holds them), is served on 127.0.0.1; every other request is aborted. For one setting per sampler
+(guidance > 1) the page's image must be the Python pipeline's, with the same seed, within 2/255 per
+pixel, and so must "LCM, 4 steps" be the student's `pipe(..., sampler="lcm", num_inference_steps=4,
+guidance_scale=1)`; the page's noise must be torch's, the tables it steps through `make_grid`'s and
+`prepare_step`'s, its Steps menu the exported step counts, and an unknown word must be named. Served
+plainly the page runs on one thread; served by `serve.py` (make serve), or brought under its service
+worker, it is cross-origin isolated and runs on several, drawing the same picture. If the built
+book's Chapter 13 holds the panel, one setting runs through that page too.
 """
 
 import functools
@@ -25,7 +28,9 @@ import torch
 from diffusion_notes import pretrained
 from diffusion_notes.foundations.grids import make_grid
 from diffusion_notes.foundations.samplers import prepare_step
+from diffusion_notes.stable_diffusion import serve as isolated
 from diffusion_notes.stable_diffusion import web_export
+from diffusion_notes.stable_diffusion.pipeline import LatentDiffusionPipeline
 from diffusion_notes.stable_diffusion.web_vocab import unknown_word_message, vocab_table
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -96,17 +101,43 @@ def open_offline(browser, url: str):
 
 
 @pytest.fixture(scope="module")
-def site(pipe, tmp_path_factory):
-    """stable_diffusion/ (exported) and ort/ (onnxruntime-web) side by side, served; yields the base URL."""
+def student():
+    """The LCM student; until it is shipped, the base UNet stands in (a UNet of the same config)."""
+    return pretrained.load("lcm_unet" if "lcm_unet" in pretrained.available() else "ldm_unet", device="cpu")
+
+
+@pytest.fixture(scope="module")
+def lcm_pipe(pipe, student):
+    """The Python pipeline with the student's UNet: what "LCM, 4 steps" must draw."""
+    return LatentDiffusionPipeline(student, pipe.vae, pipe.clip, pipe.scale_factor)
+
+
+@pytest.fixture(scope="module")
+def site_root(pipe, student, tmp_path_factory):
+    """stable_diffusion/ (exported, with the student) and ort/ (onnxruntime-web) side by side."""
     missing = [name for name in ORT_FILES if not (ORT / name).exists()]
     if missing:
         pytest.skip(f"onnxruntime-web is not in {ORT} ({', '.join(missing)}): run `make vendor`")
     root = tmp_path_factory.mktemp("site")
-    web_export.export_onnx(pipe, root / "stable_diffusion")
+    web_export.export_onnx(pipe, root / "stable_diffusion", lcm_unet=student)
     (root / "ort").mkdir()
     for name in ORT_FILES:
         shutil.copyfile(ORT / name, root / "ort" / name)
-    url, stop = serve(root)
+    return root
+
+
+@pytest.fixture(scope="module")
+def site(site_root):
+    """The folder served plainly (no isolation headers, as a static host serves it); yields the base URL."""
+    url, stop = serve(site_root)
+    yield url
+    stop()
+
+
+@pytest.fixture(scope="module")
+def isolated_site(site_root):
+    """The same folder served by serve.py, `make serve`'s server, with the isolation headers."""
+    url, stop = isolated.serve(site_root)
     yield url
     stop()
 
@@ -185,7 +216,9 @@ def test_without_guidance_the_unet_runs_on_the_caption_alone(pipe, page):
     (dict(steps=0), "steps must be one of 5, 10, 15, 25, 50 (the step counts this page has grids for), got 0"),
     (dict(steps=12), "steps must be one of 5, 10, 15, 25, 50 (the step counts this page has grids for), got 12"),
     (dict(guidance=-1), "guidance scale must be a number >= 0, got -1"),
-    (dict(sampler="Heun"), "sampler must be one of DDIM, Euler a, DPM++ 2M, got Heun"),
+    (dict(sampler="Heun"), "sampler must be one of DDIM, Euler a, DPM++ 2M, lcm, got Heun"),
+    (dict(sampler="lcm", steps=25),
+     "steps must be one of 1, 2, 4, 8 (the step counts this page has grids for), got 25"),
     (dict(seed=1.5), "seed must be an integer in [0, 2^32 - 1], got 1.5"),
 ])
 def test_bad_settings_are_refused_with_a_message(page, bad, words):
@@ -277,3 +310,142 @@ def test_the_chapter_page_runs_the_model(pipe, browser, edition):
         stop()
     assert outside == [], outside
     assert diff <= MAX_PIXEL_DIFF
+
+
+# ---- LCM, 4 steps: the student, on demand ---------------------------------------------------------------
+
+LCM_SETTINGS = [dict(prompt="a small red circle on the left", seed=0),
+                dict(prompt="a large blue square in the top right", seed=7)]
+
+
+def lcm_python_pixels(lcm_pipe, o: dict) -> np.ndarray:
+    """The student's picture: pipe(..., sampler="lcm", num_inference_steps=4, guidance_scale=1)."""
+    images = lcm_pipe(o["prompt"], sampler="lcm", num_inference_steps=4, guidance_scale=1,
+                      generator=torch.Generator().manual_seed(o["seed"])).images
+    return (images[0].permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
+
+
+@pytest.mark.parametrize("o", LCM_SETTINGS, ids=["seed0", "seed7"])
+def test_lcm_4_steps_draws_the_students_python_picture(lcm_pipe, page, o):
+    ours, ms = browser_pixels(page, {**o, "sampler": "lcm", "steps": 4, "guidance": 1.0})
+    ref = lcm_python_pixels(lcm_pipe, o)
+    diff = np.abs(ours.astype(int) - ref.astype(int)).max()
+    print(f"LCM, 4 steps: max pixel difference {diff}/255, {ms:.0f} ms in Chromium")
+    assert diff <= MAX_PIXEL_DIFF, f"LCM, 4 steps: the page's picture differs by {diff}/255"
+    assert ref.std() > 5
+
+
+def test_the_panels_lcm_choice_loads_the_student_when_picked_and_shows_both_times(browser, site, lcm_pipe, pipe):
+    page, outside, errors = open_offline(browser, site + "stable_diffusion/index.html")
+    asked = []
+    page.on("request", lambda r: asked.append(r.url.rsplit("/", 1)[-1]))
+    page.wait_for_selector(".dn-sd-generate", timeout=TIMEOUT_MS)
+    assert page.eval_on_selector_all(".dn-sd-model option", "o => o.map(x => x.value)") == \
+        ["Stable Diffusion", "LCM, 4 steps"]
+    base = {**SETTINGS[0], "steps": 5}
+    _click_and_read_canvas(page, base)
+    assert "unet.onnx" in asked and "lcm_unet.onnx" not in asked  # the student is not fetched with the page
+    o = LCM_SETTINGS[1]
+    page.select_option(".dn-sd-model", "LCM, 4 steps")
+    assert page.is_disabled(".dn-sd-sampler") and page.is_disabled(".dn-sd-steps")
+    page.fill(".dn-sd-prompt", o["prompt"])
+    page.fill(".dn-sd-seed", str(o["seed"]))
+    page.evaluate("() => { delete document.querySelector('.dn-sd-status').dataset.ms; }")
+    page.click(".dn-sd-generate")
+    page.wait_for_selector(".dn-sd-status[data-ms]", timeout=TIMEOUT_MS)
+    rgba = page.evaluate("() => Array.from(document.querySelector('.dn-sd-canvas').getContext('2d')"
+                         ".getImageData(0, 0, 32, 32).data)")
+    drawn = np.array(rgba, dtype=np.uint8).reshape(32, 32, 4)[..., :3]
+    times = page.text_content(".dn-sd-times")
+    page.context.close()
+    assert "lcm_unet.onnx" in asked
+    assert np.abs(drawn.astype(int) - lcm_python_pixels(lcm_pipe, o).astype(int)).max() <= MAX_PIXEL_DIFF
+    assert times.startswith("Time per image in this browser: Stable Diffusion, DDIM, 5 steps: ")
+    assert "; LCM, 4 steps: " in times and times.endswith(" ms")
+    assert outside == [] and errors == []
+
+
+# ---- threads: several only where the page is cross-origin isolated ------------------------------------------
+
+def test_the_serve_script_sends_the_isolation_headers(isolated_site):
+    import urllib.request
+
+    for path, kind in [("stable_diffusion/index.html", "text/html"), ("ort/ort-wasm-simd-threaded.wasm",
+                                                                      "application/wasm")]:
+        with urllib.request.urlopen(isolated_site + path) as response:
+            assert response.headers["Cross-Origin-Opener-Policy"] == "same-origin"
+            assert response.headers["Cross-Origin-Embedder-Policy"] == "require-corp"
+            assert response.headers["Content-Type"].startswith(kind)
+
+
+def test_make_serve_runs_the_serve_script():
+    recipe = (ROOT / "Makefile").read_text().split("\nserve:", 1)[1].split("\n\n", 1)[0]
+    assert "src/diffusion_notes/stable_diffusion/serve.py" in recipe and "http.server" not in recipe
+
+
+def test_without_isolation_the_page_runs_on_one_thread(page):
+    assert page.evaluate("() => [crossOriginIsolated, diffusionNotesSD.threads()]") == [False, 1]
+    r = page.evaluate("o => diffusionNotesSD.generate(o).then(r => r.threads)", {**SETTINGS[0], "steps": 5})
+    assert r == 1
+
+
+def test_under_isolation_the_page_runs_on_two_threads_and_draws_the_same_picture(browser, isolated_site, pipe):
+    page, outside, errors = open_offline(browser, isolated_site + "stable_diffusion/index.html?threads=2")
+    page.wait_for_selector(".dn-sd-generate", timeout=TIMEOUT_MS)
+    isolated_, threads = page.evaluate("() => [crossOriginIsolated, diffusionNotesSD.threads()]")
+    o = SETTINGS[2]
+    r = page.evaluate("o => diffusionNotesSD.generate(o).then(r => ({pixels: Array.from(r.pixels), "
+                      "threads: r.threads}))", o)
+    page.context.close()
+    assert isolated_ is True and threads == 2 and r["threads"] == 2
+    ours = np.array(r["pixels"], dtype=np.uint8).reshape(32, 32, 3)
+    assert np.abs(ours.astype(int) - python_pixels(pipe, o).astype(int)).max() <= MAX_PIXEL_DIFF
+    assert outside == [] and errors == []
+
+
+@pytest.fixture(scope="module")
+def book_site(site_root, tmp_path_factory):
+    """The book's layout, served plainly: a chapter page in book/ with `page_panel_html()`, the files in
+    _static/, and the service worker at the root (where make book copies it)."""
+    root = tmp_path_factory.mktemp("book")
+    for name in ("stable_diffusion", "ort"):
+        shutil.copytree(site_root / name, root / "_static" / name)
+    shutil.copyfile(site_root / "stable_diffusion" / web_export.SERVICE_WORKER, root / web_export.SERVICE_WORKER)
+    (root / "book").mkdir()
+    (root / "book" / "chapter.html").write_text("<!doctype html>\n<html><head><meta charset='utf-8'></head><body>\n"
+                                                 + web_export.page_panel_html() + "</body></html>\n")
+    url, stop = serve(root)
+    yield url
+    stop()
+
+
+@pytest.mark.parametrize("workers", ["allow", "block"])
+def test_the_service_worker_isolates_a_plainly_served_page_where_it_may(browser, book_site, pipe, workers):
+    """?coi asks for the worker on 127.0.0.1 too (make serve's headers make it unneeded there); blocked, the
+    page stays on one thread and still draws."""
+    context = browser.new_context(service_workers=workers)
+    outside = []  # the context's routes see the worker's requests too
+
+    def route(r):
+        if r.request.url.startswith("http://127.0.0.1:"):
+            r.continue_()
+        else:
+            outside.append(r.request.url)
+            r.abort("internetdisconnected")
+    context.route("**/*", route)
+    page = context.new_page()
+    errors = []
+    page.on("pageerror", lambda err: errors.append(str(err)))
+    page.goto(book_site + "book/chapter.html?coi&threads=2")
+    page.wait_for_selector(".dn-sd-generate", timeout=TIMEOUT_MS)  # built after the one reload, if any
+    state = page.evaluate("() => [crossOriginIsolated, diffusionNotesSD.threads(), "
+                          "Boolean(navigator.serviceWorker && navigator.serviceWorker.controller)]")
+    o = {**SETTINGS[0], "steps": 5}
+    r = page.evaluate("o => diffusionNotesSD.generate(o).then(r => ({pixels: Array.from(r.pixels), "
+                      "threads: r.threads}))", o)
+    context.close()
+    expected = [True, 2, True] if workers == "allow" else [False, 1, False]
+    assert state == expected and r["threads"] == expected[1]
+    ours = np.array(r["pixels"], dtype=np.uint8).reshape(32, 32, 3)
+    assert np.abs(ours.astype(int) - python_pixels(pipe, o).astype(int)).max() <= MAX_PIXEL_DIFF
+    assert outside == [] and errors == []

@@ -2,8 +2,9 @@
  *
  * Written out by `python -m diffusion_notes export stable_diffusion --format onnx --out DIR`
  * (src/diffusion_notes/stable_diffusion/web_export.py) next to text_encoder.onnx, unet.onnx,
- * vae_decoder.onnx, vocab.json and config.json; onnxruntime-web (ort.wasm.min.js) is expected in
- * ../ort/ unless a panel's data-ort says otherwise. Nothing is loaded from outside the site.
+ * vae_decoder.onnx, vocab.json and config.json (and lcm_unet.onnx, the LCM student, where exported);
+ * onnxruntime-web (ort.wasm.min.js) is expected in ../ort/ unless a panel's data-ort says otherwise.
+ * Nothing is loaded from outside the site.
  *
  * It follows the Python pipeline step for step (LatentDiffusionPipeline with the same settings):
  *   tokens    the table of vocab.json (web_vocab.py, its Python twin); "" is the unconditional caption
@@ -13,19 +14,29 @@
  *   tables    config.json's sampling (web_export.sampling_table): for each sampler and step count the
  *             page offers, make_grid's timesteps, prepare_step's coefficients, where noise is drawn
  *             and init_noise_scale, all computed in Python; the page computes none of them
- *   steps     foundations/samplers/{ddim,euler,euler_a,dpmpp_2m}.py: ddim_update, euler_update with sigma_up, dpmpp_2m_update,
- *             each reading its coefficients by name, rounded to float32 as torch multiplies a float32
- *             tensor by a Python float, each tensor operation rounded to float32 as torch computes it
+ *   steps     foundations/samplers/{ddim,euler,euler_a,dpmpp_2m,lcm}.py: ddim_update, euler_update with
+ *             sigma_up, dpmpp_2m_update, lcm_update, each reading its coefficients by name, rounded to
+ *             float32 as torch multiplies a float32 tensor by a Python float, each tensor operation
+ *             rounded to float32 as torch computes it
  *   guidance  foundations/guidance.py: one UNet call on [x, x] with [cond; uncond] states,
  *             eps = eps_uncond + s (eps_cond - eps_uncond); none when s = 1
+ *   LCM       config.lcm: the student's choice ("LCM, 4 steps"); config.unets names the UNet file a
+ *             sampler runs (lcm -> lcm_unet.onnx, loaded when first asked for), its noise the same
+ *             stream (x_T, then the fresh noise after each step but the last)
+ *   speed     each UNet session is opened for one batch size (freeDimensionOverrides on the graphs'
+ *             axis B), so onnxruntime folds the shapes; in a cross-origin isolated page (make serve's
+ *             headers, or the service worker dn_coi_sw.js a panel's data-coi registers on a static
+ *             host) onnxruntime-web runs on min(4, cores) threads (?threads=k asks for k), else on one
  *
  * API (for tests and the benchmark): window.diffusionNotesSD
  *   .load(modelUrl?)                    -> Promise<model>  (cached; default: this script's folder)
- *   .generate({prompt, sampler, steps, guidance, seed, model?})   steps: one of config.sampling.steps
+ *   .generate({prompt, sampler, steps, guidance, seed, model?})   steps: one of the sampler's tables'
+ *                                       (sampler "lcm": the student, steps 1, 2, 4 or 8)
  *                                       -> Promise<{pixels: Uint8ClampedArray (32*32*3 RGB, row
  *                                          major), width, height, ms, latents: Float32Array}>
  *   .tokenize(text, vocab)              -> 77 open_clip ids; throws naming an unknown word
  *   .randn(seed, n)                     -> Float32Array: torch.randn(n, generator=manual_seed(seed))
+ *   .threads()                          -> onnxruntime-web's thread count on this page
  *   .TorchGenerator, .table             the pieces, for tests
  */
 (function () {
@@ -113,10 +124,13 @@
   }
 
   // ---- the sampler's table: config.json's sampling, written by web_export.sampling_table -----
+  function stepCounts(config, sampler) {  // the step counts the page has tables for, for this sampler
+    return Object.keys(config.sampling.tables[sampler]).map(Number).sort((a, b) => a - b);
+  }
   function table(config, sampler, steps) {  // {timesteps, rows, draws_noise, init_noise_scale}
-    const sampling = config.sampling, fields = sampling.fields[sampler];
-    if (!sampling.steps.includes(steps)) {
-      throw new Error(`steps must be one of ${sampling.steps.join(", ")} (the step counts this page has ` +
+    const sampling = config.sampling, fields = sampling.fields[sampler], counts = stepCounts(config, sampler);
+    if (!counts.includes(steps)) {
+      throw new Error(`steps must be one of ${counts.join(", ")} (the step counts this page has ` +
         `grids for), got ${steps}`);
     }
     const t = sampling.tables[sampler][String(steps)];
@@ -151,15 +165,63 @@
       return f(f(c.ratio * xi) - f(c.phi * D));
     });
   }
-  const UPDATES = { ddim: ddimUpdate, euler_a: eulerUpdate, dpmpp_2m: dpmUpdate };
+  function lcmUpdate(x, eps, c, noise) {  // x0 = c_out x0_hat + c_skip x; x' = sqrt(a') x0 + sqrt(1 - a') z
+    return x.map((xi, k) => {
+      const x0Hat = f(f(xi - f(c.sqrt_one_minus_alpha_bar * eps[k])) / c.sqrt_alpha_bar);
+      const x0 = f(f(c.c_out * x0Hat) + f(c.c_skip * xi));
+      return noise ? f(f(c.sqrt_alpha_bar_prev * x0) + f(c.sqrt_one_minus_alpha_bar_prev * noise[k])) : x0;
+    });
+  }
+  const UPDATES = { ddim: ddimUpdate, euler_a: eulerUpdate, dpmpp_2m: dpmUpdate, lcm: lcmUpdate };
 
-  // ---- the model: three ONNX sessions ---------------------------------------------------------
+  // ---- threads: several only in a cross-origin isolated page ----------------------------------
+  function threads() {
+    if (!window.crossOriginIsolated) return 1;  // no SharedArrayBuffer: onnxruntime-web runs on one thread
+    const asked = Number(new URLSearchParams(location.search).get("threads"));
+    if (Number.isInteger(asked) && asked >= 1) return asked;
+    return Math.max(1, Math.min(4, navigator.hardwareConcurrency || 1));
+  }
+  const LOOPBACK = new Set(["127.0.0.1", "localhost", "[::1]"]);
+  const RELOADED = "dn-coi-reloaded";
+  function waitActive(worker) {  // resolves when the service worker is active (or after 5 s)
+    return new Promise((resolve) => {
+      if (!worker || worker.state === "activated") { resolve(); return; }
+      const timer = setTimeout(resolve, 5000);
+      worker.addEventListener("statechange", () => {
+        if (worker.state === "activated" || worker.state === "redundant") { clearTimeout(timer); resolve(); }
+      });
+    });
+  }
+  async function isolate(workerUrl, ortUrl) {  // -> true when the page reloads to come back isolated (dn_coi_sw.js)
+    if (window.crossOriginIsolated) {
+      try { sessionStorage.removeItem(RELOADED); } catch (err) { /* no storage: nothing to forget */ }
+      return false;
+    }
+    const local = LOOPBACK.has(location.hostname) && !new URLSearchParams(location.search).has("coi");
+    if (!workerUrl || local || !window.isSecureContext || !("serviceWorker" in navigator)) return false;
+    try {  // local: make serve sends the headers itself; ?coi asks for the worker there too (tests)
+      const registration = await navigator.serviceWorker.register(workerUrl);
+      if (!location.href.startsWith(registration.scope) || !ortUrl.startsWith(registration.scope)) {
+        await registration.unregister();  // onnxruntime's thread workers must come through it too, or they fail
+        return false;
+      }
+      if (sessionStorage.getItem(RELOADED)) return false;
+      await waitActive(registration.installing || registration.waiting || registration.active);
+      sessionStorage.setItem(RELOADED, "1");  // once: a browser that stays unisolated keeps one thread
+      location.reload();
+      return true;
+    } catch (err) {
+      return false;  // no service worker here (refused, or not found): one thread
+    }
+  }
+
+  // ---- the model: ONNX sessions, each UNet's for one batch size --------------------------------
   const models = {}, configs = {};
   function ortReady(ortUrl) {
     if (typeof ort === "undefined") {
       throw new Error(`onnxruntime-web did not load (expected at ${ortUrl}ort.wasm.min.js; run make vendor)`);
     }
-    ort.env.wasm.numThreads = 1;  // a page without cross-origin isolation has no threads
+    ort.env.wasm.numThreads = threads();
     ort.env.wasm.wasmPaths = ortUrl;
     return ort;
   }
@@ -187,15 +249,30 @@
     const rt = ortReady(ortUrl);
     const config = await loadConfig(modelUrl);
     const vocab = await fetchJson(modelUrl + config.files.vocab);
-    const options = { executionProviders: ["wasm"], graphOptimizationLevel: "all" };
-    const session = (name) => rt.InferenceSession.create(modelUrl + config.files[name], options);
-    const [text, unet, vae] = await Promise.all([session("text_encoder"), session("unet"), session("vae_decoder")]);
-    return { config, vocab, text, unet, vae, loadMs: performance.now() - start };
+    const session = (name, B) => rt.InferenceSession.create(modelUrl + config.files[name], {
+      executionProviders: ["wasm"], graphOptimizationLevel: "all",
+      ...(B ? { freeDimensionOverrides: { [config.batch_axis]: B } } : {}) });  // fixed shapes: folded
+    const B = config.defaults.guidance === 1 ? 1 : 2;
+    const [text, vae, unet] = await Promise.all([session("text_encoder"), session("vae_decoder", 1),
+      session("unet", B)]);
+    const model = { config, vocab, text, vae, session, unets: { [`unet:${B}`]: Promise.resolve(unet) } };
+    model.loadMs = performance.now() - start;
+    return model;
+  }
+  function unetSession(model, name, B) {  // opened once per file and batch size (the LCM student: when asked)
+    const key = `${name}:${B}`;
+    if (!model.unets[key]) {
+      model.unets[key] = model.session(name, B).catch((err) => { delete model.unets[key]; throw err; });
+    }
+    return model.unets[key];
   }
 
   // ---- one image ------------------------------------------------------------------------------
+  function samplerNames(config) {  // web-UI name -> ours, as the export wrote them; the student's "lcm" too
+    return config.lcm ? { ...config.samplers, [config.lcm.sampler]: config.lcm.sampler } : config.samplers;
+  }
   function checkOptions(o, config) {  // the pipeline's checks, in its words; the sampler and its table
-    const names = config.samplers;  // web-UI name -> ours, as the export wrote them
+    const names = samplerNames(config);
     const sampler = names[o.sampler] || (Object.values(names).includes(o.sampler) ? o.sampler : null);
     if (!sampler) throw new Error(`sampler must be one of ${Object.keys(names).join(", ")}, got ${o.sampler}`);
     const grid = table(config, sampler, o.steps);
@@ -210,13 +287,13 @@
     const out = await model.text.run({ ids: new ort.Tensor("int64", ids, [prompts.length, 77]) });
     return out.states;
   }
-  async function guidedEps(model, x, t, states, s) {  // guidance.CFGDenoiser: one call on 2B, or one on B if s = 1
-    const B = s === 1 ? 1 : 2, shape = model.config.latent_shape;
+  async function guidedEps(unet, x, t, states, s, shape) {  // guidance.CFGDenoiser: one call on 2B, or B if s = 1
+    const B = s === 1 ? 1 : 2;
     const xs = new Float32Array(B * x.length);
     for (let b = 0; b < B; b++) xs.set(x, b * x.length);
     const feeds = { x: new ort.Tensor("float32", xs, [B, ...shape]), context: states,
       t: new ort.Tensor("float32", new Float32Array(B).fill(t), [B]) };
-    const eps = (await model.unet.run(feeds)).eps.data;  // (B, 4, 8, 8): cond first, then uncond
+    const eps = (await unet.run(feeds)).eps.data;  // (B, 4, 8, 8): cond first, then uncond
     if (B === 1) return eps.slice(0, x.length);
     const n = x.length, sf = f(s);
     return x.map((_, k) => f(eps[n + k] + f(sf * f(eps[k] - eps[n + k]))));  // eps_u + s (eps_c - eps_u)
@@ -225,6 +302,8 @@
     const model = await load(o.model || MODEL_URL);
     const opts = { ...model.config.defaults, ...o };
     const { sampler, grid } = checkOptions(opts, model.config), update = UPDATES[sampler];
+    const unetName = model.config.unets[sampler] || "unet", shape = model.config.latent_shape;
+    const unet = await unetSession(model, unetName, opts.guidance === 1 ? 1 : 2);  // before the clock starts
     const start = performance.now();
     const states = await encode(model, opts.guidance === 1 ? [opts.prompt] : [opts.prompt, ""]);
     const generator = new TorchGenerator(opts.seed), n = model.config.latent_shape.reduce((a, b) => a * b);
@@ -232,7 +311,7 @@
     if (grid.init_noise_scale !== 1) x = x.map((v) => f(v * f(grid.init_noise_scale)));
     const state = { x0Last: null };
     for (let i = 0; i < grid.timesteps.length; i++) {  // samplers.loop
-      const eps = await guidedEps(model, x, grid.timesteps[i], states, opts.guidance);
+      const eps = await guidedEps(unet, x, grid.timesteps[i], states, opts.guidance, shape);
       x = update(x, eps, grid.rows[i], grid.draws_noise[i] ? generator.randn(n) : null, state);
       if (opts.onStep) opts.onStep(i + 1, grid.timesteps.length);  // the panel's step counter
     }
@@ -242,7 +321,8 @@
     for (let c = 0; c < 3; c++) {
       for (let p = 0; p < HW; p++) pixels[p * 3 + c] = images[c * HW + p] * 255;  // rounds half to even, as numpy
     }
-    return { pixels, width: size, height: size, ms: performance.now() - start, latents: x, prompt: opts.prompt };
+    return { pixels, width: size, height: size, ms: performance.now() - start, latents: x, prompt: opts.prompt,
+      threads: threads(), unet: unetName };
   }
 
   // ---- the panel ------------------------------------------------------------------------------
@@ -250,11 +330,15 @@
 .dn-sd-panel label{display:inline-block;margin:0 12px 8px 0}.dn-sd-panel input[type=text]{width:26em}
 .dn-sd-panel input[type=number]{width:5em}.dn-sd-canvas{width:256px;height:256px;image-rendering:pixelated;
 border:1px solid #ddd;display:block;margin:8px 0;background:#f4f4f4}.dn-sd-error{color:#b00020}`;
-  function controls(d, steps, samplers) {  // d: config.json's defaults; the step counts and samplers with tables
+  const BASE_MODEL = "Stable Diffusion";
+  function controls(d, steps, samplers, lcm) {  // d: config.json's defaults; the step counts and samplers with tables
     const field = (label, html) => `<label>${label} ${html}</label>`;
     const menu = (values, value) => values.map((v) => `<option${v === value ? " selected" : ""}>${v}</option>`)
       .join("");
-    return field("Caption", `<input type="text" class="dn-sd-prompt" value="${d.prompt}">`) + "<br>" +
+    const models = lcm ? field("Model", `<select class="dn-sd-model" title="${lcm.label}: the LCM student ` +
+      `(12 MB, loaded when first picked), ${lcm.steps} steps, guidance ${lcm.guidance}">` +
+      `${menu([BASE_MODEL, lcm.label], BASE_MODEL)}</select>`) : "";
+    return field("Caption", `<input type="text" class="dn-sd-prompt" value="${d.prompt}">`) + "<br>" + models +
       field("Sampler", `<select class="dn-sd-sampler">${menu(samplers, d.sampler)}</select>`) +
       field("Steps", `<select class="dn-sd-steps" title="the step counts this page stores grids for: ` +
         `${steps.join(", ")}">${menu(steps, d.steps)}</select>`) +
@@ -264,18 +348,37 @@ border:1px solid #ddd;display:block;margin:8px 0;background:#f4f4f4}.dn-sd-error
       `<canvas class="dn-sd-canvas" width="32" height="32" role="img" aria-label="the picture the model drew">` +
       `</canvas><div class="dn-sd-status" aria-live="polite">Press Generate (or Enter in the caption): the ` +
       `model (16 MB) and onnxruntime (14 MB) load once, then the picture is computed in this browser, no server. ` +
-      `Steps: ${steps[0]} to ${steps[steps.length - 1]}, the counts this page stores grids for.</div>`;
+      `Steps: ${steps[0]} to ${steps[steps.length - 1]}, the counts this page stores grids for.</div>` +
+      `<div class="dn-sd-times"></div>`;
+  }
+  function settings(q, config) {  // the panel's fields, or the student's fixed settings where LCM is picked
+    const o = { prompt: q("prompt").value, seed: Number(q("seed").value), sampler: q("sampler").value,
+      steps: Number(q("steps").value), guidance: Number(q("guidance").value) };
+    const lcm = config.lcm, picked = lcm && q("model") && q("model").value === lcm.label;
+    return picked ? { ...o, sampler: lcm.sampler, steps: lcm.steps, guidance: lcm.guidance, label: lcm.label, kind: "lcm" }
+      : { ...o, label: `${BASE_MODEL}, ${o.sampler}, ${o.steps} steps`, kind: "base" };
+  }
+  function showTimes(element, times) {  // the last time per image of the base model and of the student, side by side
+    element.textContent = "Time per image in this browser: " +
+      Object.values(times).map((t) => `${t.label}: ${Math.round(t.ms)} ms`).join("; ");
   }
   async function build(panel) {
     const modelUrl = new URL(panel.dataset.model || MODEL_URL, document.baseURI).href;
+    let config;
     try {
-      const config = await loadConfig(modelUrl);
-      panel.innerHTML = controls(config.defaults, config.sampling.steps, Object.keys(config.samplers));
+      config = await loadConfig(modelUrl);
+      panel.innerHTML = controls(config.defaults, config.sampling.steps, Object.keys(config.samplers), config.lcm);
     } catch (err) {
       panel.innerHTML = `<p class="dn-sd-error">The model's files did not load: ${err.message}</p>`;
       return;
     }
     const q = (name) => panel.querySelector(".dn-sd-" + name), button = q("generate"), status = q("status");
+    const times = {};
+    if (q("model")) {
+      q("model").addEventListener("change", () => {  // the student samples with its own settings
+        for (const name of ["sampler", "steps", "guidance"]) q(name).disabled = q("model").value !== BASE_MODEL;
+      });
+    }
     q("prompt").addEventListener("keydown", (event) => {  // Enter in the caption generates, as a form would
       if (event.key === "Enter" && !button.disabled) { event.preventDefault(); button.click(); }
     });
@@ -285,15 +388,16 @@ border:1px solid #ddd;display:block;margin:8px 0;background:#f4f4f4}.dn-sd-error
       status.textContent = "working...";
       try {
         const model = await load(modelUrl, panel.dataset.ort || DEFAULT_ORT_URL);
-        const o = { prompt: q("prompt").value, sampler: q("sampler").value, steps: Number(q("steps").value),
-          guidance: Number(q("guidance").value), seed: Number(q("seed").value), model: modelUrl,
+        const o = { ...settings(q, config), model: modelUrl,
           onStep: (i, n) => { status.textContent = `step ${i} of ${n}...`; } };
         const r = await generate(o);
         draw(q("canvas"), r);
-        status.textContent = `${Math.round(r.ms)} ms in this browser (${o.sampler}, ${o.steps} steps, guidance ` +
-          `${o.guidance}, seed ${o.seed}; onnxruntime-web, WebAssembly, one thread; model loaded in ` +
-          `${Math.round(model.loadMs)} ms)`;
+        status.textContent = `${Math.round(r.ms)} ms in this browser (${o.label}, guidance ${o.guidance}, ` +
+          `seed ${o.seed}; onnxruntime-web, WebAssembly, ${r.threads === 1 ? "one thread" : `${r.threads} threads`}; ` +
+          `model loaded in ${Math.round(model.loadMs)} ms)`;
         status.dataset.ms = String(r.ms);
+        times[o.kind] = { label: o.label, ms: r.ms };
+        showTimes(q("times"), times);
       } catch (err) {
         status.className = "dn-sd-status dn-sd-error";
         status.textContent = String(err && err.message ? err.message : err);
@@ -316,14 +420,25 @@ border:1px solid #ddd;display:block;margin:8px 0;background:#f4f4f4}.dn-sd-error
     canvas.getContext("2d").putImageData(new ImageData(rgba, r.width, r.height), 0, 0);
     canvas.setAttribute("aria-label", `the picture the model drew for "${r.prompt}"`);
   }
+  let isolating = null;  // one attempt per page: the service worker named by the first panel's data-coi
   function scan() {
+    const panels = [...document.querySelectorAll(".dn-sd-panel:not([data-ready])")];
+    if (!panels.length) return;
+    const first = panels[0].dataset;  // data-coi: the worker at the site's root ("" for none)
+    const worker = "coi" in first ? first.coi : new URL("../../dn_coi_sw.js", SCRIPT_URL).href;
+    const ortUrl = new URL(first.ort || DEFAULT_ORT_URL, document.baseURI).href;
+    if (!isolating) isolating = location.protocol === "file:" || !worker ? Promise.resolve(false) : isolate(worker, ortUrl);
+    isolating.then((reloading) => { if (!reloading) fill(panels); });
+  }
+  function fill(panels) {
     if (!document.getElementById("dn-sd-style")) {
       const style = document.createElement("style");
       style.id = "dn-sd-style";
       style.textContent = CSS;
       document.head.appendChild(style);
     }
-    for (const panel of document.querySelectorAll(".dn-sd-panel:not([data-ready])")) {
+    for (const panel of panels) {
+      if (panel.dataset.ready) continue;
       panel.dataset.ready = "1";
       if (location.protocol === "file:") {
         panel.innerHTML = `<p class="dn-sd-fallback">This page was opened from disk: the model runs when the book is ` +
@@ -332,7 +447,7 @@ border:1px solid #ddd;display:block;margin:8px 0;background:#f4f4f4}.dn-sd-error
     }
   }
   window.diffusionNotesSD = { load, generate, tokenize, randn, TorchGenerator, table, unknownWordMessage, scan,
-    modelUrl: MODEL_URL };
+    threads, modelUrl: MODEL_URL };
   if (document.readyState === "loading") document.addEventListener("DOMContentLoaded", scan);
   else scan();
 })();

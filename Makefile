@@ -44,7 +44,7 @@ setup: venv vendor
 # model that runs in Chapter 13's page; Sphinx copies _build/web into the site's _static/.
 WEB := _build/web
 web: $(WEB)/.exported
-$(WEB)/.exported: $(VENV)/.installed $(wildcard src/diffusion_notes/weights/*) $(wildcard src/diffusion_notes/stable_diffusion/*.py) $(wildcard src/diffusion_notes/stable_diffusion/web/*) \
+$(WEB)/.exported: $(VENV)/.installed src/diffusion_notes/__main__.py $(wildcard src/diffusion_notes/weights/*) $(wildcard src/diffusion_notes/stable_diffusion/*.py) $(wildcard src/diffusion_notes/stable_diffusion/web/*) \
     $(wildcard src/diffusion_notes/foundations/*.py) $(wildcard src/diffusion_notes/foundations/samplers/*.py)
 	$(PY) -m diffusion_notes export stable_diffusion --format onnx --out $(WEB)/stable_diffusion
 	@touch $@

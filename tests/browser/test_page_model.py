@@ -12,13 +12,9 @@ worker, it is cross-origin isolated and runs on several, drawing the same pictur
 book's Chapter 13 holds the panel, one setting runs through that page too.
 """
 
-import functools
-import http.server
 import math
 import shutil
-import socket
 import sys
-import threading
 from pathlib import Path
 
 import numpy as np
@@ -53,32 +49,9 @@ pytestmark = pytest.mark.skipif("ldm_unet" not in pretrained.available(),
                                 reason="the ldm_unet weights are not shipped in this checkout")
 
 
-class _Handler(http.server.SimpleHTTPRequestHandler):
-    """Quiet, and with the types a module script and WebAssembly need whatever the machine's mime table says."""
-
-    extensions_map = {**http.server.SimpleHTTPRequestHandler.extensions_map, ".js": "text/javascript",
-                      ".mjs": "text/javascript", ".wasm": "application/wasm", ".onnx": "application/octet-stream",
-                      ".json": "application/json"}
-
-    def log_message(self, format, *args):  # no request log (the names are the base class's)
-        pass
-
-
 def serve(directory: Path):
-    """Serve `directory` on 127.0.0.1 at a free port; returns (base URL ending in /, stop)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", port), functools.partial(_Handler, directory=str(directory)))
-    server.daemon_threads = True
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-
-    def stop():
-        server.shutdown()
-        server.server_close()
-        thread.join(timeout=10)
-    return f"http://127.0.0.1:{port}/", stop
+    """Serve `directory` on 127.0.0.1 at a free port, as a static host without isolation headers does."""
+    return isolated.serve(directory, isolated=False)
 
 
 def open_offline(browser, url: str):

@@ -37,9 +37,19 @@ class IsolatedHandler(http.server.SimpleHTTPRequestHandler):
             super().log_message(format, *args)
 
 
-def serve(directory, port: int = 0, quiet: bool = True):
-    """Serve `directory` in a background thread; returns (base URL ending in /, stop). Port 0: a free one."""
-    handler = type("Handler", (IsolatedHandler,), {"quiet": quiet})
+class PlainHandler(IsolatedHandler):
+    """The same files and types without the isolation headers: a static host that sends none."""
+
+    def end_headers(self):
+        http.server.SimpleHTTPRequestHandler.end_headers(self)
+
+
+def serve(directory, port: int = 0, quiet: bool = True, isolated: bool = True):
+    """Serve `directory` in a background thread; returns (base URL ending in /, stop). Port 0: a free one.
+
+    `isolated=False` leaves out the cross-origin isolation headers (as a plain static host does).
+    """
+    handler = type("Handler", (IsolatedHandler if isolated else PlainHandler,), {"quiet": quiet})
     server = http.server.ThreadingHTTPServer(("127.0.0.1", port), functools.partial(handler, directory=str(directory)))
     server.daemon_threads = True
     thread = threading.Thread(target=server.serve_forever, daemon=True)

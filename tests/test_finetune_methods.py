@@ -102,7 +102,9 @@ def test_the_shipped_lora_and_embedding_load_through_pretrained(one_thread):
     assert embedding.word == "valentine" and embedding.vector.shape == (128,)
     assert [e.word for e in launch.embeddings()] == ["valentine", "sunny"]  # a concept and a look, both on
     library = launch.lora_library(frozen.ldm_unet())
-    assert library.names() == ["heart_lora"] and library.get("heart_lora") is not None
+    # every shipped LoRA: the heart's, and Chapter 18's LCM-LoRA ("lcm")
+    assert library.names() == ["heart_lora", *pretrained.shipped_adapters("lcm_lora")]
+    assert library.get("heart_lora") is not None
 
 
 @pytest.mark.slow

@@ -206,7 +206,8 @@ def test_the_config_holds_make_grid_and_prepare_step_for_each_offered_step_count
     sampling = config["sampling"]
     assert sampling["steps"] == [5, 10, 15, 25, 50] == list(web_export.WEB_STEPS)
     assert config["defaults"]["steps"] in sampling["steps"]
-    assert set(sampling["tables"]) == set(sampling["fields"]) == set(web_export.WEB_SAMPLERS.values())
+    student = {config["lcm"]["sampler"]} if config.get("lcm") else set()  # exported with the LCM student
+    assert set(sampling["tables"]) == set(sampling["fields"]) == set(web_export.WEB_SAMPLERS.values()) | student
     assert set(sampling["tables"][sampler]) == {str(n) for n in web_export.WEB_STEPS}
     for n in web_export.WEB_STEPS:
         grid = make_grid(sampler, n, pipe.schedule)

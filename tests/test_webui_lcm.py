@@ -187,7 +187,7 @@ def test_generate_with_lora_lcm_draws_the_pipelines_picture(pipe, library):
     expected = direct(pipe, library.get("lcm"), 6)
     assert np.abs(pixels(result.images[0]) - pixels(expected)).max() <= 1
     plain = generate(pipe, Settings(prompt=PROMPT, steps=4, cfg_scale=1.0, sampler_name="LCM", seed=6))
-    assert np.abs(pixels(result.images[0]) - pixels(plain.images[0])).max() > 3  # the LoRA does something (0 if not applied)
+    assert np.abs(pixels(result.images[0]) - pixels(plain.images[0])).max() > 3  # the LoRA acts (0: not applied)
     parsed = infotext.parse(result.infotexts[0])
     assert parsed["Sampler"] == "LCM" and "Lora hashes" in parsed
     fields = infotext.to_settings(parsed)

@@ -54,10 +54,12 @@ def serve(directory: Path):
     return isolated.serve(directory, isolated=False)
 
 
-def open_offline(browser, url: str):
-    """A page at `url` whose requests to anything but 127.0.0.1 are aborted and recorded: (page, outside)."""
-    context = browser.new_context()
-    page = context.new_page()
+def offline_context(browser, **options):
+    """A browser context whose requests to anything but 127.0.0.1 are aborted and recorded: (context, outside).
+
+    The route is the context's, so it sees a service worker's requests as well as the pages'.
+    """
+    context = browser.new_context(**options)
     outside = []
 
     def route(r):
@@ -66,7 +68,14 @@ def open_offline(browser, url: str):
         else:
             outside.append(r.request.url)
             r.abort("internetdisconnected")
-    page.route("**/*", route)
+    context.route("**/*", route)
+    return context, outside
+
+
+def open_offline(browser, url: str):
+    """A page at `url` in an `offline_context`: (page, outside, errors)."""
+    context, outside = offline_context(browser)
+    page = context.new_page()
     errors = []
     page.on("pageerror", lambda err: errors.append(str(err)))
     page.goto(url)
@@ -396,16 +405,7 @@ def book_site(site_root, tmp_path_factory):
 def test_the_service_worker_isolates_a_plainly_served_page_where_it_may(browser, book_site, pipe, workers):
     """?coi asks for the worker on 127.0.0.1 too (make serve's headers make it unneeded there); blocked, the
     page stays on one thread and still draws."""
-    context = browser.new_context(service_workers=workers)
-    outside = []  # the context's routes see the worker's requests too
-
-    def route(r):
-        if r.request.url.startswith("http://127.0.0.1:"):
-            r.continue_()
-        else:
-            outside.append(r.request.url)
-            r.abort("internetdisconnected")
-    context.route("**/*", route)
+    context, outside = offline_context(browser, service_workers=workers)
     page = context.new_page()
     errors = []
     page.on("pageerror", lambda err: errors.append(str(err)))

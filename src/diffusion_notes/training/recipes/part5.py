@@ -38,21 +38,26 @@ def _evaluate_student(sampler: str, steps: int, guidance_scale: float, pipeline=
     return evaluate
 
 
+def _distillation_loss(target_of):
+    """L_CD for a recipe: the student is the model, `target_of(model)` its target, the shipped ldm_unet the teacher."""
+
+    def loss(model, batch, generator):
+        where = device_of(model)
+        return consistency_distillation_loss(model, target_of(model), frozen.ldm_unet(where), batch["z0"],
+                                             batch["context"], frozen.null_context(where), ldm_schedule(), generator)
+    return loss
+
+
 def _lcm_unet(device: str) -> Recipe:
     def prepare(model, seed):
         model.start_from(frozen.ldm_unet(device_of(model)))  # theta = theta^- = the teacher
-
-    def loss(model, batch, generator):
-        return consistency_distillation_loss(model, model.target, frozen.ldm_unet(device_of(model)), batch["z0"],
-                                             batch["context"], frozen.null_context(device_of(model)),
-                                             ldm_schedule(), generator)
 
     return recipe(
         "lcm_unet",
         build=ConsistencyStudent,
         prepare=prepare,
         make_batch=_batch(device),
-        loss=loss,
+        loss=_distillation_loss(lambda model: model.target),  # the EMA copy
         steps=2000,
         batch_size=32,
         lr=1e-4,
@@ -70,17 +75,12 @@ def _lcm_lora(device: str) -> Recipe:
     def build(config):
         return LCMLoRA(config, frozen.ldm_unet(device))
 
-    def loss(model, batch, generator):
-        return consistency_distillation_loss(model, model, frozen.ldm_unet(device_of(model)), batch["z0"],
-                                             batch["context"], frozen.null_context(device_of(model)),
-                                             ldm_schedule(), generator)
-
     return recipe(
         "lcm_lora",
         config=LCMLoRAConfig(),
         build=build,
         make_batch=_batch(device),
-        loss=loss,
+        loss=_distillation_loss(lambda model: model),  # itself, without gradient (LCM-LoRA's script)
         steps=2000,
         batch_size=32,
         lr=1e-3,

@@ -6,8 +6,10 @@ Every job is its own pytest process on one torch thread (OMP_NUM_THREADS=1), so 
 cores without oversubscribing them; the chapters that ask for two threads get one here
 (`device.set_threads`). Jobs start longest first, the chapters' length read from the execution times
 stored in their cells, and the next job starts as soon as a worker is free. Each job's output goes to
-_build/test-logs/<job>.log; a failed job's output is printed in full. The exit status is 1 if any job
-failed, 2 on bad arguments.
+_build/test-logs/<job>.log; a failed job's output is printed in full. Each job's temporary files
+(TMPDIR: pytest's tmp_path, the folders the chapters write into) go in a folder of its own, removed
+when the job ends, even where nbval killed a chapter's kernel before it could clean up. The exit
+status is 1 if any job failed, 2 on bad arguments.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
@@ -55,9 +58,10 @@ def run(job: dict, one_thread: bool) -> tuple[dict, int, float]:
     env = {**os.environ, **({"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"} if one_thread else {}), **job["env"]}
     log = LOGS / f"{job['name']}.log"
     start = time.perf_counter()
-    with open(log, "w", encoding="utf-8") as out:
+    with open(log, "w", encoding="utf-8") as out, tempfile.TemporaryDirectory(prefix=f"dn-{job['name']}-") as tmp:
         code = subprocess.call([sys.executable, "-m", "pytest", "-p", "no:cacheprovider", *job["args"]],
-                               cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+                               cwd=ROOT, env={**env, "TMPDIR": tmp}, stdout=out, stderr=subprocess.STDOUT,
+                               stdin=subprocess.DEVNULL)
     return job, code, time.perf_counter() - start
 
 

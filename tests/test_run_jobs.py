@@ -39,3 +39,20 @@ def test_bad_arguments_exit_with_2(tmp_path):
                  ["--unit", "--nbval-env", "NOEQUALS"]):
         result = subprocess.run([sys.executable, str(script), *args], capture_output=True, text=True)
         assert result.returncode == 2, (args, result.stderr)
+
+
+def test_a_job_runs_in_a_temporary_folder_of_its_own_that_goes_when_it_ends(tmp_path, monkeypatch):
+    # a test that leaves a folder in the temporary directory, as a chapter does when nbval kills its kernel
+    (tmp_path / "test_leave.py").write_text(
+        "import os, tempfile\n"
+        "def test_leaves_a_folder():\n"
+        "    folder = tempfile.mkdtemp(prefix='left-')\n"
+        "    open(os.path.join(tmp_path_file(), 'where'), 'w').write(folder)\n"
+        f"def tmp_path_file():\n    return {str(tmp_path)!r}\n")
+    monkeypatch.setattr(run_jobs, "LOGS", tmp_path)
+    job = {"name": "leave", "args": [str(tmp_path / "test_leave.py"), "-q"], "env": {}, "seconds": 1.0}
+    _, code, _ = run_jobs.run(job, one_thread=True)
+    assert code == 0, (tmp_path / "leave.log").read_text()
+    folder = Path((tmp_path / "where").read_text())
+    assert folder.name.startswith("left-") and folder.parent.name.startswith("dn-leave-")
+    assert not folder.parent.exists()  # removed with everything in it

@@ -10,6 +10,12 @@ the pipeline call. The 25-step default (DPM++ 2M, guidance 5) is measured, and "
 LCM student, guidance 1) beside it; until the student is shipped the base UNet stands in for it
 (the same network, so the same time).
 
+Then one guided UNet call (batch 2), the step's work, on three engines at each thread count: torch
+(the pipeline's UNet), onnxruntime's native CPU build on the page's own unet.onnx (the same graph,
+batch fixed the same way), and onnxruntime-web in the page. The first two run this CPU's widest
+vector instructions; the page runs WebAssembly's 128-bit SIMD, so native onnxruntime over the page
+is what the instruction set costs, apart from anything in the graph.
+
 Needs Debian's chromium (`apt-get install chromium`) and onnxruntime-web in _vendor/ort
 (`make vendor`); without them it says so and exits 0. Run it on an otherwise idle machine.
 
@@ -78,6 +84,80 @@ def browser_images(browser, url: str, o: dict, repeats: int, threads: int) -> di
     return {"ms": [r["ms"] for r in runs[1:]], "pixels": pixels, "load_ms": load_ms}
 
 
+UNET_RUNS = 50  # timed UNet calls per engine, after 5 warm-up calls
+
+
+def unet_inputs(pipe) -> dict:
+    """The page's guided UNet call: x (2, 4, 8, 8), t (2,), context (2, 77, D_c), as numpy arrays."""
+    ids, x, t = web_export._example_inputs(pipe)
+    with torch.no_grad():
+        context = pipe.clip.text(ids)[1]
+    return {"x": x.numpy(), "t": t.numpy(), "context": context.numpy()}
+
+
+def median_ms(call, runs: int = UNET_RUNS) -> float:
+    """Median milliseconds of `call()` over `runs` calls, after 5 warm-up calls."""
+    for _ in range(5):
+        call()
+    times = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        call()
+        times.append(1e3 * (time.perf_counter() - start))
+    return statistics.median(times)
+
+
+def torch_unet_ms(pipe, feeds: dict, threads: int) -> float:
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    x, t, context = (torch.from_numpy(feeds[k]) for k in ("x", "t", "context"))
+    try:
+        with torch.no_grad():
+            return median_ms(lambda: pipe.unet(x, t, context))
+    finally:
+        torch.set_num_threads(before)
+
+
+def onnxruntime_unet_ms(path: Path, feeds: dict, threads: int) -> float:
+    """The same unet.onnx in onnxruntime's native CPU build, its batch axis fixed at 2 as the page fixes it."""
+    import onnxruntime
+
+    options = onnxruntime.SessionOptions()
+    options.intra_op_num_threads, options.inter_op_num_threads = threads, 1
+    options.add_free_dimension_override_by_name(web_export.BATCH_AXIS, 2)
+    session = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    return median_ms(lambda: session.run(None, feeds))
+
+
+PAGE_UNET_MS = """async ([feeds, runs]) => {  // the page's own batch-2 UNet session, timed alone
+  const model = await diffusionNotesSD.load();
+  const unet = await model.unets["unet:2"];
+  const tensor = (v) => new ort.Tensor("float32", Float32Array.from(v.data), v.shape);
+  const inputs = {x: tensor(feeds.x), t: tensor(feeds.t), context: tensor(feeds.context)};
+  for (let i = 0; i < 5; i++) await unet.run(inputs);
+  const times = [];
+  for (let i = 0; i < runs; i++) {
+    const start = performance.now();
+    await unet.run(inputs);
+    times.push(performance.now() - start);
+  }
+  times.sort((a, b) => a - b);
+  return runs % 2 ? times[(runs - 1) / 2] : (times[runs / 2 - 1] + times[runs / 2]) / 2;
+}"""
+
+
+def page_unet_ms(browser, url: str, feeds: dict, threads: int) -> float:
+    page = browser.new_page()
+    page.route("**/*", lambda r: r.continue_() if r.request.url.startswith("http://127.0.0.1:")
+               else r.abort("internetdisconnected"))
+    page.goto(url + f"stable_diffusion/index.html?threads={threads}")
+    plain = {k: {"data": v.ravel().tolist(), "shape": list(v.shape)} for k, v in feeds.items()}
+    try:
+        return page.evaluate(PAGE_UNET_MS, [plain, UNET_RUNS])
+    finally:
+        page.close()
+
+
 def export_site(pipe, student, root: Path) -> None:
     web_export.export_onnx(pipe, root / "stable_diffusion", lcm_unet=student)
     (root / "ort").mkdir()
@@ -85,11 +165,13 @@ def export_site(pipe, student, root: Path) -> None:
         shutil.copyfile(ORT / name, root / "ort" / name)
 
 
-def measure(chromium: str, cases: list, threads: list[int], repeats: int) -> list[dict]:
-    """Each case (label, pipeline, settings) on each thread count: the page's run, then Python's."""
+def measure(chromium: str, cases: list, threads: list[int], repeats: int) -> tuple[list[dict], list[dict]]:
+    """Each case (label, pipeline, settings) on each thread count: the page's run, then Python's;
+    then one guided UNet call on each engine at each thread count."""
     from playwright.sync_api import sync_playwright
 
-    rows = []
+    rows, calls = [], []
+    feeds = unet_inputs(cases[0][1])
     with tempfile.TemporaryDirectory() as tmp, sync_playwright() as p:
         export_site(cases[0][1], cases[-1][1].unet if len(cases) > 1 else None, Path(tmp))
         url, stop = serve.serve(Path(tmp))
@@ -102,10 +184,15 @@ def measure(chromium: str, cases: list, threads: list[int], repeats: int) -> lis
                     rows.append({"label": label, "threads": k, "web": statistics.median(web["ms"]),
                                  "py": statistics.median(py_ms), "load_ms": web["load_ms"],
                                  "diff": int(np.abs(web["pixels"].astype(int) - py_pixels.astype(int)).max())})
+            for k in threads:
+                calls.append({"threads": k, "page": page_unet_ms(browser, url, feeds, k),
+                              "onnxruntime": onnxruntime_unet_ms(Path(tmp) / "stable_diffusion" / "unet.onnx",
+                                                                 feeds, k),
+                              "torch": torch_unet_ms(cases[0][1], feeds, k)})
         finally:
             browser.close()
             stop()
-    return rows
+    return rows, calls
 
 
 def main(argv=None) -> int:
@@ -136,7 +223,7 @@ def main(argv=None) -> int:
         label = web_export.LCM["label"] + ("" if shipped else " (ldm_unet standing in for the student)")
         cases.append((label, lcm, dict(base, sampler=web_export.LCM["sampler"], steps=web_export.LCM["steps"],
                                        guidance=web_export.LCM["guidance"])))
-    rows = measure(chromium, cases, args.threads, args.repeats)
+    rows, calls = measure(chromium, cases, args.threads, args.repeats)
     print(f"{args.prompt!r}, seed 0; median of {args.repeats} images after a warm-up; Chromium: onnxruntime-web "
           f"(WebAssembly), cross-origin isolated; Python: torch on the CPU")
     print(f"{'':58s}{'threads':>8}{'page ms':>10}{'Python ms':>11}{'page/Py':>9}{'max diff':>10}")
@@ -145,9 +232,15 @@ def main(argv=None) -> int:
               f"{r['diff']:6d}/255")
     loads = "; ".join(f"{r['threads']} thread(s): {r['load_ms']:.0f} ms" for r in rows if r["label"] == cases[0][0])
     print(f"the page's model (text encoder, UNet, decoder) loaded once per page in {loads}")
+    print(f"one guided UNet call (batch 2), median of {UNET_RUNS} ms:")
+    print(f"{'threads':>8}{'torch':>9}{'onnxruntime':>13}{'page':>8}{'page/onnxruntime':>18}{'page/torch':>12}")
+    for c in calls:
+        print(f"{c['threads']:8d}{c['torch']:9.2f}{c['onnxruntime']:13.2f}{c['page']:8.2f}"
+              f"{c['page'] / c['onnxruntime']:17.2f}x{c['page'] / c['torch']:11.2f}x")
     if args.save:
         RESULTS.parent.mkdir(parents=True, exist_ok=True)
         RESULTS.write_text(json.dumps({"prompt": args.prompt, "repeats": args.repeats, "rows": rows,
+                                       "unet_call": calls,
                                        "machine": {"platform": platform.platform(), "torch": torch.__version__,
                                                    "cpus": os.cpu_count(),
                                                    "torch_cpu_capability": torch.backends.cpu.get_cpu_capability()}},

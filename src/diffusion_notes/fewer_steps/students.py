@@ -66,6 +66,4 @@ def lcm_lora_network(config: LCMLoRAConfig, tensors: dict, *, name: str, base_co
     """The shipped LCM-LoRA as a `lora_files.LoRANetwork` (apply it with `lora_files.applied`, or <lora:lcm:1>)."""
     metadata = {"name": name, "base_model": "ldm_unet", "trigger": "", "rank": config.rank, "alpha": config.alpha,
                 "sampler": "LCM", "guidance_scale": 1.0}  # the web UI's names
-    network = network_from_state(tensors, config.alpha, metadata)
-    network.layers = {k: (A.to(device), B.to(device), alpha) for k, (A, B, alpha) in network.layers.items()}
-    return network
+    return network_from_state(tensors, config.alpha, metadata, device=device)

@@ -19,7 +19,6 @@ Notation: B points, D = 2, K steps of a path; a path is (K + 1, B, D), from nois
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 
 import torch
@@ -27,7 +26,7 @@ import torch
 from diffusion_notes.fewer_steps.flow import T_SCALE, flow_euler_step, flow_matching_loss
 from diffusion_notes.foundations.samplers.ddim import ddim_step
 from diffusion_notes.foundations.schedules import Schedule
-from diffusion_notes.foundations.toy2d import ToyDenoiser, ToyDenoiserConfig
+from diffusion_notes.foundations.toy2d import ToyDenoiser, ToyDenoiserConfig, fit_toy
 
 Velocity = Callable[[torch.Tensor, float], torch.Tensor]  # v(x (B, D), sigma) -> (B, D)
 
@@ -39,7 +38,7 @@ def train_toy_flow(data: torch.Tensor, x1: torch.Tensor | None = None, config: T
 
     data (N, 2) are the x_0. Without `x1` each example gets fresh noise (flow matching); with x1 (N, 2)
     example i is always paired with x1[i] (a reflow round). `init` starts from a trained model's
-    weights instead of a fresh network. The optimiser is `train_toy_denoiser`'s (AdamW, cosine decay).
+    weights instead of a fresh network. The optimiser is `train_toy_denoiser`'s (`toy2d.fit_toy`).
     Returns ``(model, losses, seconds)``.
     """
     if data.ndim != 2 or data.shape[1] != 2:
@@ -51,21 +50,13 @@ def train_toy_flow(data: torch.Tensor, x1: torch.Tensor | None = None, config: T
     model = ToyDenoiser(config if init is None else init.config)
     if init is not None:
         model.load_state_dict(init.state_dict())
-    model.train()
-    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=steps, eta_min=lr * 0.05)
-    losses = []
-    start = time.perf_counter()
-    for _ in range(steps):
+
+    def batch_loss() -> torch.Tensor:
         idx = torch.randint(0, data.shape[0], (batch_size,), generator=g)  # (B,)
-        loss = flow_matching_loss(model, data[idx], g, x1=None if x1 is None else x1[idx])
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        sched.step()
-        losses.append(loss.item())
-    model.eval()
-    return model, losses, time.perf_counter() - start
+        return flow_matching_loss(model, data[idx], g, x1=None if x1 is None else x1[idx])
+
+    losses, seconds = fit_toy(model, batch_loss, steps, lr)
+    return model, losses, seconds
 
 
 def velocity_of(model) -> Velocity:

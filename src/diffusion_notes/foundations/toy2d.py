@@ -8,6 +8,7 @@ chapter on a laptop CPU.
 
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -161,22 +162,37 @@ def train_toy_denoiser(
     g = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)  # parameter initialisation
     model = ToyDenoiser(config)
-    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=steps, eta_min=lr * 0.05)
-    losses = []
-    start = time.perf_counter()
-    for _ in range(steps):
+
+    def batch_loss() -> torch.Tensor:
         idx = torch.randint(0, data.shape[0], (batch_size,), generator=g)  # (B,)
         cond = None
         if labels is not None:
             cond = labels[idx].clone()  # (B,)
             drop = torch.rand(batch_size, generator=g) < p_uncond
             cond[drop] = model.null_label
-        loss = noise_prediction_loss(model, data[idx], schedule, generator=g, cond=cond)
+        return noise_prediction_loss(model, data[idx], schedule, generator=g, cond=cond)
+
+    losses, seconds = fit_toy(model, batch_loss, steps, lr)
+    return model, losses, seconds
+
+
+def fit_toy(model: nn.Module, batch_loss: Callable[[], torch.Tensor], steps: int, lr: float) -> tuple[list[float], float]:
+    """The toy trainers' optimisation: `steps` AdamW steps on `batch_loss()` (a fresh batch's loss each call),
+    the learning rate decayed by a cosine to 5% of `lr`. Leaves the model in eval mode.
+
+    Returns ``(losses, seconds)``, one float per step.
+    """
+    model.train()
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=steps, eta_min=lr * 0.05)
+    losses = []
+    start = time.perf_counter()
+    for _ in range(steps):
+        loss = batch_loss()
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
         sched.step()
         losses.append(loss.item())
     model.eval()
-    return model, losses, time.perf_counter() - start
+    return losses, time.perf_counter() - start

@@ -244,6 +244,4 @@ def shipped_result(config: FineTuneConfig, tensors: dict[str, torch.Tensor], *, 
         return unet.float().to(device).eval()
     metadata = {"name": name, "base_model": "ldm_unet", "trigger": config.token, "rank": config.rank,
                 "alpha": config.alpha}
-    network = network_from_state(tensors, config.alpha, metadata)
-    network.layers = {k: (A.to(device), B.to(device), alpha) for k, (A, B, alpha) in network.layers.items()}
-    return network
+    return network_from_state(tensors, config.alpha, metadata, device=device)

@@ -271,14 +271,16 @@ def applied(unet, networks):
                 linear.weight.copy_(original)
 
 
-def network_from_state(tensors: dict[str, torch.Tensor], alpha: float, metadata: dict | None = None) -> LoRANetwork:
-    """A run's saved LoRA factors ("unet.<layer>.lora_A.weight", "...lora_B.weight") -> LoRANetwork."""
+def network_from_state(tensors: dict[str, torch.Tensor], alpha: float, metadata: dict | None = None,
+                       device=None) -> LoRANetwork:
+    """A run's saved LoRA factors ("unet.<layer>.lora_A.weight", "...lora_B.weight") -> LoRANetwork, float32 on `device`."""
     layers = {}
     for key in sorted(tensors):
         if not key.startswith("unet.") or not key.endswith(".lora_A.weight"):
             continue
         name = key[len("unet."):-len(".lora_A.weight")]
-        layers[name] = (tensors[key].float(), tensors[f"unet.{name}.lora_B.weight"].float(), float(alpha))
+        layers[name] = (tensors[key].float().to(device), tensors[f"unet.{name}.lora_B.weight"].float().to(device),
+                        float(alpha))
     if not layers:
         raise LoRAFileError(f"no LoRA factors among {sorted(tensors)[:3]}...")
     return LoRANetwork(layers, dict(metadata or {}))
